@@ -22,7 +22,7 @@ setup(
     package_data={"fastrnn._kernels.cuda": ["*.cu", "*.cuh"]},
     install_requires=["numpy>=1.23", "numba>=0.58"],
     extras_require={
-        "cuda": ["cupy-cuda12x"],
+        "cuda": ["cupy-cuda13x"],
         "torch": ["torch>=2.0"],
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
         "bench": ["pytest-benchmark>=4", "threadpoolctl>=3"],
