@@ -1,0 +1,524 @@
+"""Drop-in ``torch.nn`` recurrent modules over fastrnn kernels.
+
+    import fastrnn.torch as frt
+    lstm = frt.LSTM(128, 256, num_layers=2, batch_first=True)   # like torch.nn.LSTM
+    lstm = frt.from_torch(existing_nn_lstm)                      # same weights
+    frt.swap_rnns(model)                                         # in place, every child
+
+``RNN``, ``GRU`` and ``LSTM`` subclass ``torch.nn.RNN/GRU/LSTM``: the same
+constructor, parameter names and shapes (``weight_ih_l{k}{_reverse}`` ...),
+initialisation, ``state_dict``, ``repr`` and forward signature (tensor or
+``PackedSequence`` input, batched or unbatched, optional initial state), so
+``isinstance(m, torch.nn.LSTM)`` still holds and state_dicts move both ways
+with ``strict=True``.  Only ``forward`` differs: each layer-direction runs as
+one ``fastrnn.rnn_forward`` call (a whole sequence in one compiled kernel)
+inside a ``torch.autograd.Function`` whose backward is one
+``fastrnn.rnn_backward`` call.  Layers, directions and inter-layer dropout
+are composed here in Python with ordinary torch ops.
+
+Arrays cross without copies where the layout allows: CPU tensors through
+``Tensor.numpy()`` / ``torch.from_numpy`` (shared memory), CUDA tensors
+through DLPack to CuPy on torch's current stream.  The backend is not
+hard-coded: ``backend=None`` lets fastrnn pick (``$FASTRNN_BACKEND``, else
+numba for CPU tensors, cupy for CUDA tensors).
+
+Shapes: T time, B batch, I input, H hidden, D directions (1 or 2), L layers.
+Gate orders are PyTorch's (see fastrnn.cells).
+
+torch is optional for fastrnn: ``import fastrnn`` never imports this module.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import dispatch as _dispatch
+from .functional import rnn_backward, rnn_forward
+
+__all__ = ["RNN", "GRU", "LSTM", "from_torch", "swap_rnns", "RNNFunction"]
+
+# torch.nn's RNNBase.mode -> fastrnn mode
+_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "GRU": "gru", "LSTM": "lstm"}
+_DTYPES = (torch.float32, torch.float64)
+
+
+# ------------------------------------------------------------ array bridges
+
+def _cupy_for(t):
+    """Import CuPy for a CUDA tensor, or raise an error that says what is missing."""
+    global _CUPY
+    if _CUPY is not None:
+        return _CUPY
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        raise RuntimeError(
+            f"fastrnn.torch: got a CUDA tensor (device {t.device}), which runs on the 'cupy' "
+            f"backend, but CuPy cannot be imported ({type(exc).__name__}: {exc}). Install it "
+            "with `pip install fastrnn[cuda]`, or move the module and inputs to the CPU."
+        ) from exc
+    info = _dispatch.backends().get("cupy")
+    if info is None or not info.available:
+        why = info.reason if info is not None else "no 'cupy' backend is registered"
+        raise RuntimeError(
+            f"fastrnn.torch: got a CUDA tensor (device {t.device}), but fastrnn's 'cupy' "
+            f"backend is unavailable: {why}. Move the module and inputs to the CPU."
+        )
+    _CUPY = cupy
+    return cupy
+
+
+_CUPY = None
+
+
+class _CudaScope:
+    """Run CuPy work on torch's current stream and device for tensor ``t``."""
+
+    __slots__ = ("cp", "stream", "device")
+
+    def __init__(self, t):
+        self.cp = _cupy_for(t)
+        self.device = self.cp.cuda.Device(t.device.index)
+        self.stream = self.cp.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream)
+
+    def __enter__(self):
+        self.device.__enter__()
+        self.stream.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.stream.__exit__(*exc)
+        self.device.__exit__(*exc)
+
+    def arr(self, t):
+        return None if t is None else self.cp.from_dlpack(t.detach())
+
+    @staticmethod
+    def ten(a):
+        return None if a is None else torch.from_dlpack(a)
+
+
+def _arr(t):
+    # CPU, shares memory (strided views too: fastrnn copies only if it must).
+    # Called where grad mode is off or t needs no grad, so no detach() needed.
+    return None if t is None else t.numpy()
+
+
+def _ten(a):
+    return None if a is None else torch.from_numpy(a)
+
+
+def _bh(a):
+    """(B, H) view of a (B, H) or (1, B, H) state array."""
+    return a if a is None or a.ndim == 2 else a.reshape(a.shape[-2:])
+
+
+def _bh3(a):
+    """(1, B, H) view of a (B, H) state array (what the module stacks)."""
+    return None if a is None else a.reshape((1,) + a.shape)
+
+
+# ------------------------------------------------------------ autograd
+
+class _Keeper(np.ndarray):
+    """A 1-element array that carries the backend's Saved.  It lives only as the
+    memory of a tensor kept with ctx.save_for_backward, so torch frees the
+    Saved (the activations) when it frees the graph's saved tensors: after
+    backward unless retain_graph=True, exactly like torch.nn's own RNNs.
+    ctx holds only a weak reference."""
+
+
+def _keeper(saved, ctx):
+    k = _EMPTY.view(_Keeper)
+    k.saved = saved
+    ctx.fr_saved = weakref.ref(k)
+    return torch.from_numpy(k)
+
+
+_EMPTY = np.zeros(1, dtype=np.uint8)
+
+
+def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
+    """One rnn_forward call on tensors; returns tensors (y, h_n[, c_n]), states (1, B, H)."""
+    mode, reverse, lengths, backend, warr = cfg
+    if x.is_cuda:
+        with _CudaScope(x) as s:
+            a = s.arr
+            hx = None if h0 is None else (_bh(a(h0)) if c0 is None else (_bh(a(h0)), _bh(a(c0))))
+            y, hn, saved = rnn_forward(mode, a(x), (a(w_ih), a(w_hh), a(b_ih), a(b_hh)), hx, lengths,
+                                       reverse=reverse, training=training, backend=backend)
+            ten = s.ten
+    else:
+        if warr is None:
+            warr = (_arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh))
+        hx = None if h0 is None else (_bh(h0.numpy()) if c0 is None else (_bh(h0.numpy()), _bh(c0.numpy())))
+        y, hn, saved = rnn_forward(mode, x.numpy(), warr, hx, lengths,
+                                   reverse=reverse, training=training, backend=backend)
+        ten = torch.from_numpy
+    if mode == "lstm":
+        return saved, ten(y), ten(_bh3(hn[0])), ten(_bh3(hn[1]))
+    return saved, ten(y), ten(_bh3(hn))
+
+
+class RNNFunction(torch.autograd.Function):
+    """One recurrent layer, one direction, whole sequence.
+
+    ``RNNFunction.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)`` with
+    ``cfg = (mode, reverse, lengths, backend, None)``:
+
+        x        (T, B, I) time-major, float32 or float64 (any strides)
+        h0, c0   (B, H) or (1, B, H), or None (zeros); c0 only for lstm
+        w_ih     (G*H, I), w_hh (G*H, H), b_ih / b_hh (G*H,) or None
+        lengths  None or a (B,) int64 NumPy array (packed-sequence semantics)
+
+    (cfg's last entry may instead be the CPU weights as NumPy arrays, which
+    the modules cache to skip four conversions per call.)
+
+    Returns ``(y, h_n)`` or, for lstm, ``(y, h_n, c_n)``; y is (T, B, H),
+    h_n and c_n are (1, B, H).  The forward is
+    ``fastrnn.rnn_forward(..., training=True)``, the backward
+    ``fastrnn.rnn_backward``; double backward is not supported.
+    """
+
+    @staticmethod
+    def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        out = _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
+        ctx.set_materialize_grads(False)   # unused outputs arrive as None = zero
+        ctx.cuda = x.is_cuda
+        # The backend's saved state may alias x, the weights and the outputs
+        # (shared memory): saving them lets torch's version counters catch an
+        # in-place edit between forward and backward, as torch.nn's RNNs do.
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, *out[1:], _keeper(out[0], ctx))
+        ctx.h0_shape = None if h0 is None else h0.shape
+        return out[1:]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, gh, gc=None):
+        ctx.saved_tensors  # raises if an input or output was modified in place since forward
+        saved = ctx.fr_saved().saved
+        lstm = saved.mode == "lstm"
+        if ctx.cuda:
+            with _CudaScope(gy if gy is not None else gh if gh is not None else gc) as s:
+                # DLPack import wants plain strides; grads are often expanded views
+                a = lambda g: None if g is None else _bh(s.arr(g.contiguous()))  # noqa: E731
+                dx, dh0, dw = rnn_backward(saved, None if gy is None else s.arr(gy.contiguous()),
+                                           (a(gh), a(gc)) if lstm else a(gh))
+                ten = s.ten
+        else:
+            a = lambda g: None if g is None else _bh(g.numpy())  # noqa: E731
+            dx, dh0, dw = rnn_backward(saved, _arr(gy), (a(gh), a(gc)) if lstm else a(gh))
+            ten = torch.from_numpy
+        need = ctx.needs_input_grad
+        if lstm:
+            dh0, dc0 = dh0
+        else:
+            dc0 = None
+        shp = ctx.h0_shape
+        return (None,
+                ten(dx) if need[1] else None,
+                ten(dh0.reshape(shp)) if need[2] else None,
+                ten(dc0.reshape(shp)) if need[3] else None,
+                ten(dw[0]) if need[4] else None,
+                ten(dw[1]) if need[5] else None,
+                ten(dw[2]) if need[6] else None,
+                ten(dw[3]) if need[7] else None)
+
+
+# Function.apply's Python layer mostly unwraps functorch wrappers; when no
+# functorch transform is active, the C-level apply underneath does the same
+# job ~8 us faster per call (a third of the wrapper's overhead at tiny sizes).
+try:
+    _c_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, RNNFunction)
+    _functorch_active = torch._C._are_functorch_transforms_active
+except Exception:  # pragma: no cover - a torch without them
+    _c_apply = None
+
+
+def _apply(*args):
+    if _c_apply is None or _functorch_active():
+        return RNNFunction.apply(*args)
+    return _c_apply(*args)
+
+
+# ------------------------------------------------------------ modules
+
+class _FastRNNMixin:
+    """The forward shared by RNN, GRU and LSTM (mixed in before the torch.nn class)."""
+
+    def _fastrnn_init(self, backend):
+        if getattr(self, "proj_size", 0):
+            raise NotImplementedError(
+                f"fastrnn.torch.LSTM: proj_size={self.proj_size} (LSTM with projections) is not "
+                "implemented by fastrnn's kernels; use proj_size=0, or torch.nn.LSTM for this layer"
+            )
+        self.backend = backend
+        self._fr_mode = _MODES[self.mode]
+        self._fr_warr = None
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend is None else f"{s}, backend={self.backend!r}"
+
+    def _weights(self):
+        """self._flat_weights, refreshed if a parameter was replaced behind
+        RNNBase.__setattr__'s back (torch.func.functional_call, parametrizations)."""
+        ws = self._flat_weights
+        params = self._parameters
+        for n, w in zip(self._flat_weights_names, ws):
+            if params.get(n) is not w:
+                return [getattr(self, n) for n in self._flat_weights_names]
+        return ws
+
+    def _weight_arrays(self, weights):
+        """Per layer-direction (w_ih, w_hh, b_ih, b_hh) NumPy views of the CPU
+        weights, cached while the parameters keep their memory (in-place
+        optimizer updates are seen through the views)."""
+        ptrs = [w.data_ptr() for w in weights]
+        c = self._fr_warr
+        if c is not None and c[0] == ptrs:
+            return c[1]
+        k = 4 if self.bias else 2
+        arrs = [w.detach().numpy() for w in weights]
+        per = []
+        for j in range(len(weights) // k):
+            a = arrs[j * k:(j + 1) * k]
+            per.append((a[0], a[1], a[2], a[3]) if k == 4 else (a[0], a[1], None, None))
+        self.__dict__["_fr_warr"] = (ptrs, per)
+        return per
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_fr_warr"] = None    # views of this process's memory
+        return state
+
+    def _fastrnn_forward(self, input, hx):
+        weights = self._weights()
+        mode = self._fr_mode
+        lstm = mode == "lstm"
+        L, H = self.num_layers, self.hidden_size
+        D = 2 if self.bidirectional else 1
+        w0 = weights[0]
+        name = type(self).__name__
+
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if data.dim() != 2:
+                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
+            # (T, B, I) in the packed (length-sorted) batch order, lengths (B,) int64
+            x, lengths_t = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            lengths = lengths_t.numpy()
+            batched = True
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batched = input.dim() == 3
+            if not batched:
+                x = input.unsqueeze(1)              # (T, 1, I)
+            elif self.batch_first:
+                x = input.transpose(0, 1)           # (B, T, I) -> (T, B, I), a view
+            else:
+                x = input
+            lengths = sorted_indices = unsorted_indices = None
+        if x.dtype != w0.dtype:
+            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({w0.dtype}). "
+                             f"Convert input: input.to({w0.dtype}), or convert model: model.to({x.dtype})")
+        if x.dtype not in _DTYPES:
+            raise TypeError(f"{name}: fastrnn runs float32 and float64, got dtype {x.dtype} "
+                            "(convert with model.float() / model.double())")
+        if x.get_device() != w0.get_device():
+            raise RuntimeError(f"{name}: input is on {x.device} but the weights are on {w0.device}")
+        if x.shape[2] != self.input_size:
+            raise RuntimeError("input.size(-1) must be equal to input_size. "
+                               f"Expected {self.input_size}, got {x.shape[2]}")
+        B = x.shape[1]
+
+        h0 = c0 = None
+        if hx is not None:
+            if lstm:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                h0, c0 = hx
+                hs = (h0, c0)
+            else:
+                if not isinstance(hx, torch.Tensor):
+                    raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+                h0 = hx
+                hs = (h0,)
+            want = 3 if batched else 2
+            if any(h.dim() != want for h in hs):
+                dims = ", ".join(f"{h.dim()}-D" for h in hs)
+                raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, hx "
+                                   f"should also be {want}-D but got ({dims}) tensors")
+            if not batched:
+                hs = tuple(h.unsqueeze(1) for h in hs)
+            exp = (L * D, B, H)
+            for h in hs:
+                if tuple(h.shape) != exp:
+                    raise RuntimeError(f"Expected hidden size {exp}, got {list(h.shape)}")
+                if h.dtype != x.dtype or h.get_device() != x.get_device():
+                    raise ValueError(f"{name}: hx has dtype {h.dtype} on {h.device}; expected "
+                                     f"{x.dtype} on {x.device} like the input")
+            if sorted_indices is not None:
+                hs = tuple(h.index_select(1, sorted_indices) for h in hs)
+            h0 = hs[0]
+            c0 = hs[1] if lstm else None
+
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(w.requires_grad for w in weights)
+            or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad))
+        warrs = None if x.is_cuda else self._weight_arrays(weights)
+        k = 4 if self.bias else 2
+        backend = self.backend
+        p = self.dropout if self.training else 0.0
+        h_out, c_out = [], []
+        for layer in range(L):
+            ys = []
+            for d in range(D):
+                j = layer * D + d
+                w = weights[j * k:(j + 1) * k]
+                w_ih, w_hh, b_ih, b_hh = (w[0], w[1], w[2], w[3]) if k == 4 else (w[0], w[1], None, None)
+                h0j = None if h0 is None else (h0 if L * D == 1 else h0[j])
+                c0j = None if c0 is None else (c0 if L * D == 1 else c0[j])
+                cfg = (mode, d == 1, lengths, backend, None if warrs is None else warrs[j])
+                if grad:
+                    out = _apply(cfg, x, h0j, c0j, w_ih, w_hh, b_ih, b_hh)
+                else:
+                    out = _run(cfg, x, h0j, c0j, w_ih, w_hh, b_ih, b_hh, False)[1:]
+                ys.append(out[0])
+                h_out.append(out[1])                              # (1, B, H)
+                if lstm:
+                    c_out.append(out[2])
+            x = ys[0] if D == 1 else torch.cat(ys, 2)          # (T, B, D*H)
+            if p > 0 and layer < L - 1:
+                x = F.dropout(x, p, True)
+        h_n = h_out[0] if len(h_out) == 1 else torch.cat(h_out)   # (L*D, B, H)
+        c_n = (c_out[0] if len(c_out) == 1 else torch.cat(c_out)) if lstm else None
+
+        if packed:
+            out = PackedSequence(pack_padded_sequence(x, lengths_t).data, batch_sizes,
+                                 sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+                if lstm:
+                    c_n = c_n.index_select(1, unsorted_indices)
+        elif not batched:
+            out = x.squeeze(1)
+            h_n = h_n.squeeze(1)
+            if lstm:
+                c_n = c_n.squeeze(1)
+        else:
+            out = x.transpose(0, 1) if self.batch_first else x
+        return out, ((h_n, c_n) if lstm else h_n)
+
+
+class RNN(_FastRNNMixin, torch.nn.RNN):
+    """``torch.nn.RNN`` (tanh or relu) running on fastrnn kernels.
+
+    Same arguments as torch.nn.RNN, plus ``backend=None`` ("numba", "cupy",
+    "numpy", or None for fastrnn's auto-selection).  forward(input, hx=None)
+    -> (output, h_n): input (T, B, I), (B, T, I) if batch_first, (T, I)
+    unbatched, or a PackedSequence; hx and h_n (L*D, B, H).
+    """
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fastrnn_init(backend)
+
+    def forward(self, input, hx=None):
+        return self._fastrnn_forward(input, hx)
+
+
+class GRU(_FastRNNMixin, torch.nn.GRU):
+    """``torch.nn.GRU`` running on fastrnn kernels (gates r, z, n as in torch).
+
+    Same arguments as torch.nn.GRU, plus ``backend=None``.
+    forward(input, hx=None) -> (output, h_n); shapes as torch.nn.GRU.
+    """
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fastrnn_init(backend)
+
+    def forward(self, input, hx=None):
+        return self._fastrnn_forward(input, hx)
+
+
+class LSTM(_FastRNNMixin, torch.nn.LSTM):
+    """``torch.nn.LSTM`` running on fastrnn kernels (gates i, f, g, o as in torch).
+
+    Same arguments as torch.nn.LSTM, plus ``backend=None``; proj_size must be 0.
+    forward(input, (h0, c0)=None) -> (output, (h_n, c_n)); shapes as torch.nn.LSTM.
+    """
+
+    def __init__(self, *args, backend=None, **kwargs):
+        if kwargs.get("proj_size", 0) or (len(args) > 7 and args[7]):
+            ps = kwargs.get("proj_size", args[7] if len(args) > 7 else 0)
+            raise NotImplementedError(
+                f"fastrnn.torch.LSTM: proj_size={ps} (LSTM with projections) is not implemented by "
+                "fastrnn's kernels; use proj_size=0, or keep torch.nn.LSTM for this layer")
+        super().__init__(*args, **kwargs)
+        self._fastrnn_init(backend)
+
+    def forward(self, input, hx=None):
+        return self._fastrnn_forward(input, hx)
+
+
+_FAST = {torch.nn.RNN: RNN, torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}
+
+
+def from_torch(module, backend=None):
+    """A fastrnn module with the same configuration, weights, device, dtype and
+    train/eval mode as ``module`` (a torch.nn.RNN, GRU or LSTM).  The weights
+    are copied, so the two modules do not share parameters afterwards.
+
+    NotImplementedError for an LSTM with proj_size != 0; TypeError for anything
+    that is not a torch.nn.RNN/GRU/LSTM.
+    """
+    cls = next((fast for base, fast in _FAST.items() if isinstance(module, base)), None)
+    if cls is None:
+        raise TypeError(f"module: expected a torch.nn.RNN, GRU or LSTM, got {type(module).__name__}")
+    if getattr(module, "proj_size", 0):
+        raise NotImplementedError(
+            f"from_torch: {type(module).__name__} has proj_size={module.proj_size} (LSTM with "
+            "projections), which fastrnn's kernels do not implement")
+    w = module._flat_weights[0]
+    kw = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+              dropout=module.dropout, bidirectional=module.bidirectional,
+              device=w.device, dtype=w.dtype, backend=backend)
+    if cls is RNN:
+        kw["nonlinearity"] = module.nonlinearity
+    new = cls(module.input_size, module.hidden_size, **kw)
+    new.load_state_dict(module.state_dict(), strict=True)
+    for p_new, p_old in zip(new.parameters(), module.parameters()):
+        p_new.requires_grad_(p_old.requires_grad)
+    new.train(module.training)
+    return new
+
+
+def swap_rnns(model, backend=None):
+    """Replace, in place, every torch.nn.RNN/GRU/LSTM inside ``model`` (at any
+    depth, and ``model`` itself is returned converted if it is one) by its
+    fastrnn twin built with :func:`from_torch`.  Modules that are already
+    fastrnn modules are left alone.  Returns the model.
+
+    Do it before creating the optimizer (new Parameter objects), or rebuild it.
+    """
+    if isinstance(model, _FastRNNMixin):
+        return model
+    if isinstance(model, tuple(_FAST)):
+        return from_torch(model, backend=backend)
+    for name, child in list(model.named_children()):
+        if isinstance(child, _FastRNNMixin):
+            continue
+        if isinstance(child, tuple(_FAST)):
+            setattr(model, name, from_torch(child, backend=backend))
+        else:
+            swap_rnns(child, backend=backend)
+    return model
