@@ -70,6 +70,9 @@ class DataError(ValueError):
         where = f"{self.path}:{line}" if line is not None else str(self.path)
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self):  # picklable (e.g. raised in a worker process)
+        return (type(self), (self.path, self.line, self.message))
+
 
 # --------------------------------------------------------------------- where
 DATA_FILES = {

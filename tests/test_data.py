@@ -1,6 +1,6 @@
 """fastrnn.data: tokenizers, Vocab, padding/batching, loaders (real shared data + bad files)."""
 import json
-import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +158,11 @@ def test_split_text_contiguous():
 def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTRNN_DATA", str(tmp_path))
     assert D.default_data_dir() == tmp_path.resolve(), "FASTRNN_DATA wins"
-    monkeypatch.delenv("FASTRNN_DATA")
+    monkeypatch.setenv("FASTRNN_DATA", str(tmp_path / "nope"))
     monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="FASTRNN_DATA"):
+        D.default_data_dir()
+    monkeypatch.delenv("FASTRNN_DATA")
     found = D.default_data_dir()
     assert found == (DATA.resolve() if DATA.is_dir() else None), f"repo-root fallback: {found}"
 
@@ -226,6 +229,7 @@ def check_bad(tmp_path, loader, content, line, match):
     assert msg.startswith(where), f"{loader.__name__}: message names file and line {where}: {msg}"
     assert match in msg, f"{loader.__name__}: message says {match!r}: {msg}"
     assert isinstance(e.value, ValueError) and e.value.line == line, "DataError is a ValueError with .line"
+    assert str(pickle.loads(pickle.dumps(e.value))) == msg, "DataError survives pickling"
 
 
 CONLL_OK = "# c\n1\tJohn\tB-PER\t-\t-\n2\tlives\tO\t-\t-\n\n"

@@ -140,3 +140,9 @@ def test_cross_entropy_and_perplexity():
     close("mask excludes padding", M.cross_entropy(lg, targets, mask), math.log(V))
     with pytest.raises(ValueError, match="must match targets"):
         M.cross_entropy(np.zeros((2, 3, V)), np.zeros((3, 2), dtype=int))
+
+
+def test_bleu_without_sacrebleu(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "sacrebleu", None)  # import now fails
+    with pytest.raises(ImportError, match="pip install sacrebleu"):
+        M.bleu(["a"], ["a"])
