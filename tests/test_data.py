@@ -164,7 +164,8 @@ def test_default_data_dir(monkeypatch, tmp_path):
         D.default_data_dir()
     monkeypatch.delenv("FASTRNN_DATA")
     found = D.default_data_dir()
-    assert found == (DATA.resolve() if DATA.is_dir() else None), f"repo-root fallback: {found}"
+    repo_data = Path(D.__file__).resolve().parent.parent.parent / "shared" / "data"
+    assert found == (repo_data.resolve() if repo_data.is_dir() else None), f"repo-root fallback: {found}"
 
 
 # ------------------------------------------------------------------ loaders on the real data
