@@ -3,7 +3,7 @@
 classification (sentiment)   accuracy, confusion_matrix, per_class_prf, macro_f1,
                              mean_absolute_error
 NER (IOB2 tags)              get_entities, ner_scores (conlleval / seqeval semantics)
-translation                  bleu (sacrebleu's corpus BLEU)
+translation                  bleu, token_bleu (sacrebleu's corpus BLEU)
 language modelling           cross_entropy, perplexity, bits_per_char
 
 (Streaming per-batch meters for ``fit()`` are in :mod:`fastrnn.meters`.)
@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "accuracy", "confusion_matrix", "per_class_prf", "macro_f1", "mean_absolute_error",
-    "get_entities", "ner_scores", "bleu", "cross_entropy", "perplexity", "bits_per_char",
+    "get_entities", "ner_scores", "bleu", "token_bleu", "cross_entropy", "perplexity", "bits_per_char",
 ]
 
 
@@ -175,13 +175,18 @@ def ner_scores(y_true: Sequence[Sequence[str]],
 
 # --------------------------------------------------------------------- translation
 def bleu(hypotheses: Sequence[str], references: Sequence, tokenize: str = "13a",
-         lowercase: bool = False) -> float:
+         lowercase: bool = False, force: bool = False) -> float:
     """Corpus BLEU in [0, 100] by sacrebleu (``pip install sacrebleu``, in ``fastrnn[tasks]``).
 
-    hypotheses  N detokenized strings (e.g. ``" ".join(tokens)``)
+    hypotheses  N detokenized strings
     references  N strings (one reference each) or N lists of strings (one or
                 more references each; the counts may differ)
     tokenize    sacrebleu tokenizer ("13a" default, "intl", "none", ...)
+    force       silence sacrebleu's "looks tokenized" warning
+
+    This is standard sacreBLEU on raw text. A model that emits word_tokenize
+    tokens should use :func:`token_bleu` instead: ``" ".join(["l'", "homme"])``
+    is not the raw ``"l'homme"`` and would lose n-grams here.
     """
     try:
         import sacrebleu
@@ -205,8 +210,37 @@ def bleu(hypotheses: Sequence[str], references: Sequence, tokenize: str = "13a",
             refs.append(r)
         m = max(len(r) for r in refs)
         streams = [[r[j] if j < len(r) else None for r in refs] for j in range(m)]
-    res = sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize=tokenize, lowercase=lowercase)
+    res = sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize=tokenize, lowercase=lowercase,
+                                force=force)
     return float(res.score)
+
+
+def token_bleu(hypotheses: Sequence[Sequence[str]], references: Sequence,
+               lowercase: bool = False) -> float:
+    """Corpus BLEU in [0, 100] on already-tokenized text (sacrebleu, ``tokenize="none"``).
+
+    hypotheses  N token lists (the decoded model output, ``<eos>`` stripped)
+    references  N token lists, or N lists of token lists (several references),
+                tokenized the same way as the hypotheses (e.g.
+                ``word_tokenize(french, lower=True)``)
+    Both sides are joined with spaces and scored as they are, so hypothesis
+    and reference tokenization agree by construction (a tokenized BLEU: close
+    to, not identical with, sacreBLEU on raw text).
+    """
+    _same_len("token_bleu", hypotheses, references, "hypotheses", "references")
+
+    def join(toks, what):
+        if isinstance(toks, str):
+            raise TypeError(f"token_bleu: {what} must be a list of tokens, got a str; "
+                            f"use bleu() for raw strings")
+        return " ".join(toks)
+
+    hyps = [join(h, f"hypotheses[{k}]") for k, h in enumerate(hypotheses)]
+    refs = []
+    for k, r in enumerate(references):
+        multi = len(r) > 0 and not isinstance(r[0], str)
+        refs.append([join(x, f"references[{k}]") for x in r] if multi else join(r, f"references[{k}]"))
+    return bleu(hyps, refs, tokenize="none", lowercase=lowercase, force=True)
 
 
 # --------------------------------------------------------------------- language modelling

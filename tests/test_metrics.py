@@ -142,6 +142,19 @@ def test_cross_entropy_and_perplexity():
         M.cross_entropy(np.zeros((2, 3, V)), np.zeros((3, 2), dtype=int))
 
 
+def test_token_bleu():
+    pytest.importorskip("sacrebleu")
+    ref = ["l'", "homme", "est", "là", "."]
+    close("perfect token BLEU", M.token_bleu([ref], [ref]), 100.0)
+    close("token BLEU with several references", M.token_bleu([ref], [[["x"], ref]]), 100.0)
+    hyp = "the cat sat on a mat".split()
+    close("token BLEU = raw BLEU on space-split text",
+          M.token_bleu([hyp], ["the cat sat on the mat".split()]),
+          M.bleu(["the cat sat on a mat"], ["the cat sat on the mat"]), 1e-9)
+    with pytest.raises(TypeError, match="got a str"):
+        M.token_bleu(["a b"], [["a", "b"]])
+
+
 def test_bleu_without_sacrebleu(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "sacrebleu", None)  # import now fails
     with pytest.raises(ImportError, match="pip install sacrebleu"):
