@@ -1,0 +1,38 @@
+"""Shared settings for the Numba kernels.
+
+JIT options, used by every kernel:
+  * fastmath without 'nnan'/'ninf', so LLVM may reassociate and contract
+    (vectorise) but NaN and inf still propagate as IEEE says;
+  * error_model='numpy': float division never raises, which is what lets
+    LLVM vectorise the rational tanh (with the default 'python' model the
+    zero-division check blocks it: 4.8 -> 0.6 ns/element measured here);
+  * cache=True: compiled code is kept on disk beside the sources (or in
+    NUMBA_CACHE_DIR), so a second process does not recompile.
+"""
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+
+import numpy as np
+from numba import njit
+
+
+@njit(**JIT)
+def colsum(a, out):
+    """out[:] = a.sum(axis=0) for a C-contiguous (R, C) array, row by row (vectorised)."""
+    out[:] = 0
+    for r in range(a.shape[0]):
+        row = a[r]
+        for k in range(a.shape[1]):
+            out[k] += row[k]
+
+
+@njit(**JIT)
+def after_loop_grads(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+    """The big GEMMs after the BPTT loop, over all T*B rows at once:
+    dx = dG @ w_ih, dW_ih = dG^T x, dW_hh = dGh^T h_prev, and the bias
+    gradients as column sums.  dG2, dGh2 (T*B, G*H); x2 (T*B, I); Hs2 (T*B, H)."""
+    np.dot(dG2, w_ih, dx2)
+    np.dot(dG2.T, x2, dw_ih)
+    np.dot(dGh2.T, Hs2, dw_hh)
+    colsum(dG2, db_ih)
+    colsum(dGh2, db_hh)
