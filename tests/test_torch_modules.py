@@ -1,0 +1,464 @@
+"""fastrnn.torch against torch.nn (the oracle): outputs, final states and every
+gradient, float64 exactly (to 1e-10) and float32 to rounding.
+
+Runs on whatever backend fastrnn selects ($FASTRNN_BACKEND, else auto), so the
+same file checks the NumPy reference and, once it exists, Numba.
+"""
+from __future__ import annotations
+
+import itertools
+import weakref
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="fastrnn.torch needs PyTorch (pip install fastrnn[torch])")
+nn = torch.nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+
+import fastrnn.torch as frt  # noqa: E402
+
+T, B, I, H = 5, 3, 3, 4          # odd on purpose
+LENGTHS = [3, 5, 1]              # unsorted, includes T and 1
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-6)}
+CELLS = {"rnn_tanh": (nn.RNN, dict(nonlinearity="tanh")), "rnn_relu": (nn.RNN, dict(nonlinearity="relu")),
+         "gru": (nn.GRU, {}), "lstm": (nn.LSTM, {})}
+
+
+def assert_close(name, got, want, **tol):
+    """Compare two tensors (or None) and name them in the failure."""
+    if want is None or got is None:
+        assert got is None and want is None, f"{name}: got {got is None and 'None' or 'a tensor'}, " \
+                                             f"want {want is None and 'None' or 'a tensor'}"
+        return
+    assert tuple(got.shape) == tuple(want.shape), f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    torch.testing.assert_close(got, want, msg=lambda m: f"{name}: {m}", **tol)
+
+
+def make_pair(cell, dtype, seed=0, **kw):
+    """(torch.nn module, fastrnn.torch module with the same weights)."""
+    cls, extra = CELLS[cell]
+    torch.manual_seed(seed)
+    ref = cls(I, H, **extra, **kw).to(dtype)
+    return ref, frt.from_torch(ref)
+
+
+def run(module, x, hx, packed, batch_first, weights):
+    """Forward, then a weighted sum of every output as the loss; returns
+    (output as a padded-or-packed-data tensor, h_n, c_n or None, loss)."""
+    out, hn = module(x, hx)
+    data = out.data if packed else out
+    h, c = hn if isinstance(hn, tuple) else (hn, None)
+    loss = (data * weights[0][:data.shape[0]] if packed else data * weights[0]).sum() + (h * weights[1]).sum()
+    if c is not None:
+        loss = loss + (c * weights[2]).sum()
+    return out, h, c, loss
+
+
+def check_against_torch(cell, dtype, num_layers=1, bidirectional=False, batch_first=False, packed=False,
+                        with_hx=False, bias=True, dropout=0.0, train=True, noncontig=False, seed=0):
+    """The one helper every comparison test calls."""
+    what = (f"[{cell} {str(dtype)[6:]} L={num_layers} bidir={bidirectional} bf={batch_first} "
+            f"packed={packed} hx={with_hx} bias={bias} noncontig={noncontig}]")
+    ref, fast = make_pair(cell, dtype, seed, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                          dropout=dropout, bidirectional=bidirectional)
+    ref.train(train)
+    fast.train(train)
+    D = 2 if bidirectional else 1
+    g = torch.Generator().manual_seed(seed + 1)
+    shape = (B, T, I) if batch_first else (T, B, I)
+    if noncontig:   # a strided view: every other feature of a wider tensor
+        base = torch.randn(*shape[:-1], 2 * I, generator=g, dtype=dtype)
+        x0 = base[..., ::2]
+        assert not x0.is_contiguous()
+    else:
+        x0 = torch.randn(*shape, generator=g, dtype=dtype)
+    hx0 = None
+    if with_hx:
+        hx0 = [torch.randn(num_layers * D, B, H, generator=g, dtype=dtype) for _ in range(2 if cell == "lstm" else 1)]
+    weights = (torch.randn(*shape[:-1], D * H, generator=g, dtype=dtype),
+               torch.randn(num_layers * D, B, H, generator=g, dtype=dtype),
+               torch.randn(num_layers * D, B, H, generator=g, dtype=dtype))
+    if packed:
+        weights = (torch.randn(sum(LENGTHS), D * H, generator=g, dtype=dtype),) + weights[1:]
+
+    results = []
+    for module in (ref, fast):
+        x = x0.detach().clone().requires_grad_() if not noncontig else x0.detach().requires_grad_()
+        hxs = None if hx0 is None else [h.clone().requires_grad_() for h in hx0]
+        hx = None if hxs is None else (tuple(hxs) if cell == "lstm" else hxs[0])
+        inp = pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=batch_first, enforce_sorted=False) \
+            if packed else x
+        out, h, c, loss = run(module, inp, hx, packed, batch_first, weights)
+        loss.backward()
+        grads = {"dx": x.grad}
+        if hxs is not None:
+            grads["dh0"] = hxs[0].grad
+            if cell == "lstm":
+                grads["dc0"] = hxs[1].grad
+        for n, p in module.named_parameters():
+            grads[f"d{n}"] = p.grad
+        results.append((out, h, c, grads))
+
+    (o_r, h_r, c_r, g_r), (o_f, h_f, c_f, g_f) = results
+    tol = TOL[dtype]
+    if packed:
+        assert isinstance(o_f, PackedSequence), f"{what} output: expected a PackedSequence, got {type(o_f).__name__}"
+        for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            assert torch.equal(getattr(o_f, field), getattr(o_r, field)), f"{what} output.{field}"
+        assert_close(f"{what} output.data", o_f.data, o_r.data, **tol)
+    else:
+        assert_close(f"{what} output", o_f, o_r, **tol)
+    assert_close(f"{what} h_n", h_f, h_r, **tol)
+    assert_close(f"{what} c_n", c_f, c_r, **tol)
+    assert set(g_f) == set(g_r), f"{what} gradient names: {sorted(g_f)} != {sorted(g_r)}"
+    for n in g_r:
+        assert g_r[n] is not None, f"{what} {n}: torch.nn produced no gradient"
+        assert_close(f"{what} {n}", g_f[n], g_r[n], **tol)
+
+
+# ---------------------------------------------------------------- the grid
+
+FLAGS = ("num_layers", "bidirectional", "batch_first", "packed", "with_hx", "bias")
+
+
+def grid(n_configs, salt):
+    """A seeded sample of the 2**6 flag combinations, always including the
+    all-off and all-on corners."""
+    combos = list(itertools.product((1, 2), (False, True), (False, True), (False, True), (False, True),
+                                    (True, False)))
+    rng = np.random.default_rng(salt)
+    picks = [0, len(combos) - 1] + list(rng.choice(np.arange(1, len(combos) - 1), n_configs - 2, replace=False))
+    return [dict(zip(FLAGS, combos[i])) for i in picks]
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cfg", grid(20, 0), ids=lambda c: "-".join(f"{k[:4]}{int(v)}" for k, v in c.items()))
+def test_matches_torch_float64(cell, cfg):
+    check_against_torch(cell, torch.float64, **cfg)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cfg", grid(10, 1), ids=lambda c: "-".join(f"{k[:4]}{int(v)}" for k, v in c.items()))
+def test_matches_torch_float32(cell, cfg):
+    check_against_torch(cell, torch.float32, **cfg)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_non_contiguous_input(cell):
+    check_against_torch(cell, torch.float64, num_layers=2, bidirectional=True, noncontig=True)
+    check_against_torch(cell, torch.float64, batch_first=True, with_hx=True, noncontig=True)
+
+
+def test_eval_mode_and_dropout_one_match_torch():
+    # eval: dropout off; train with p=1: layer 2 sees zeros in both (RNG-free)
+    check_against_torch("lstm", torch.float64, num_layers=2, dropout=0.5, train=False)
+    check_against_torch("gru", torch.float64, num_layers=2, dropout=1.0, train=True)
+
+
+def test_dropout_between_layers_in_training():
+    torch.manual_seed(0)
+    m = frt.LSTM(I, H, num_layers=2, dropout=0.5).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    y_train = [m(x)[0] for _ in range(2)]
+    m.eval()
+    y_eval = m(x)[0]
+    assert not torch.allclose(y_train[0], y_train[1]), "dropout: two training passes should differ"
+    assert not torch.allclose(y_train[0], y_eval), "dropout: training vs eval outputs should differ"
+    m1 = frt.LSTM(I, H, num_layers=1).double()
+    with pytest.warns(UserWarning, match="dropout"):
+        frt.LSTM(I, H, num_layers=1, dropout=0.5)
+    assert torch.equal(m1(x)[0], m1(x)[0]), "one layer, no dropout: deterministic output"
+
+
+# ---------------------------------------------------------------- gradcheck on the Function
+
+@pytest.mark.parametrize("mode", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_function(mode, reverse):
+    Gs = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+    t, b, i, h = 3, 2, 2, 2
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    x, h0 = r(t, b, i), r(b, h)
+    c0 = r(b, h) if mode == "lstm" else None
+    w = (r(Gs[mode] * h, i), r(Gs[mode] * h, h), r(Gs[mode] * h), r(Gs[mode] * h))
+    lengths = np.array([3, 2], dtype=np.int64)
+    cfg = (mode, reverse, lengths, None, None)
+
+    def f(x, h0, c0, *w):
+        return frt.RNNFunction.apply(cfg, x, h0, c0, *w)
+
+    inputs = (x, h0, c0) + w
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5), f"gradcheck {mode} reverse={reverse}"
+    # no bias, no initial state
+    assert torch.autograd.gradcheck(lambda x, a, b_: frt.RNNFunction.apply(cfg, x, None, None, a, b_, None, None),
+                                    (x, w[0], w[1]), eps=1e-6, atol=1e-7, rtol=1e-5), f"gradcheck {mode} no bias"
+
+
+# ---------------------------------------------------------------- module API
+
+def test_same_class_names_init_and_repr():
+    for cell, (cls, extra) in CELLS.items():
+        torch.manual_seed(5)
+        ref = cls(I, H, num_layers=2, bidirectional=True, **extra)
+        torch.manual_seed(5)
+        fast = getattr(frt, cls.__name__)(I, H, num_layers=2, bidirectional=True, **extra)
+        assert isinstance(fast, cls), f"{cell}: isinstance(fastrnn module, {cls.__name__})"
+        assert repr(fast) == repr(ref), f"{cell} repr: {fast!r} != {ref!r}"
+        names_f = [(n, tuple(p.shape)) for n, p in fast.named_parameters()]
+        names_r = [(n, tuple(p.shape)) for n, p in ref.named_parameters()]
+        assert names_f == names_r, f"{cell} parameter names and shapes: {names_f} != {names_r}"
+        for (n, pf), pr in zip(fast.named_parameters(), ref.parameters()):
+            assert torch.equal(pf, pr), f"{cell} init of {n}: same seed should give the same values"
+            bound = 1 / H ** 0.5
+            assert pf.abs().max() <= bound, f"{cell} init of {n}: within uniform(-1/sqrt(H), 1/sqrt(H))"
+
+
+def test_device_dtype_kwargs():
+    m = frt.GRU(I, H, device="cpu", dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in m.parameters()), "GRU(dtype=float64): parameter dtypes"
+    y, h = m(torch.randn(T, B, I, dtype=torch.float64))
+    assert y.dtype == torch.float64 and h.shape == (1, B, H), "GRU float64 output dtype and h_n shape"
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_state_dict_round_trips_strict(cell):
+    cls, extra = CELLS[cell]
+    kw = dict(num_layers=2, bidirectional=True, **extra)
+    torch.manual_seed(1)
+    ref = cls(I, H, **kw).double()
+    fast = getattr(frt, cls.__name__)(I, H, **kw).double()
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    assert_close(f"{cell} torch->fastrnn output", fast(x)[0], ref(x)[0], **TOL[torch.float64])
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.mul_(0.5)
+    back = cls(I, H, **kw).double()
+    back.load_state_dict(fast.state_dict(), strict=True)
+    for (n, pb), pf in zip(back.named_parameters(), fast.parameters()):
+        assert torch.equal(pb, pf), f"{cell} fastrnn->torch {n}"
+    assert_close(f"{cell} fastrnn->torch output", back(x)[0], fast(x)[0], **TOL[torch.float64])
+
+
+def test_from_torch_and_swap_rnns():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, I)
+            self.body = nn.Sequential(nn.Identity())
+            self.body.rnn = nn.GRU(I, H, batch_first=True)
+            self.heads = nn.ModuleDict({"lstm": nn.LSTM(H, H, num_layers=2, bidirectional=True),
+                                        "rnn": nn.RNN(I, H, nonlinearity="relu"),
+                                        "done": frt.LSTM(I, H)})
+            self.out = nn.Linear(2 * H, 2)
+
+        def forward(self, tok):
+            y, _ = self.body.rnn(self.emb(tok))
+            y, _ = self.heads["lstm"](y.transpose(0, 1))
+            return self.out(y).sum()
+
+    torch.manual_seed(0)
+    net = Net().double().eval()
+    tok = torch.randint(0, 10, (B, T))
+    want = net(tok)
+    done = net.heads["done"]
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    assert frt.swap_rnns(net) is net, "swap_rnns returns the model"
+    assert type(net.body.rnn) is frt.GRU, f"nested GRU swapped: {type(net.body.rnn)}"
+    assert type(net.heads["lstm"]) is frt.LSTM, f"LSTM in ModuleDict swapped: {type(net.heads['lstm'])}"
+    assert type(net.heads["rnn"]) is frt.RNN and net.heads["rnn"].nonlinearity == "relu", "RNN relu swapped"
+    assert net.heads["done"] is done, "an existing fastrnn module is left alone"
+    assert not net.heads["lstm"].training, "from_torch keeps eval mode"
+    after = dict(net.named_parameters())
+    assert set(after) == set(before), "parameter names unchanged by swap"
+    for n, p in before.items():
+        assert torch.equal(after[n], p), f"weights of {n} unchanged by swap"
+    assert_close("swapped model output", net(tok), want, **TOL[torch.float64])
+
+    lone = nn.LSTM(I, H)
+    assert type(frt.swap_rnns(lone)) is frt.LSTM, "swap_rnns on an LSTM itself returns its fastrnn twin"
+    with pytest.raises(TypeError, match="RNN, GRU or LSTM"):
+        frt.from_torch(nn.Linear(2, 2))
+
+
+def test_proj_size_not_implemented():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        frt.LSTM(I, H, proj_size=2)
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        frt.from_torch(nn.LSTM(I, H, proj_size=2))
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm"])
+def test_unbatched_input(cell):
+    ref, fast = make_pair(cell, torch.float64, num_layers=2, bidirectional=True)
+    x = torch.randn(T, I, dtype=torch.float64)
+    for hx in (None, "given"):
+        if hx is not None:
+            hx = (torch.randn(4, H, dtype=torch.float64),) * (2 if cell == "lstm" else 1)
+            hx = hx if cell == "lstm" else hx[0]
+        (o_r, h_r), (o_f, h_f) = ref(x, hx), fast(x, hx)
+        assert_close(f"{cell} unbatched hx={hx is not None} output", o_f, o_r, **TOL[torch.float64])
+        for k, (a, b_) in enumerate(zip(h_f if cell == "lstm" else (h_f,), h_r if cell == "lstm" else (h_r,))):
+            assert_close(f"{cell} unbatched state[{k}]", a, b_, **TOL[torch.float64])
+    with pytest.raises(RuntimeError, match="2-D"):
+        fast(x, (torch.zeros(4, 1, H, dtype=torch.float64),) * 2 if cell == "lstm"
+             else torch.zeros(4, 1, H, dtype=torch.float64))
+
+
+def test_input_errors_are_clear():
+    m = frt.LSTM(I, H)
+    with pytest.raises(ValueError, match="dtype"):
+        m(torch.randn(T, B, I, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="input_size"):
+        m(torch.randn(T, B, I + 1))
+    with pytest.raises(RuntimeError, match="Expected hidden size"):
+        m(torch.randn(T, B, I), (torch.zeros(2, B, H), torch.zeros(2, B, H)))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        m(torch.randn(T))
+    m16 = frt.GRU(I, H).to(torch.bfloat16)
+    with pytest.raises(TypeError, match="float32 and float64"):
+        m16(torch.randn(T, B, I, dtype=torch.bfloat16))
+
+
+def test_cuda_tensor_without_cupy_is_a_clear_error(monkeypatch):
+    import sys
+    monkeypatch.setattr(frt, "_CUPY", None)
+    monkeypatch.setitem(sys.modules, "cupy", None)   # import cupy -> ImportError
+    with pytest.raises(RuntimeError, match="CuPy cannot be imported"):
+        frt._cupy_for(torch.empty(0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (and fastrnn's cupy backend)")
+def test_cuda_matches_torch():
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, num_layers=2, bidirectional=True).cuda().double()
+    fast = frt.from_torch(ref)
+    x = torch.randn(T, B, I, dtype=torch.float64, device="cuda", requires_grad=True)
+    (o_r, _), (o_f, _) = ref(x), fast(x)
+    assert_close("cuda output", o_f, o_r, **TOL[torch.float64])
+    gx_r, = torch.autograd.grad(o_r.sum(), x)
+    gx_f, = torch.autograd.grad(o_f.sum(), x)
+    assert_close("cuda dx", gx_f, gx_r, **TOL[torch.float64])
+
+
+# ---------------------------------------------------------------- autograd details
+
+def test_needs_input_grad_frozen_parameters_and_no_grad():
+    ref, fast = make_pair("lstm", torch.float64, num_layers=2)
+    for m in (ref, fast):
+        m.weight_ih_l0.requires_grad_(False)
+        m.bias_hh_l1.requires_grad_(False)
+    x = torch.randn(T, B, I, dtype=torch.float64)        # no grad for x
+    for m in (ref, fast):
+        m(x)[0].pow(2).sum().backward()
+    assert fast.weight_ih_l0.grad is None and fast.bias_hh_l1.grad is None, "frozen parameters get no .grad"
+    for (n, pf), pr in zip(fast.named_parameters(), ref.parameters()):
+        if pr.requires_grad:
+            assert_close(f"frozen-params d{n}", pf.grad, pr.grad, **TOL[torch.float64])
+    with torch.no_grad():
+        y, (h, c) = fast(x)
+    assert y.grad_fn is None and not y.requires_grad, "no_grad forward builds no graph"
+    assert_close("no_grad output", y, ref(x)[0].detach(), **TOL[torch.float64])
+
+
+def test_saved_state_freed_after_backward_and_kept_with_retain_graph():
+    _, fast = make_pair("gru", torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    y, _ = fast(x)
+    node = y.grad_fn
+    assert node.fr_saved() is not None, "the backend's saved state is alive before backward"
+    y.sum().backward(retain_graph=True)
+    g1 = x.grad.clone()
+    assert node.fr_saved() is not None, "retain_graph=True keeps the saved state"
+    y.sum().backward()
+    assert_close("second backward with retain_graph dx", x.grad, 2 * g1, **TOL[torch.float64])
+    assert node.fr_saved() is None, "the saved state is freed once torch frees the graph's buffers"
+
+
+def test_in_place_edit_before_backward_is_caught():
+    _, fast = make_pair("lstm", torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    y, _ = fast(x)
+    with torch.no_grad():
+        fast.weight_hh_l0.add_(1.0)     # shares memory with what backward would read
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_parameter_replaced_after_forward_is_used():
+    # weight caching must notice new parameter memory (e.g. .data assignment, model.to())
+    ref, fast = make_pair("gru", torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    fast(x)
+    new = torch.randn_like(fast.weight_hh_l0)
+    fast.weight_hh_l0.data = new.clone()
+    ref.weight_hh_l0.data = new.clone()
+    assert_close("output after .data assignment", fast(x)[0], ref(x)[0], **TOL[torch.float64])
+    fast.float()
+    ref.float()
+    assert_close("output after .float()", fast(x.float())[0], ref(x.float())[0], **TOL[torch.float32])
+
+
+def test_functional_call_uses_given_parameters():
+    ref, fast = make_pair("lstm", torch.float64)
+    params = {n: torch.randn_like(p) * 0.3 for n, p in ref.named_parameters()}
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    want = torch.func.functional_call(ref, params, (x,))[0]
+    got = torch.func.functional_call(fast, params, (x,))[0]
+    assert_close("functional_call output", got, want, **TOL[torch.float64])
+
+
+# ---------------------------------------------------------------- training
+
+def test_small_model_trains_to_the_same_loss_curve():
+    V, E, C, steps = 12, 5, 3, 5
+
+    class Tagger(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.emb = nn.Embedding(V, E)
+            self.rnn = rnn
+            self.out = nn.Linear(2 * H, C)
+
+        def forward(self, tok):
+            y, _ = self.rnn(self.emb(tok))
+            return self.out(y)
+
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randint(0, V, (B, T), generator=g), torch.randint(0, C, (B, T), generator=g))
+    data = [batch] * steps     # one batch, fitted: the loss must fall
+    curves = {}
+    for name, cls in (("torch.nn", nn.LSTM), ("fastrnn", frt.LSTM)):
+        torch.manual_seed(42)
+        model = Tagger(cls(E, H, batch_first=True, bidirectional=True)).double()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        losses = []
+        for tok, tag in data:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(tok).reshape(-1, C), tag.reshape(-1))
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves[name] = losses
+    assert curves["fastrnn"][-1] < curves["fastrnn"][0], f"loss decreases: {curves['fastrnn']}"
+    np.testing.assert_allclose(curves["fastrnn"], curves["torch.nn"], rtol=0, atol=1e-10,
+                               err_msg="loss curve fastrnn vs torch.nn (float64, Adam, same seed)")
+
+
+def test_weak_reference_and_pickle():
+    import copy
+    import pickle
+    _, fast = make_pair("lstm", torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    y = fast(x)[0]
+    clone = pickle.loads(pickle.dumps(fast))
+    dup = copy.deepcopy(fast)
+    assert_close("pickled module output", clone(x)[0], y, **TOL[torch.float64])
+    assert_close("deep-copied module output", dup(x)[0], y, **TOL[torch.float64])
+    with torch.no_grad():
+        dup.weight_ih_l0.zero_()
+    assert_close("original unaffected by its deep copy", fast(x)[0], y, **TOL[torch.float64])
+    assert weakref.ref(fast)() is fast
