@@ -267,6 +267,9 @@ def test_rnn_layers_match_torch():
         np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-10, err_msg=f"{mode}: dx vs torch")
         for k, p in ref.named_parameters():
             np.testing.assert_allclose(ours.grads[k], p.grad.numpy(), atol=1e-10, err_msg=f"{mode}: d{k} vs torch")
+        back = cls(I, H, 2, bidirectional=True, seed=9, dtype=F64, **extra).load_state_dict(ref.state_dict())
+        np.testing.assert_allclose(back(x, lengths=lengths), y, atol=1e-12,
+                                   err_msg=f"{mode}: output after loading torch's state_dict")
 
 
 # ---------------------------------------------------------------- losses
