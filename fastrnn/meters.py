@@ -87,9 +87,10 @@ class Accuracy(Metric):
 
 
 class MacroF1(Metric):
-    """Unweighted mean over classes (``labels``, default all C) of per-class F1
-    (sklearn's f1_score(average="macro"); a class with no support and no
-    predictions scores 0).  ``confusion`` holds the (C, C) counts."""
+    """Unweighted mean of per-class F1 over ``labels`` (default: the classes
+    that occur among the true or predicted labels seen, like sklearn's
+    f1_score(average="macro") and fastrnn.metrics.macro_f1; a listed class
+    never seen scores 0).  ``confusion`` holds the (C, C) counts, rows true."""
     name = "macro_f1"
 
     def __init__(self, num_classes, *, labels=None, **kwargs):
@@ -112,4 +113,7 @@ class MacroF1(Metric):
 
     def result(self):
         f1 = self.per_class()
-        return float(f1[self.labels].mean() if self.labels is not None else f1.mean())
+        if self.labels is not None:
+            return float(f1[self.labels].mean())
+        seen = (self.confusion.sum(0) + self.confusion.sum(1)) > 0
+        return float(f1[seen].mean()) if seen.any() else 0.0

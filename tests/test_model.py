@@ -284,6 +284,23 @@ def test_fit_classifier_loss_falls():
     assert ev["n"] == 48 and 0 <= ev["macro_f1"] <= 1, f"evaluate: {ev}"
 
 
+def test_meters_match_metrics_functions():
+    from fastrnn import metrics
+    y = np.array([1, 1, 2, 3, 3, 3, 0])
+    p = np.array([1, 2, 2, 3, 3, 1, 0])
+    mask = np.array([1, 1, 1, 1, 1, 1, 0], bool)           # the last pair is not counted
+    batch = {"targets": y, "mask": mask}
+    logits = np.eye(5)[p]
+    f1, acc = MacroF1(5), Accuracy()
+    for meter in (f1, acc):
+        meter.update(logits[:3], {"targets": y[:3], "mask": mask[:3]})
+        meter.update(logits[3:], {"targets": y[3:], "mask": mask[3:]})
+    assert abs(f1.result() - metrics.macro_f1(y[:6].tolist(), p[:6].tolist())) < 1e-12, \
+        f"MacroF1 meter {f1.result()} vs metrics.macro_f1 (classes seen only)"
+    assert abs(acc.result() - 4 / 6) < 1e-12, f"Accuracy meter {acc.result()} vs 4/6"
+    assert MacroF1(5, labels=[1, 2, 3, 4]).update(logits, batch) is None
+
+
 def test_fit_encoder_decoder_loss_falls():
     m = TinySeq2Seq(7, 7, dim=12, seed=0)
     hist = fit(m, copy_batches(6), epochs=5, optimizer=Adam(m, 0.03), loss_fn=shifted_ce, progress=False)
