@@ -14,6 +14,7 @@ features, E embedding size, V vocabulary size, C classes.
     MeanPool(batch_first=False)              (T, B, F) + lengths -> (B, F), mean of valid steps
     LastPool(batch_first=False)              (T, B, F) + lengths -> (B, F), the last valid step
     RNN, GRU, LSTM                           fastrnn.recurrent (re-exported here)
+    Attention(Hq, Hk, score="general")       fastrnn.attention (re-exported here): Luong attention
 
 Initialisation follows torch.nn (Embedding N(0, 1); Linear and RNN weights
 uniform(-1/sqrt(fan), 1/sqrt(fan))), drawn from ``seed`` (None, an int or a
@@ -25,11 +26,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attention import Attention
 from .base import Layer, as_rng, check_dtype, check_int
 from .recurrent import GRU, LSTM, RNN, Recurrent
 
 __all__ = ["Layer", "Embedding", "Dense", "Dropout", "ReLU", "Tanh", "Flatten", "MeanPool",
-           "LastPool", "Recurrent", "RNN", "GRU", "LSTM"]
+           "LastPool", "Recurrent", "RNN", "GRU", "LSTM", "Attention"]
 
 
 def float_input(x, arg, dtype, owner):

@@ -3,7 +3,7 @@ the RNN layers against torch.nn with the same weights (where torch is installed)
 import numpy as np
 import pytest
 
-from fastrnn.layers import (GRU, LSTM, RNN, Dense, Dropout, Embedding, Flatten, LastPool, MeanPool, ReLU,
+from fastrnn.layers import (GRU, LSTM, RNN, Attention, Dense, Dropout, Embedding, Flatten, LastPool, MeanPool, ReLU,
                             Recurrent, Tanh)
 from fastrnn.losses import CrossEntropyLoss, log_softmax, softmax_cross_entropy
 from fastrnn.model import Sequential
@@ -334,3 +334,27 @@ def test_sequential_backward_dotted_names():
                 lengths=np.array([4, 2, 0]))
     out = model({"inputs": np.ones((4, 3, 3)), "lengths": np.array([4, 2, 0])})
     assert out.shape == (3, 2), f"Sequential on a batch dict: output shape {out.shape}"
+
+
+@pytest.mark.parametrize("score", ["general", "dot"])
+def test_attention_backward_with_key_lengths(score):
+    rng = np.random.default_rng(10)
+    att = Attention(4, 4 if score == "dot" else 3, score, seed=0, dtype=F64)
+    q = rng.standard_normal((5, 3, 4))
+    k = rng.standard_normal((6, 3, att.key_size))
+    kl = np.array([6, 0, 2])
+    tensors = dict(att.params, q=q, k=k)
+
+    def run(training):
+        out = att(q, k, training=training, key_lengths=kl)
+        return [out]
+
+    def back(R):
+        att.zero_grad()
+        dq, dk = att.backward(R[0])
+        return dict(att.grads, q=dq, k=dk)
+
+    check_grads(f"Attention {score}", tensors, run, back)
+    w = att.last_weights
+    np.testing.assert_allclose(w[:, 0].sum(-1), 1, err_msg="weights sum to 1 over the keys")
+    assert not w[:, 2, 2:].any() and not w[:, 1].any(), "no weight on keys past key_lengths (none for length 0)"
