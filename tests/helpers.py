@@ -1,0 +1,96 @@
+"""One helper for every kernel test: run a backend and the float64 oracle on
+the same random problem, then compare every output and gradient by name."""
+from __future__ import annotations
+
+import numpy as np
+
+import fastrnn
+from fastrnn.cells import spec
+
+# max |actual - expected| / max |expected|, per array
+TOL = {"float64": 1e-10, "float32": 2e-5}
+
+
+def assert_close(name, actual, expected, tol):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    err = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+
+
+def make_problem(mode, T, B, I, H, *, dtype="float64", lengths="full", h0=True, scale=0.5,
+                 x_scale=1.0, seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    G = spec(mode).gates
+    x = rng.standard_normal((T, B, I)) * x_scale
+    w = [rng.standard_normal((G * H, I)) * scale, rng.standard_normal((G * H, H)) * scale,
+         rng.standard_normal(G * H) * scale if bias else None,
+         rng.standard_normal(G * H) * scale if bias else None]
+    if isinstance(lengths, str):
+        lengths = {"full": None,
+                   "random": rng.integers(0, T + 1, size=B),
+                   "edges": np.resize(np.array([T, 0, max(T - 3, 1), 1]), B)}[lengths]
+    hs = None
+    if h0:
+        hs = rng.standard_normal((B, H))
+        if spec(mode).has_cell:
+            hs = (hs, rng.standard_normal((B, H)))
+    dy = rng.standard_normal((T, B, H))
+    if lengths is not None:
+        dy = dy * (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, :, None]
+    dh = rng.standard_normal((B, H))
+    dhn = (dh, rng.standard_normal((B, H))) if spec(mode).has_cell else dh
+    return dict(x=x, w=w, h0=hs, lengths=lengths, dy=dy, dhn=dhn)
+
+
+def _cast(obj, dtype):
+    if obj is None:
+        return None
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    return np.asarray(obj).astype(dtype)
+
+
+def run(mode, prob, *, backend, dtype="float64", reverse=False):
+    """Forward + backward; a flat dict of named arrays."""
+    x = _cast(prob["x"], dtype)
+    w = _cast(prob["w"], dtype)
+    h0 = _cast(prob["h0"], dtype)
+    y, hn, saved = fastrnn.rnn_forward(mode, x, w, h0, prob["lengths"], reverse=reverse,
+                                       training=True, backend=backend)
+    dx, dh0, dw = fastrnn.rnn_backward(saved, _cast(prob["dy"], dtype), _cast(prob["dhn"], dtype))
+    out = {"y": y, "dx": dx, "dw_ih": dw[0], "dw_hh": dw[1]}
+    if dw[2] is not None:
+        out["db_ih"], out["db_hh"] = dw[2], dw[3]
+    if spec(mode).has_cell:
+        out.update(h_n=hn[0], c_n=hn[1], dh0=dh0[0], dc0=dh0[1])
+    else:
+        out.update(h_n=hn, dh0=dh0)
+    # inference mode must give the same forward result as training mode
+    y2, hn2, s2 = fastrnn.rnn_forward(mode, x, w, h0, prob["lengths"], reverse=reverse,
+                                      training=False, backend=backend)
+    assert s2 is None, "saved must be None when training=False"
+    out["y_inference"] = y2
+    return out
+
+
+def check_backend(mode, backend, *, T=7, B=3, I=5, H=13, dtype="float64", lengths="full",
+                  reverse=False, h0=True, x_scale=1.0, scale=0.5, seed=0, bias=True):
+    """The helper every kernel test calls: backend vs the float64 oracle."""
+    prob = make_problem(mode, T, B, I, H, lengths=lengths, h0=h0, x_scale=x_scale,
+                        scale=scale, seed=seed, bias=bias)
+    ref = run(mode, prob, backend="numpy", dtype="float64", reverse=reverse)
+    got = run(mode, prob, backend=backend, dtype=dtype, reverse=reverse)
+    assert set(got) == set(ref)
+    for name in sorted(ref):
+        assert got[name].dtype == np.dtype(dtype), f"{name}: dtype {got[name].dtype} != {dtype}"
+        expected = ref["y"] if name == "y_inference" else ref[name]
+        assert_close(name, got[name], expected, TOL[dtype])
+    if prob["lengths"] is not None:
+        L = np.asarray(prob["lengths"])
+        pad = np.arange(T)[:, None] >= L[None, :]
+        assert np.all(got["y"][pad] == 0), "y: padding positions must be exactly zero"
+    return got, ref

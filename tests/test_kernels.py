@@ -1,0 +1,133 @@
+"""Every CPU backend against the float64 oracle: outputs, final states and
+every gradient, asserted by name (see helpers.check_backend)."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.backends import numba_cpu
+
+from .helpers import assert_close, check_backend, make_problem, run
+
+MODES = fastrnn.MODES
+BACKENDS = ["numba", "numpy"]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (7, 3, 5, 13), (63, 3, 4, 9)])
+def test_odd_sizes(backend, mode, dtype, T, B, I, H):
+    check_backend(mode, backend, T=T, B=B, I=I, H=H, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", ["edges", "random"])
+@pytest.mark.parametrize("mode", MODES)
+def test_lengths_and_reverse(mode, lengths, reverse, dtype):
+    check_backend(mode, "numba", T=9, B=5, I=4, H=11, lengths=lengths, reverse=reverse, dtype=dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_all_lengths_zero(mode):
+    got, _ = check_backend(mode, "numba", T=4, B=3, lengths=np.zeros(3, int))
+    assert np.all(got["y"] == 0), "y: all-zero lengths give zero output"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_no_initial_state(mode, reverse):
+    check_backend(mode, "numba", h0=False, reverse=reverse, lengths="edges")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_bias(mode):
+    check_backend(mode, "numba", bias=False)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_saturating_inputs(mode, dtype):
+    # pre-activations far beyond the rational tanh's clamp (|a| >> 7.9)
+    check_backend(mode, "numba", x_scale=30.0, scale=2.0, dtype=dtype, lengths="random")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_poisoned_buffers(mode, dtype, monkeypatch):
+    """Every output and saved buffer is allocated NaN-filled: an element the
+    kernels forget to write shows up as NaN (check_backend asserts finite)."""
+    def nan_empty(shape, dtype=float):
+        a = np.empty(shape, dtype)
+        a.fill(np.nan)
+        return a
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    check_backend(mode, "numba", T=6, B=4, lengths="edges", dtype=dtype)
+    check_backend(mode, "numba", T=6, B=4, lengths="edges", reverse=True, dtype=dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_layouts_give_same_result(mode):
+    """C-, F- and non-contiguous inputs all give the C-contiguous result."""
+    prob = make_problem(mode, 6, 3, 5, 7, lengths="random")
+    base = run(mode, prob, backend="numba")
+    odd = dict(prob)
+    odd["x"] = np.asfortranarray(prob["x"])
+    odd["w"] = [np.asfortranarray(w) for w in prob["w"][:2]] + [
+        np.repeat(b, 2)[::2] for b in prob["w"][2:]]           # strided views
+    big = np.zeros((3, 2 * 5, 7 * 2))
+    odd["dy"] = prob["dy"]
+    h0 = prob["h0"]
+    if isinstance(h0, tuple):
+        odd["h0"] = (np.asfortranarray(h0[0]), h0[1][:, ::-1][:, ::-1])
+    else:
+        odd["h0"] = np.asfortranarray(h0)
+    del big
+    other = run(mode, odd, backend="numba")
+    for name in base:
+        np.testing.assert_array_equal(other[name], base[name], err_msg=name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_in_padding_does_not_leak(mode):
+    """Values in x beyond each sequence's length are ignored, even NaN."""
+    prob = make_problem(mode, 6, 3, 4, 5, lengths=np.array([6, 2, 0]))
+    clean = run(mode, prob, backend="numba")
+    dirty = dict(prob)
+    x = prob["x"].copy()
+    x[2:, 1] = np.nan
+    x[:, 2] = np.inf
+    dirty["x"] = x
+    got = run(mode, dirty, backend="numba")
+    for name in clean:
+        assert_close(name, got[name], clean[name], 1e-12)
+
+
+def test_nan_input_propagates():
+    """A NaN inside a valid step must come out as NaN, not be squashed to +-1."""
+    prob = make_problem("lstm", 3, 2, 4, 5)
+    x = prob["x"].astype(np.float32)
+    x[1, 0, 0] = np.nan
+    w = [a.astype(np.float32) for a in prob["w"]]
+    y, _, _ = fastrnn.rnn_forward("lstm", x, w, backend="numba")
+    assert np.isnan(y[1:, 0]).all(), "y: NaN in x must propagate to later steps of its row"
+    assert np.isfinite(y[:, 1]).all(), "y: other rows must stay finite"
+
+
+def test_backward_twice_gives_same_gradients():
+    prob = make_problem("gru", 5, 3, 4, 6, lengths="random")
+    y, hn, saved = fastrnn.rnn_forward("gru", prob["x"], prob["w"], prob["h0"], prob["lengths"],
+                                       training=True, backend="numba")
+    g1 = fastrnn.rnn_backward(saved, prob["dy"], prob["dhn"])
+    g2 = fastrnn.rnn_backward(saved, prob["dy"], prob["dhn"])
+    np.testing.assert_array_equal(g1[0], g2[0], err_msg="dx")
+    for a, b, name in zip(g1[2], g2[2], ("dw_ih", "dw_hh", "db_ih", "db_hh")):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_inputs_not_modified():
+    prob = make_problem("lstm", 5, 3, 4, 6, lengths="random")
+    copies = [prob["x"].copy()] + [w.copy() for w in prob["w"]] + [h.copy() for h in prob["h0"]]
+    run("lstm", prob, backend="numba")
+    for a, b in zip([prob["x"]] + prob["w"] + list(prob["h0"]), copies):
+        np.testing.assert_array_equal(a, b)
