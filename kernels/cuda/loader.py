@@ -25,7 +25,8 @@ import threading
 from pathlib import Path
 
 __all__ = ["SOURCES", "MODE_SOURCE", "source", "options", "module", "get_kernel",
-           "fwd_step_name", "bwd_step_name", "persist_fwd_name", "persist_bwd_name"]
+           "fwd_step_name", "bwd_step_name", "persist_fwd_name", "persist_bwd_name",
+           "kernel_names", "source_path"]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -120,8 +121,7 @@ def get_kernel(name: str, func: str, dtype):
 
 def kernel_names(name: str) -> list:
     """Names of the extern "C" __global__ kernels defined by source ``name``."""
-    from fastrnn.cells import MODES  # local: the loader itself needs nothing else
     if name == "persistent":
-        return [f(m) for m in MODES for f in (persist_fwd_name, persist_bwd_name)]
+        return [f(m) for m in MODE_SOURCE for f in (persist_fwd_name, persist_bwd_name)]
     return [f(m) for m, src in MODE_SOURCE.items() if src == name
             for f in (fwd_step_name, bwd_step_name)]
