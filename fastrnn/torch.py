@@ -418,6 +418,12 @@ class _FastRNNMixin:
         return out, ((h_n, c_n) if lstm else h_n)
 
 
+# Under torch.compile the recurrent layer runs eagerly (a graph break): the
+# kernels are NumPy/Numba/CuPy calls that dynamo cannot trace.  ~0.6 us a call.
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "disable"):
+    _FastRNNMixin._fastrnn_forward = torch.compiler.disable(_FastRNNMixin._fastrnn_forward)
+
+
 class RNN(_FastRNNMixin, torch.nn.RNN):
     """``torch.nn.RNN`` (tanh or relu) running on fastrnn kernels.
 

@@ -462,3 +462,29 @@ def test_weak_reference_and_pickle():
         dup.weight_ih_l0.zero_()
     assert_close("original unaffected by its deep copy", fast(x)[0], y, **TOL[torch.float64])
     assert weakref.ref(fast)() is fast
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit internals, imported by dynamo
+def test_torch_compile_of_a_parent_model_runs_the_layer_eagerly():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = frt.GRU(I, H, batch_first=True)
+            self.lin = nn.Linear(H, 2)
+
+        def forward(self, x):
+            return self.lin(self.rnn(x)[0]).sum()
+
+    torch.manual_seed(0)
+    net = Net().double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    want = net(x)
+    want.backward()
+    want_grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    got = torch.compile(net)(x)
+    got.backward()
+    assert_close("torch.compile output", got, want, **TOL[torch.float64])
+    for n, p in net.named_parameters():
+        assert_close(f"torch.compile d{n}", p.grad, want_grads[n], **TOL[torch.float64])
