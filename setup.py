@@ -20,7 +20,7 @@ setup(
     packages=list(PACKAGES),
     package_dir=PACKAGES,
     package_data={"fastrnn._kernels.cuda": ["*.cu", "*.cuh"]},
-    install_requires=["numpy>=1.23", "numba>=0.58"],
+    install_requires=["numpy>=1.23", "numba>=0.58", "scipy>=1.9"],  # scipy: the BLAS behind np.dot in @njit
     extras_require={
         "cuda": ["cupy-cuda13x"],
         "torch": ["torch>=2.0"],

@@ -1,0 +1,295 @@
+"""`fastrnn bench`: fastrnn against its peers, measured side by side in one run.
+
+For each mode and shape: fastrnn (Numba) forward+BPTT and forward-only,
+torch.nn on the CPU (if installed) the same, and the NumPy reference.
+Correctness is checked before anything is timed; JIT compile time is kept
+out by a warm-up call.  Reported per row: median times, the ratio
+torch / fastrnn (> 1 means fastrnn is faster), and the fraction of the GEMM
+floor: FLOPs = 6*T*B*G*H*(I+H) for forward+BPTT (2*... forward) divided by
+an sgemm rate measured in the same run.
+
+Shapes (B, T, I, H), from the core issue:
+    S1 (1,100,64,64)  S2 (8,100,128,128)  S3 (32,64,128,256)
+    S4 (64,50,512,512)  S5 (32,25,1024,1024)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cells import MODES, spec
+
+SHAPES = {
+    "S1": (1, 100, 64, 64),
+    "S2": (8, 100, 128, 128),
+    "S3": (32, 64, 128, 256),
+    "S4": (64, 50, 512, 512),
+    "S5": (32, 25, 1024, 1024),
+}
+
+
+def timeit(fn, *, min_reps=5, min_time=0.5, max_reps=200):
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_rate(n=1024, dtype=np.float32):
+    """sgemm GFLOP/s on this machine now (median of several n^3 products)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    b = a.copy()
+    out = np.empty_like(a)
+    t = timeit(lambda: np.matmul(a, b, out=out), min_reps=5, min_time=1.0)
+    return 2 * n ** 3 / t / 1e9
+
+
+def machine_info():
+    info = {"python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "numpy": np.__version__}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import numba
+    info["numba"] = numba.__version__
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = [f"{i['internal_api']} {i.get('version')} {i.get('architecture')} "
+                        f"threads={i['num_threads']}" for i in threadpool_info()]
+    except ImportError:
+        pass
+    return info
+
+
+def _problem(mode, B, T, I, H, seed=0):
+    rng = np.random.default_rng(seed)
+    G = spec(mode).gates
+    k = 1 / np.sqrt(H)
+    w = [rng.uniform(-k, k, s).astype(np.float32) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    return x, w, dy
+
+
+def _torch_module(mode, I, H, w):
+    import torch
+    cls = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}.get(mode)
+    m = cls(I, H) if cls else torch.nn.RNN(I, H, nonlinearity=mode[4:])
+    with torch.no_grad():
+        for name, a in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), w):
+            getattr(m, name).copy_(torch.from_numpy(a))
+    return m
+
+
+def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True, quick=False):
+    import fastrnn
+    B, T, I, H = SHAPES[shape_name]
+    x, w, dy = _problem(mode, B, T, I, H)
+    L = None
+    if lengths:
+        L = np.random.default_rng(1).integers(1, T + 1, size=B)
+        dy = dy * (np.arange(T)[:, None] < L[None, :])[:, :, None]
+    reps = dict(min_reps=2, min_time=0.05) if quick else dict(min_reps=5, min_time=0.5)
+    row = {"mode": mode, "shape": shape_name, "B": B, "T": T, "I": I, "H": H,
+           "lengths": "random" if lengths else "full"}
+
+    def fr_train():
+        y, h, s = fastrnn.rnn_forward(mode, x, w, None, L, training=True, backend="numba")
+        return fastrnn.rnn_backward(s, dy)
+
+    def fr_infer():
+        return fastrnn.rnn_forward(mode, x, w, None, L, backend="numba")
+
+    y_fr = fr_infer()[0]
+    row["fastrnn_train_s"] = timeit(fr_train, **reps)
+    row["fastrnn_fwd_s"] = timeit(fr_infer, **reps)
+    if torch_ok:
+        import torch
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        m = _torch_module(mode, I, H, w)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+
+        def t_out(inp):
+            if L is None:
+                return m(inp)[0]
+            out = m(pack_padded_sequence(inp, torch.from_numpy(L), enforce_sorted=False))[0]
+            return pad_packed_sequence(out, total_length=T)[0]
+
+        with torch.no_grad():
+            y_t = t_out(xt).numpy()
+        err = float(np.abs(y_t - y_fr).max())
+        if not err < 1e-4:
+            raise AssertionError(f"{mode} {shape_name}: fastrnn and torch outputs differ by {err:.2e}")
+        row["check_max_abs_diff"] = err
+
+        def t_train():
+            m.zero_grad(set_to_none=True)
+            xt.grad = None
+            t_out(xt).backward(dyt)
+
+        def t_infer():
+            with torch.no_grad():
+                t_out(xt)
+
+        row["torch_train_s"] = timeit(t_train, **reps)
+        row["torch_fwd_s"] = timeit(t_infer, **reps)
+        row["ratio_train"] = row["torch_train_s"] / row["fastrnn_train_s"]
+        row["ratio_fwd"] = row["torch_fwd_s"] / row["fastrnn_fwd_s"]
+    if reference:
+        def ref_train():
+            y, h, s = fastrnn.rnn_forward(mode, x, w, None, L, training=True, backend="numpy")
+            return fastrnn.rnn_backward(s, dy)
+        row["numpy_train_s"] = timeit(ref_train, min_reps=1, min_time=0.0, max_reps=1)
+        row["ratio_numpy"] = row["numpy_train_s"] / row["fastrnn_train_s"]
+    G = spec(mode).gates
+    row["flops_train"] = 6 * T * B * G * H * (I + H)
+    row["flops_fwd"] = 2 * T * B * G * H * (I + H)
+    return row
+
+
+def startup_times(modes):
+    """import time, cold first call (empty Numba cache) and warm start (cache on disk),
+    each in a fresh process."""
+    code = r"""
+import time, sys
+t0 = time.perf_counter(); import fastrnn; t_imp = time.perf_counter() - t0
+import numpy as np
+mode = sys.argv[1]
+G = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}[mode]
+x = np.zeros((3, 2, 4), np.float32); w = [np.zeros(s, np.float32) for s in ((G*5, 4), (G*5, 5), (G*5,), (G*5,))]
+t0 = time.perf_counter()
+y, h, s = fastrnn.rnn_forward(mode, x, w, training=True, backend="numba"); fastrnn.rnn_backward(s, y)
+print(t_imp, time.perf_counter() - t0)
+"""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for mode in modes:
+            res = []
+            for _ in range(2):   # cold, then warm
+                p = subprocess.run([sys.executable, "-c", code, mode], env=env, capture_output=True,
+                                   text=True, check=True)
+                res.append([float(v) for v in p.stdout.split()])
+            out[mode] = {"import_s": res[1][0], "cold_first_call_s": res[0][1],
+                         "warm_first_call_s": res[1][1]}
+    return out
+
+
+def _fmt_ms(s):
+    return f"{s * 1e3:.2f}" if s is not None else "-"
+
+
+def render(result):
+    rate = result["gemm_gflops"]
+    lines = [f"Machine: {result['machine'].get('cpu', '?')}, {result['machine']['cpus']} cores; "
+             f"numpy {result['machine']['numpy']}, numba {result['machine']['numba']}, "
+             f"torch {result['machine'].get('torch')}; sgemm floor rate {rate:.0f} GFLOP/s (measured now).",
+             "",
+             "| mode | shape | lengths | fastrnn fwd+bwd ms | torch fwd+bwd ms | ratio | floor frac | "
+             "fastrnn fwd ms | torch fwd ms | fwd ratio | numpy ref ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        floor = r["flops_train"] / (rate * 1e9) / r["fastrnn_train_s"]
+        lines.append(
+            f"| {r['mode']} | {r['shape']} | {r['lengths']} | {_fmt_ms(r['fastrnn_train_s'])} | "
+            f"{_fmt_ms(r.get('torch_train_s'))} | {r.get('ratio_train', float('nan')):.2f} | {floor:.2f} | "
+            f"{_fmt_ms(r['fastrnn_fwd_s'])} | {_fmt_ms(r.get('torch_fwd_s'))} | "
+            f"{r.get('ratio_fwd', float('nan')):.2f} | {_fmt_ms(r.get('numpy_train_s'))} |")
+    if result.get("lengths_cost"):
+        lines += ["", "Random lengths in [1, T] relative to full length (fastrnn fwd+bwd): " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in result["lengths_cost"].items())]
+    if result.get("startup"):
+        lines += ["", "| mode | import s | cold first call s | warm first call s |", "|---|---|---|---|"]
+        for m, s in result["startup"].items():
+            lines.append(f"| {m} | {s['import_s']:.2f} | {s['cold_first_call_s']:.1f} | "
+                         f"{s['warm_first_call_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def run(modes=MODES, shapes=tuple(SHAPES), *, full=False, quick=False, reference=True,
+        startup=True, json_path=None, out=print):
+    try:
+        import torch
+        torch_ok = True
+    except ImportError:
+        torch_ok = False
+        out("torch is not installed: fastrnn is compared with the NumPy reference only "
+            "(pip install torch for the peer column)")
+    result = {"machine": machine_info(), "gemm_gflops": gemm_rate(512 if quick else 1024),
+              "rows": [], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    len_shapes = shapes if full else [s for s in shapes if s in ("S2", "S3")]
+    lengths_cost = {}
+    for mode in modes:
+        for sh in shapes:
+            row = bench_case(mode, sh, reference=reference,
+                             torch_ok=torch_ok, quick=quick)
+            result["rows"].append(row)
+            out(f"  {mode:8s} {sh}: fastrnn {row['fastrnn_train_s'] * 1e3:8.2f} ms"
+                + (f"  torch {row['torch_train_s'] * 1e3:8.2f} ms  ratio {row['ratio_train']:.2f}"
+                   if torch_ok else ""))
+            if sh in len_shapes:
+                lrow = bench_case(mode, sh, lengths=True, reference=False, torch_ok=torch_ok, quick=quick)
+                result["rows"].append(lrow)
+                lengths_cost[f"{mode}/{sh}"] = lrow["fastrnn_train_s"] / row["fastrnn_train_s"]
+    result["lengths_cost"] = lengths_cost
+    if startup:
+        result["startup"] = startup_times(modes if full else ("lstm",))
+    text = render(result)
+    out("")
+    out(text)
+    if json_path is None:
+        Path("bench_results").mkdir(exist_ok=True)
+        json_path = Path("bench_results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(result, indent=1))
+    out(f"\nJSON: {json_path}")
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default: all)")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shapes S1..S5 (default: all)")
+    p.add_argument("--full", action="store_true", help="lengths rows at every shape, startup per mode")
+    p.add_argument("--quick", action="store_true", help="few repetitions (smoke run; numbers are rough)")
+    p.add_argument("--no-reference", action="store_true", help="skip the slow NumPy reference column")
+    p.add_argument("--no-startup", action="store_true", help="skip the cold/warm start measurement")
+    p.add_argument("--json", default=None, help="where to write the JSON (default bench_results/)")
+
+
+def main_from_args(a):
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    shapes = [s.strip().upper() for s in a.shapes.split(",") if s.strip()]
+    for m in modes:
+        spec(m)
+    for s in shapes:
+        if s not in SHAPES:
+            raise ValueError(f"--shapes: expected names from {', '.join(SHAPES)}, got {s!r}")
+    run(modes, shapes, full=a.full, quick=a.quick, reference=not a.no_reference,
+        startup=not a.no_startup, json_path=a.json)

@@ -1,0 +1,75 @@
+"""The backend registry: availability with reasons, auto-selection, overrides,
+and errors (never a silent fallback)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import dispatch
+
+
+def test_backends_report_availability_and_reason():
+    info = fastrnn.backends()
+    assert set(info) >= {"numpy", "numba", "cupy"}
+    assert info["numpy"].available and info["numba"].available
+    for name, i in info.items():
+        assert isinstance(i.reason, str) and i.reason, f"{name}: a reason must be given"
+    if not info["cupy"].available:
+        assert info["cupy"].reason   # e.g. "cupy is not installed" / no device
+
+
+def test_auto_selects_numba_for_numpy_arrays(monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    assert dispatch.select(None, "numpy", "lstm", np.dtype("float32")).name == "numba"
+
+
+def test_env_override(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "numpy")
+    assert dispatch.select(None, "numpy", "gru", np.dtype("float64")).name == "numpy"
+    monkeypatch.setenv(dispatch.ENV_VAR, "nonsense")
+    with pytest.raises(ValueError, match=r"\$FASTRNN_BACKEND: expected one of"):
+        fastrnn.rnn_forward("gru", np.zeros((2, 1, 3)), [np.zeros((6, 3)), np.zeros((6, 2)), None, None])
+
+
+def test_explicit_argument_beats_env(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "numpy")
+    assert dispatch.select("numba", "numpy", "gru", np.dtype("float64")).name == "numba"
+
+
+def test_unknown_backend_argument():
+    with pytest.raises(ValueError, match=r"backend=: expected one of 'numpy', 'numba', 'cupy'"):
+        fastrnn.rnn_forward("gru", np.zeros((2, 1, 3)), [np.zeros((6, 3)), np.zeros((6, 2)), None, None],
+                            backend="tpu")
+
+
+def test_unavailable_backend_is_an_error_with_reason():
+    info = fastrnn.backends()["cupy"]
+    if info.available:
+        pytest.skip("cupy is available here")
+    with pytest.raises(RuntimeError, match=r"backend 'cupy' is unavailable: .+"):
+        fastrnn.rnn_forward("gru", np.zeros((2, 1, 3)), [np.zeros((6, 3)), np.zeros((6, 2)), None, None],
+                            backend="cupy")
+
+
+def test_broken_backend_is_reported_not_hidden():
+    dispatch.register("broken_test", "fastrnn.no_such_module:BACKEND")
+    try:
+        info = fastrnn.backends()["broken_test"]
+        assert not info.available
+        assert "no_such_module" in info.reason
+        with pytest.raises(RuntimeError, match="broken_test' is unavailable: import of"):
+            dispatch.get("broken_test")
+    finally:
+        dispatch._REGISTRY.pop("broken_test")
+        dispatch._LOADED.pop("broken_test", None)
+        dispatch._PROBED.pop("broken_test", None)
+
+
+def test_import_is_light():
+    """`import fastrnn` imports neither numba, torch nor cupy."""
+    code = ("import sys, fastrnn; bad = [m for m in ('numba', 'torch', 'cupy') if m in sys.modules];"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported at `import fastrnn`: {out.stdout.strip()}"
