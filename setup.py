@@ -3,7 +3,7 @@ from setuptools import setup
 # kernels/ is installed as fastrnn._kernels (PyPI already has a `kernels`).
 PACKAGES = {
     "fastrnn": "fastrnn",
-    "fastrnn.backends": "fastrnn/backends",
+    "fastrnn._backends": "fastrnn/_backends",
     "fastrnn.tasks": "fastrnn/tasks",
     "fastrnn._kernels": "kernels",
     "fastrnn._kernels.cpu": "kernels/cpu",

@@ -7,7 +7,7 @@ A backend is an object with
     dtypes      tuple of numpy dtype names it runs
     array_module()          the module whose arrays it takes (numpy or cupy)
     probe()                 -> (available: bool, reason: str); may import things
-    forward(...), backward(...)   see fastrnn.backends.numpy_ref for the signature
+    forward(...), backward(...)   see fastrnn._backends.numpy_ref for the signature
 
 Selection, in order: an explicit ``backend=`` argument, the FASTRNN_BACKEND
 environment variable, else the available backend of highest priority whose
@@ -50,7 +50,7 @@ _LOCK = threading.Lock()
 
 
 def register(name: str, target: str) -> None:
-    """Register a backend by import path, e.g. ``register("numba", "fastrnn.backends.numba_cpu:BACKEND")``."""
+    """Register a backend by import path, e.g. ``register("numba", "fastrnn._backends.numba_cpu:BACKEND")``."""
     with _LOCK:
         _REGISTRY[name] = target
         _LOADED.pop(name, None)
@@ -161,6 +161,6 @@ def _check_supports(be, source, array_module_name, mode, dtype):
         raise TypeError(f"{source}: backend {be.name!r} runs dtypes {be.dtypes}, got {dtype}")
 
 
-register("numpy", "fastrnn.backends.numpy_ref:BACKEND")
-register("numba", "fastrnn.backends.numba_cpu:BACKEND")
-register("cupy", "fastrnn.backends.cupy_cuda:BACKEND")
+register("numpy", "fastrnn._backends.numpy_ref:BACKEND")
+register("numba", "fastrnn._backends.numba_cpu:BACKEND")
+register("cupy", "fastrnn._backends.cupy_cuda:BACKEND")

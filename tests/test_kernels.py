@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.backends import numba_cpu
+from fastrnn._backends import numba_cpu
 
 from .helpers import assert_close, check_backend, make_problem, run
 

@@ -336,7 +336,7 @@ def _backward(rt, p, dy, dh_n, dc_n):
 # ---------------------------------------------------------------- the adapter
 
 class CupyCuda:
-    """Dispatcher adapter (see fastrnn.backends): CuPy arrays in and out."""
+    """Dispatcher adapter (see fastrnn._backends): CuPy arrays in and out."""
 
     name = "cupy"
     priority = 20
