@@ -76,7 +76,7 @@ def main(argv=None):
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    info = fastrnn.dispatch.backends()["cupy"]  # (fastrnn.backends is shadowed once the subpackage is imported)
+    info = fastrnn.dispatch.backends()["cupy"]
     if not info.available:
         print(f"cupy backend unavailable: {info.reason}", file=sys.stderr)
         return 2

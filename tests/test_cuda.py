@@ -38,7 +38,7 @@ def _gpu_skip_reason():
         return f"no usable CUDA device ({type(exc).__name__}: {exc})"
     if n < 1:
         return "no CUDA device"
-    info = fastrnn.dispatch.backends()["cupy"]  # (fastrnn.backends is shadowed once the subpackage is imported)
+    info = fastrnn.dispatch.backends()["cupy"]
     if not info.available:
         return f"the cupy backend is unavailable: {info.reason}"
     return None

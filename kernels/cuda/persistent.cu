@@ -21,7 +21,7 @@
 // Shared memory (scalar_t elements):
 //   forward : G*U*H (W) + B*H (h) + B*G*U (gate pre-activations)
 //   backward: G*U*H (W) + G*U*FRNN_MAXB (dhg, [rr][b]) + 2*B*U (dh, dc)
-// (fastrnn.backends.cupy_cuda.persistent_smem computes the same numbers.)
+// (fastrnn._backends.cupy_cuda.persistent_smem computes the same numbers.)
 // blockDim.x must be a multiple of 32; B <= FRNN_MAXB.
 #define FASTRNN_CELLS_ONLY
 #include "common.cuh"
