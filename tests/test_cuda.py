@@ -143,10 +143,24 @@ def assert_close(name, got, ref, tol):
     assert err <= tol, f"{name}: max|got-ref|/max|ref| = {err:.3e} > {tol:.0e} (max|ref| = {scale:.3e})"
 
 
+def _skip_unless_persistent_fits(mode, B, H, dtype):
+    """The cases are sized for a 132-SM H100/H200; skip, saying why, on a device
+    where the persistent kernels cannot hold this W_hh slice."""
+    from fastrnn._backends import cupy_cuda
+    rt = cupy_cuda._runtime()
+    for which in ("fwd", "bwd"):
+        ok, reason, *_ = cupy_cuda.persistent_plan(mode, B, H, np.dtype(dtype).itemsize, rt.sm_count,
+                                                   rt.smem_optin, which, rt.cooperative)
+        if not ok:
+            pytest.skip(f"persistent {which} does not fit this device ({rt.sm_count} SMs): {reason}")
+
+
 def check(case, dtype, reverse, path=None, training=True):
     """Run the cupy backend (path forced if given) and the float64 oracle; assert every output."""
     import cupy
     from fastrnn._backends import cupy_cuda
+    if path == "persistent":
+        _skip_unless_persistent_fits(case["mode"], case["shape"][1], case["shape"][3], dtype)
     cupy_cuda.set_path(path)
     got, saved = run_case(case, dtype, reverse, "cupy", cupy, training)
     ref, _ = run_case(case, np.float64, reverse, "numpy", np, training)

@@ -20,7 +20,7 @@
 //
 // Shared memory (scalar_t elements):
 //   forward : G*U*H (W) + B*H (h) + B*G*U (gate pre-activations)
-//   backward: G*U*H (W) + G*U*FRNN_MAXB (dhg, [rr][b]) + 2*B*U (dh, dc)
+//   backward: G*U*FRNN_MAXB (dhg, [rr][b]) + G*U*H (W) + 2*B*U (dh, dc)
 // (fastrnn._backends.cupy_cuda.persistent_smem computes the same numbers.)
 // blockDim.x must be a multiple of 32; B <= FRNN_MAXB.
 #define FASTRNN_CELLS_ONLY
@@ -181,10 +181,12 @@ __device__ __forceinline__ void frnn_persist_bwd(
     const int warp = tid >> 5;
     const int nwarps = nthr >> 5;
 
-    scalar_t* Wsm = reinterpret_cast<scalar_t*>(frnn_dyn_smem());
-    scalar_t* dgl = Wsm + (size_t)GU * H;                 // [(g*nu + u) * FRNN_MAXB + b]
-    scalar_t* dhl = dgl + (size_t)GU * FRNN_MAXB;         // [b * U + u]
-    scalar_t* dcl = dhl + (size_t)B * U;                  // [b * U + u]
+    // dgl first: at the 16-byte aligned base, its rows of FRNN_MAXB values are
+    // aligned too, so the compiler may read them with vector loads.
+    scalar_t* dgl = reinterpret_cast<scalar_t*>(frnn_dyn_smem());  // [(g*nu + u) * FRNN_MAXB + b]
+    scalar_t* Wsm = dgl + (size_t)GU * FRNN_MAXB;                  // [(g*nu + u) * H + k]
+    scalar_t* dhl = Wsm + (size_t)GU * H;                          // [b * U + u]
+    scalar_t* dcl = dhl + (size_t)B * U;                           // [b * U + u]
     frnn_load_w_slice(Wsm, w_hh, G, H, j0, nu);
     for (int idx = tid; idx < B * nu; idx += nthr) {
         const int b = idx / nu;
@@ -249,9 +251,12 @@ __device__ __forceinline__ void frnn_persist_bwd(
             for (int rr = 0; rr < R; ++rr) {
                 const scalar_t w = Wsm[(size_t)rr * H + k];
                 const scalar_t* d = dgl + rr * FRNN_MAXB;
+                scalar_t dv[FRNN_MAXB];  // whole row, unpredicated: aligned vector loads
+#pragma unroll
+                for (int b = 0; b < FRNN_MAXB; ++b) dv[b] = d[b];
 #pragma unroll
                 for (int b = 0; b < FRNN_MAXB; ++b)
-                    if (b < B) acc[b] += d[b] * w;
+                    if (b < B) acc[b] += dv[b] * w;
             }
 #pragma unroll
             for (int b = 0; b < FRNN_MAXB; ++b)
