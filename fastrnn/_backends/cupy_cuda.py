@@ -17,7 +17,9 @@ general (any size)
     kernel (biases, activations, state update, length masking, y, saved
     gates).  Backward per step: one fused pointwise kernel and one GEMM
     dh += dhg W_hh; after the loop dx, dW_ih, dW_hh as GEMMs over all T*B
-    rows and the bias gradients as column sums.  No allocation in the loop.
+    rows and the bias gradients as column sums.  No allocation in the loop;
+    the per-step GEMM is one raw cublas<S|D>gemm call planned before the loop
+    (the call cupy.cublas.gemm would make, without its per-call checks).
 
 persistent (small batch)
     one cooperative kernel runs all T steps, W_hh held in shared memory, one
@@ -56,7 +58,7 @@ import numpy as np
 from ..cells import MODES, spec
 
 __all__ = ["BACKEND", "CupyCuda", "set_path", "get_path", "choose_path", "persistent_plan",
-           "persistent_smem", "PATH_ENV", "PERSIST_MAX_B", "SAVED_PER_UNIT"]
+           "persistent_smem", "gemm_layout", "PATH_ENV", "PERSIST_MAX_B", "SAVED_PER_UNIT"]
 
 PATH_ENV = "FASTRNN_CUDA_PATH"
 PATHS = ("auto", "general", "persistent")
@@ -130,6 +132,34 @@ def choose_path(requested, plan_ok, plan_reason, which):
     return "persistent" if plan_ok else "general"
 
 
+def gemm_layout(transa, transb, a_shape, a_cf, b_shape, b_cf, out_cf):
+    """The column-major cuBLAS call computing out = op(a) @ op(b) (+ beta*out) on
+    contiguous row- or column-major operands without copies -- the call
+    cupy.cublas.gemm makes -- decided once for the time loop.  *_cf are
+    (c_contiguous, f_contiguous).  Returns (b_first, opx, opy, M, N, K, ldx, ldy, ldc):
+    gemm(opx, opy, M, N, K, alpha, x, ldx, y, ldy, beta, out, ldc) with
+    (x, y) = (b, a) if b_first else (a, b); op 0 = N, 1 = T."""
+    ta = 0 if transa == "N" else 1
+    tb = 0 if transb == "N" else 1
+    m, k = a_shape if ta == 0 else a_shape[::-1]
+    n = b_shape[1] if tb == 0 else b_shape[0]
+
+    def ld(shape, cf, t):
+        if cf[1]:
+            return shape[0], t
+        if cf[0]:
+            return shape[1], 1 - t
+        raise ValueError(f"gemm operand of shape {shape} is not contiguous")
+
+    lda, ta = ld(a_shape, a_cf, ta)
+    ldb, tb = ld(b_shape, b_cf, tb)
+    if out_cf[1]:
+        return False, ta, tb, m, n, k, lda, ldb, m
+    if out_cf[0]:
+        return True, 1 - tb, 1 - ta, n, m, k, ldb, lda, n
+    raise ValueError("gemm output is not contiguous")
+
+
 # ---------------------------------------------------------------- device runtime
 
 class _Runtime:
@@ -172,6 +202,32 @@ class _Runtime:
         """out = op(a) @ op(b) + beta * out (cuBLAS, no copies for contiguous operands)."""
         self._cublas.gemm(transa, transb, a, b, out=out, alpha=self._scalar(1.0, a.dtype),
                           beta=self._scalar(beta, a.dtype))
+
+    def step_gemm(self, transa, transb, a, b, out, beta=0.0):
+        """f(a_ptr, b_ptr, out_ptr) computing out = op(a) @ op(b) + beta * out for
+        operands shaped and laid out like a, b, out: one raw cublas<S|D>gemm call,
+        planned here once so that the time loop skips CuPy's per-call checks."""
+        from cupy.cuda import device
+        from cupy_backends.cuda.libs import cublas as lib
+        b_first, opx, opy, M, N, K, ldx, ldy, ldc = gemm_layout(
+            transa, transb, a.shape, (a.flags.c_contiguous, a.flags.f_contiguous), b.shape,
+            (b.flags.c_contiguous, b.flags.f_contiguous), (out.flags.c_contiguous, out.flags.f_contiguous))
+        func = lib.sgemm if a.dtype == np.float32 else lib.dgemm
+        alpha_ptr = self._scalar(1.0, a.dtype).ctypes.data     # kept alive by self._scalars
+        beta_ptr = self._scalar(beta, a.dtype).ctypes.data
+        handle = device.get_cublas_handle()
+        lib.setPointerMode(handle, lib.CUBLAS_POINTER_MODE_HOST)
+        if b_first:
+            def f(a_ptr, b_ptr, out_ptr):
+                func(handle, opx, opy, M, N, K, alpha_ptr, b_ptr, ldx, a_ptr, ldy, beta_ptr, out_ptr, ldc)
+        else:
+            def f(a_ptr, b_ptr, out_ptr):
+                func(handle, opx, opy, M, N, K, alpha_ptr, a_ptr, ldx, b_ptr, ldy, beta_ptr, out_ptr, ldc)
+        return f
+
+    @staticmethod
+    def ptr(a):
+        return a.data.ptr
 
     # kernels
     def kernel(self, source, name, dtype):
@@ -261,12 +317,15 @@ def _forward(rt, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, trai
         hg = rt.empty((B, GH), dt)
         k = rt.kernel(rt.loader.MODE_SOURCE[mode], rt.loader.fwd_step_name(mode), dt)
         grid = -(-(B * H) // STEP_THREADS)
-        h_in = [hs[t + 1] if reverse else hs[t] for t in range(T)]   # views, made before the loop
+        h_in = [hs[t + 1] if reverse else hs[t] for t in range(T)]   # state entering time t
+        rec = rt.step_gemm("N", "T", h_in[0], w_hh, hg)               # hg = h @ W_hh^T
+        h_ptr = [rt.ptr(v) for v in h_in]
+        w_ptr, hg_ptr = rt.ptr(w_hh), rt.ptr(hg)
         tail = (i32(B), i32(H), i32(reverse))
         head = (xg, hg, b_ih, b_hh, len_d, hs, cs_arg, y, save_arg, i32(write_save))
         for s in range(T):
             t = T - 1 - s if reverse else s
-            rt.gemm("N", "T", h_in[t], w_hh, hg)
+            rec(h_ptr[t], w_ptr, hg_ptr)
             rt.launch(k, grid, STEP_THREADS, head + (i32(t),) + tail)
 
     h_n = hs[last].copy()
@@ -310,13 +369,15 @@ def _backward(rt, p, dy, dh_n, dc_n):
     else:
         k = rt.kernel(rt.loader.MODE_SOURCE[mode], rt.loader.bwd_step_name(mode), dt)
         grid = -(-(B * H) // STEP_THREADS)
-        dhg_t = [dhg[t] for t in range(T)]    # views, made before the loop
+        rec = rt.step_gemm("N", "N", dhg[0], w_hh, dh, beta=1.0)     # dh += dhg[t] @ W_hh
+        dhg_ptr = [rt.ptr(dhg[t]) for t in range(T)]
+        w_ptr, dh_ptr = rt.ptr(w_hh), rt.ptr(dh)
         head = (hs, cs_arg, save_arg, dy, len_d, dh, dc_arg, dxg, dhg)
         tail = (i32(B), i32(H), i32(reverse))
         for s in range(T - 1, -1, -1):
             t = T - 1 - s if reverse else s
             rt.launch(k, grid, STEP_THREADS, head + (i32(t),) + tail)
-            rt.gemm("N", "N", dhg_t[t], w_hh, dh, beta=1.0)   # dh += dhg[t] @ W_hh
+            rec(dhg_ptr[t], w_ptr, dh_ptr)
 
     # weight and input gradients: big GEMMs over all T*B rows, bias gradients as column sums
     dxg2 = dxg.reshape(T * B, GH)
