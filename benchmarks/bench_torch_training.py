@@ -1,0 +1,398 @@
+"""torch.nn vs fastrnn.torch on the CPU, float32, measured side by side in one run.
+
+Three measurements:
+
+1. training: a real loop (Embedding -> LSTM or GRU -> Linear, Adam,
+   cross-entropy next-token loss), steps/s, median over repetitions;
+2. forward+backward of the recurrent layer alone at the shapes
+   S1..S5 (B, T, I, H), with the GEMM floor measured in the same run;
+3. the wrapper's per-call overhead: fastrnn.torch.LSTM forward at a tiny
+   size minus the raw fastrnn.rnn_forward call on the same arrays.
+
+Correctness is checked before anything is timed; JIT compilation is kept out
+by warm-up rounds.  As a script it prints markdown tables and writes JSON to
+bench_results/torch_training.json:
+
+    PYTHONPATH=. python3 benchmarks/bench_torch_training.py            # ~1-2 min
+    PYTHONPATH=. python3 benchmarks/bench_torch_training.py --quick    # seconds
+
+Under pytest-benchmark (functions test_*, grouped by what they measure):
+
+    pytest benchmarks/bench_torch_training.py --benchmark-group-by=group
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import timeit
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fastrnn
+import fastrnn.torch as frt
+
+SHAPES = {  # name: (B, T, I, H)
+    "S1": (1, 100, 64, 64),
+    "S2": (8, 100, 128, 128),
+    "S3": (32, 64, 128, 256),
+    "S4": (64, 50, 512, 512),
+    "S5": (32, 25, 1024, 1024),
+}
+GATES = {"lstm": 4, "gru": 3}
+# the training model: next-token prediction on random tokens
+TRAIN = dict(V=1000, E=128, H=256, B=32, T=64)
+
+
+# ---------------------------------------------------------------- helpers
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
+                numpy=np.__version__, fastrnn=fastrnn.__version__, torch_threads=torch.get_num_threads())
+    try:
+        import numba
+        info.update(numba=numba.__version__, numba_threads=numba.get_num_threads())
+    except Exception:
+        pass
+    try:
+        from fastrnn import dispatch
+        info["fastrnn_backend"] = dispatch.select(None, "numpy", "lstm", "float32").name
+    except Exception as exc:
+        info["fastrnn_backend"] = f"none ({exc})"
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = sorted({f"{p['internal_api']}:{p['num_threads']}" for p in threadpool_info()})
+    except Exception:
+        pass
+    return info
+
+
+def gemm_rate(n=1024, reps=3):
+    """float32 GEMM rate of this machine (FLOP/s), best of reps: the floor's rate."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.copy()
+    a @ b
+    best = min(timeit.repeat(lambda: a @ b, number=1, repeat=reps))
+    return 2 * n ** 3 / best
+
+
+def fwd_bwd_flops(cell, B, T, I, H):
+    """~2*T*B*G*H*(I+H) forward, about twice that backward."""
+    return 3 * 2 * T * B * GATES[cell] * H * (I + H)
+
+
+def median_time(fn, reps, warmup=1, number=1):
+    for _ in range(warmup):
+        fn()
+    times = [t / number for t in timeit.repeat(fn, number=number, repeat=reps)]
+    return statistics.median(times), times
+
+
+def make_rnn(impl, cell, I, H, seed=0, **kw):
+    torch.manual_seed(seed)
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    ref = cls(I, H, batch_first=True, **kw)
+    return ref if impl == "torch" else frt.from_torch(ref)
+
+
+# ---------------------------------------------------------------- 1. training loop
+
+class LM(torch.nn.Module):
+    def __init__(self, rnn, V, E, H):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, E)
+        self.rnn = rnn
+        self.out = torch.nn.Linear(H, V)
+
+    def forward(self, tok):
+        y, _ = self.rnn(self.emb(tok))
+        return self.out(y)
+
+
+def make_trainer(impl, cell, V, E, H, B, T, seed=0):
+    """(step function returning the loss, model): the same model and data for both impls."""
+    torch.manual_seed(seed)
+    model = LM(make_rnn("torch", cell, E, H, seed), V, E, H)
+    if impl == "fastrnn":
+        frt.swap_rnns(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed + 1)
+    tok = torch.randint(0, V, (B, T + 1), generator=g)
+    inp, tgt = tok[:, :-1], tok[:, 1:].reshape(-1)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(inp).reshape(-1, V), tgt)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step, model
+
+
+def check_training(cell, cfg, steps=3):
+    """Both impls give the same loss curve (float32 rounding) before any timing."""
+    curves = {impl: [make_trainer(impl, cell, **cfg)[0]] for impl in ("torch", "fastrnn")}
+    for impl in curves:
+        step = curves[impl][0]
+        curves[impl] = [step() for _ in range(steps)]
+    a, b = np.array(curves["torch"]), np.array(curves["fastrnn"])
+    if not np.allclose(a, b, rtol=1e-4, atol=1e-5):
+        raise AssertionError(f"training {cell}: loss curves differ: torch {a} fastrnn {b}")
+    return curves
+
+
+def bench_training(cell, cfg, reps, steps_per_rep):
+    check_training(cell, cfg)
+    out = {}
+    for impl in ("torch", "fastrnn"):
+        step, _ = make_trainer(impl, cell, **cfg)
+        med, times = median_time(lambda: [step() for _ in range(steps_per_rep)], reps, warmup=1)
+        out[impl] = dict(steps_per_s=steps_per_rep / med, ms_per_step=1e3 * med / steps_per_rep,
+                         rep_s=[round(t, 5) for t in times])
+    out["speedup"] = out["fastrnn"]["steps_per_s"] / out["torch"]["steps_per_s"]
+    return out
+
+
+# ---------------------------------------------------------------- 2. shapes, fwd+bwd
+
+def fwd_bwd_runner(impl, cell, B, T, I, H, seed=0):
+    rnn = make_rnn(impl, cell, I, H, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(B, T, I, generator=g, requires_grad=True)
+    dy = torch.randn(B, T, H, generator=g)
+
+    def run():
+        for p in rnn.parameters():
+            p.grad = None
+        x.grad = None
+        y, _ = rnn(x)
+        y.backward(dy)
+        return y
+
+    return run, rnn, x
+
+
+def check_shape(cell, B, T, I, H):
+    """fastrnn vs torch.nn outputs and gradients at this shape (float32 rounding, relative)."""
+    res = {}
+    for impl in ("torch", "fastrnn"):
+        run, rnn, x = fwd_bwd_runner(impl, cell, B, T, I, H)
+        y = run()
+        res[impl] = [("y", y.detach()), ("dx", x.grad)] + [(f"d{n}", p.grad) for n, p in rnn.named_parameters()]
+    for (name, a), (_, b) in zip(res["torch"], res["fastrnn"]):
+        err = (a - b).abs().max().item() / max(a.abs().max().item(), 1e-30)
+        if err > 2e-4:
+            raise AssertionError(f"{cell} {(B, T, I, H)} {name}: max relative error {err:.2e} vs torch.nn")
+
+
+def bench_shapes(cells, shapes, reps, rate):
+    rows = []
+    for cell in cells:
+        for name, (B, T, I, H) in shapes.items():
+            check_shape(cell, B, T, I, H)
+            floor = fwd_bwd_flops(cell, B, T, I, H) / rate
+            row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H, floor_ms=1e3 * floor)
+            for impl in ("torch", "fastrnn"):
+                run, _, _ = fwd_bwd_runner(impl, cell, B, T, I, H)
+                med, times = median_time(run, reps, warmup=2)
+                row[f"{impl}_ms"] = 1e3 * med
+                row[f"{impl}_floor_fraction"] = floor / med
+            row["speedup"] = row["torch_ms"] / row["fastrnn_ms"]
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- 3. per-call overhead
+
+def overhead_runners(I=4, H=4, T=1, B=1):
+    """(module forward, raw rnn_forward on the same arrays, module fwd+bwd, raw fwd+bwd)."""
+    torch.manual_seed(0)
+    m = frt.LSTM(I, H, backend=None)
+    x = torch.randn(T, B, I)
+    xa = x.numpy()
+    w = tuple(p.detach().numpy() for p in m._flat_weights)
+
+    def raw_fwd():
+        return fastrnn.rnn_forward("lstm", xa, w, training=True)
+
+    def raw_fwd_bwd():
+        y, hn, saved = fastrnn.rnn_forward("lstm", xa, w, training=True)
+        return fastrnn.rnn_backward(saved, np.ones_like(y))
+
+    def mod_fwd():
+        return m(x)
+
+    def mod_fwd_bwd():
+        y, _ = m(x)
+        y.backward(torch.ones_like(y))
+
+    return mod_fwd, raw_fwd, mod_fwd_bwd, raw_fwd_bwd
+
+
+def bench_overhead(rounds=9, number=200):
+    """Interleaved rounds; per round the best-of-2 per-call time of each; the
+    overhead is the median over rounds of (module - raw)."""
+    mod_fwd, raw_fwd, mod_fb, raw_fb = overhead_runners()
+    out = {}
+    for label, mod, raw in (("forward", mod_fwd, raw_fwd), ("forward+backward", mod_fb, raw_fb)):
+        for f in (mod, raw):
+            for _ in range(50):
+                f()
+        diffs, mods, raws = [], [], []
+        for _ in range(rounds):
+            t_raw = min(timeit.repeat(raw, number=number, repeat=2)) / number
+            t_mod = min(timeit.repeat(mod, number=number, repeat=2)) / number
+            raws.append(t_raw)
+            mods.append(t_mod)
+            diffs.append(t_mod - t_raw)
+        out[label] = dict(module_us=1e6 * statistics.median(mods), raw_us=1e6 * statistics.median(raws),
+                          overhead_us=1e6 * statistics.median(diffs), overhead_min_us=1e6 * min(diffs))
+    torch_lstm = torch.nn.LSTM(4, 4)
+    x = torch.randn(1, 1, 4)
+    out["torch.nn.LSTM forward (same size), us"] = 1e6 * min(timeit.repeat(lambda: torch_lstm(x), number=number,
+                                                                           repeat=5)) / number
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def markdown(res):
+    m = res["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), "
+             f"numba {m.get('numba', '-')} ({m.get('numba_threads', '-')} threads), "
+             f"fastrnn backend {m['fastrnn_backend']}; float32 GEMM rate {res['gemm_gflops']:.0f} GFLOP/s.", ""]
+    if "training" in res:
+        t = res["train_config"]
+        lines += [f"Training steps/s (Embedding {t['V']}x{t['E']} -> {{cell}} H={t['H']} -> Linear, Adam, "
+                  f"cross-entropy; B={t['B']}, T={t['T']}; median of {res['reps']} repetitions):", "",
+                  "| cell | torch.nn steps/s | fastrnn.torch steps/s | speedup |", "|---|---|---|---|"]
+        for cell, r in res["training"].items():
+            lines.append(f"| {cell} | {r['torch']['steps_per_s']:.2f} | {r['fastrnn']['steps_per_s']:.2f} | "
+                         f"{r['speedup']:.2f}x |")
+        lines.append("")
+    if "shapes" in res:
+        lines += ["Recurrent layer forward+backward, ms (median); floor = FLOPs / GEMM rate:", "",
+                  "| cell | shape (B,T,I,H) | floor ms | torch.nn ms | fastrnn ms | speedup | fastrnn floor fraction |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in res["shapes"]:
+            lines.append(f"| {r['cell']} | {r['shape']} ({r['B']},{r['T']},{r['I']},{r['H']}) | "
+                         f"{r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['fastrnn_ms']:.2f} | "
+                         f"{r['speedup']:.2f}x | {r['fastrnn_floor_fraction']:.2f} |")
+        lines.append("")
+    if "overhead" in res:
+        o = res["overhead"]
+        lines += ["Wrapper per-call overhead, LSTM T=1 B=1 I=H=4 (module minus raw fastrnn call, median of "
+                  "interleaved rounds):", "", "| call | fastrnn.torch us | raw fastrnn us | overhead us |",
+                  "|---|---|---|---|"]
+        for k in ("forward", "forward+backward"):
+            lines.append(f"| {k} | {o[k]['module_us']:.1f} | {o[k]['raw_us']:.1f} | {o[k]['overhead_us']:.1f} |")
+        lines += ["", f"(torch.nn.LSTM forward at the same size: {o['torch.nn.LSTM forward (same size), us']:.1f} us)",
+                  ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke run)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions per measurement (median)")
+    ap.add_argument("--cells", default="lstm,gru", help="cells for the training loop")
+    ap.add_argument("--shape-cells", default="lstm", help="cells for the S1..S5 forward+backward table")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="subset of S1..S5")
+    ap.add_argument("--threads", type=int, default=None, help="torch, BLAS and numba threads (default: as is)")
+    ap.add_argument("--skip", default="", help="comma list of training,shapes,overhead to skip")
+    ap.add_argument("--out", default="bench_results/torch_training.json")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(args.threads)
+        except Exception:
+            pass
+        try:
+            import numba
+            numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        except Exception:
+            pass
+    skip = set(filter(None, args.skip.split(",")))
+    reps = 2 if args.quick else args.reps
+    res = dict(machine=machine(), reps=reps, command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])))
+    res["gemm_gflops"] = gemm_rate() / 1e9
+    t0 = time.perf_counter()
+    if "training" not in skip:
+        cfg = dict(V=50, E=8, H=16, B=4, T=8) if args.quick else dict(TRAIN)
+        res["train_config"] = cfg
+        res["training"] = {c: bench_training(c, cfg, reps, 2 if args.quick else 5) for c in args.cells.split(",")}
+    if "shapes" not in skip:
+        shapes = {k: SHAPES[k] for k in args.shapes.split(",")}
+        if args.quick:
+            shapes = {"tiny": (2, 5, 8, 8)}
+        res["shapes"] = bench_shapes(args.shape_cells.split(","), shapes, reps, res["gemm_gflops"] * 1e9)
+    if "overhead" not in skip:
+        res["overhead"] = bench_overhead(rounds=3 if args.quick else 9, number=100 if args.quick else 200)
+    res["wall_s"] = time.perf_counter() - t0
+    text = markdown(res)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out} ({res['wall_s']:.0f} s)")
+    return res
+
+
+# ---------------------------------------------------------------- pytest-benchmark
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - running as a script without pytest
+    pytest = None
+
+if pytest is not None:
+    _IMPLS = pytest.mark.parametrize("impl", ["torch", "fastrnn"])
+
+    @pytest.mark.parametrize("cell", ["lstm", "gru"])
+    @_IMPLS
+    def test_training_step(benchmark, impl, cell):
+        benchmark.group = f"train-{cell}"
+        if impl == "fastrnn":
+            check_training(cell, TRAIN, steps=2)
+        step, _ = make_trainer(impl, cell, **TRAIN)
+        benchmark.extra_info.update(machine())
+        benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+
+    @pytest.mark.parametrize("shape", list(SHAPES))
+    @_IMPLS
+    def test_lstm_forward_backward(benchmark, impl, shape):
+        B, T, I, H = SHAPES[shape]
+        benchmark.group = f"lstm-fwd+bwd-{shape}"
+        if impl == "fastrnn":
+            check_shape("lstm", B, T, I, H)
+        run, _, _ = fwd_bwd_runner(impl, "lstm", B, T, I, H)
+        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=2)
+
+    @pytest.mark.parametrize("what", ["module", "raw"])
+    def test_wrapper_overhead(benchmark, what):
+        """Compare the two means: their difference is the wrapper's per-call overhead."""
+        mod_fwd, raw_fwd, _, _ = overhead_runners()
+        benchmark.group = "overhead-lstm-tiny-forward"
+        benchmark.pedantic(mod_fwd if what == "module" else raw_fwd, rounds=200, iterations=20, warmup_rounds=5)
+
+
+if __name__ == "__main__":
+    main()
