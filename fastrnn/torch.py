@@ -29,11 +29,13 @@ torch is optional for fastrnn: ``import fastrnn`` never imports this module.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.parametrize  # noqa: F401  (from_torch checks for parametrizations)
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -479,13 +481,18 @@ class LSTM(_FastRNNMixin, torch.nn.LSTM):
 _FAST = {torch.nn.RNN: RNN, torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}
 
 
-def from_torch(module, backend=None):
-    """A fastrnn module with the same configuration, weights, device, dtype and
-    train/eval mode as ``module`` (a torch.nn.RNN, GRU or LSTM).  The weights
-    are copied, so the two modules do not share parameters afterwards.
+def from_torch(module, backend=None, *, share_parameters=False):
+    """A fastrnn module with the same configuration, weights, device, dtype,
+    requires_grad flags and train/eval mode as ``module`` (a torch.nn.RNN, GRU
+    or LSTM).  Draws nothing from torch's RNG.
 
-    NotImplementedError for an LSTM with proj_size != 0; TypeError for anything
-    that is not a torch.nn.RNN/GRU/LSTM.
+    share_parameters=False (default): the weights are copied, the two modules
+    are independent.  share_parameters=True: the new module holds the very
+    same Parameter objects (no copy; an optimizer built on the old module
+    keeps working), which is what :func:`swap_rnns` uses.
+
+    NotImplementedError for an LSTM with proj_size != 0 or parametrized
+    weights; TypeError for anything that is not a torch.nn.RNN/GRU/LSTM.
     """
     cls = next((fast for base, fast in _FAST.items() if isinstance(module, base)), None)
     if cls is None:
@@ -494,37 +501,47 @@ def from_torch(module, backend=None):
         raise NotImplementedError(
             f"from_torch: {type(module).__name__} has proj_size={module.proj_size} (LSTM with "
             "projections), which fastrnn's kernels do not implement")
-    w = module._flat_weights[0]
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        raise NotImplementedError(
+            f"from_torch: {type(module).__name__} has parametrized weights (e.g. weight_norm); "
+            "convert the plain module, then register the parametrizations on the result")
     kw = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-              dropout=module.dropout, bidirectional=module.bidirectional,
-              device=w.device, dtype=w.dtype, backend=backend)
+              dropout=module.dropout, bidirectional=module.bidirectional, backend=backend)
     if cls is RNN:
         kw["nonlinearity"] = module.nonlinearity
-    new = cls(module.input_size, module.hidden_size, **kw)
-    new.load_state_dict(module.state_dict(), strict=True)
-    for p_new, p_old in zip(new.parameters(), module.parameters()):
-        p_new.requires_grad_(p_old.requires_grad)
+    with warnings.catch_warnings():     # torch already warned about dropout with 1 layer
+        warnings.simplefilter("ignore", UserWarning)
+        new = cls(module.input_size, module.hidden_size, device="meta", **kw)   # no memory, no RNG
+    for name in module._flat_weights_names:
+        p = getattr(module, name)
+        if not share_parameters:
+            p = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        setattr(new, name, p)
+    new._init_flat_weights()
     new.train(module.training)
     return new
 
 
 def swap_rnns(model, backend=None):
     """Replace, in place, every torch.nn.RNN/GRU/LSTM inside ``model`` (at any
-    depth, and ``model`` itself is returned converted if it is one) by its
-    fastrnn twin built with :func:`from_torch`.  Modules that are already
-    fastrnn modules are left alone.  Returns the model.
-
-    Do it before creating the optimizer (new Parameter objects), or rebuild it.
+    depth; if ``model`` itself is one, its fastrnn twin is returned) by a
+    fastrnn module holding the same Parameter objects (from_torch with
+    share_parameters=True): no copy, and an optimizer built before the swap
+    keeps working.  A module used in two places stays one module.  Only
+    exact torch.nn.RNN/GRU/LSTM instances are swapped: fastrnn modules and
+    user subclasses (which may override forward) are left alone.  Returns
+    the model.
     """
-    if isinstance(model, _FastRNNMixin):
-        return model
-    if isinstance(model, tuple(_FAST)):
-        return from_torch(model, backend=backend)
+    return _swap(model, backend, {})
+
+
+def _swap(model, backend, memo):
+    if type(model) in _FAST:
+        if id(model) not in memo:
+            memo[id(model)] = from_torch(model, backend=backend, share_parameters=True)
+        return memo[id(model)]
     for name, child in list(model.named_children()):
-        if isinstance(child, _FastRNNMixin):
-            continue
-        if isinstance(child, tuple(_FAST)):
-            setattr(model, name, from_torch(child, backend=backend))
-        else:
-            swap_rnns(child, backend=backend)
+        new = _swap(child, backend, memo)
+        if new is not child:
+            setattr(model, name, new)
     return model

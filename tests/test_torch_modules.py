@@ -262,11 +262,17 @@ def test_from_torch_and_swap_rnns():
 
     torch.manual_seed(0)
     net = Net().double().eval()
+    net.alias = net.heads["lstm"]       # one module under two names
     tok = torch.randint(0, 10, (B, T))
     want = net(tok)
     done = net.heads["done"]
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    params_before = dict(net.named_parameters())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)     # built before the swap
+    rng = torch.get_rng_state()
     assert frt.swap_rnns(net) is net, "swap_rnns returns the model"
+    assert torch.equal(torch.get_rng_state(), rng), "swap_rnns draws nothing from torch's RNG"
+    assert net.alias is net.heads["lstm"], "a module under two names stays one module after the swap"
     assert type(net.body.rnn) is frt.GRU, f"nested GRU swapped: {type(net.body.rnn)}"
     assert type(net.heads["lstm"]) is frt.LSTM, f"LSTM in ModuleDict swapped: {type(net.heads['lstm'])}"
     assert type(net.heads["rnn"]) is frt.RNN and net.heads["rnn"].nonlinearity == "relu", "RNN relu swapped"
@@ -276,7 +282,29 @@ def test_from_torch_and_swap_rnns():
     assert set(after) == set(before), "parameter names unchanged by swap"
     for n, p in before.items():
         assert torch.equal(after[n], p), f"weights of {n} unchanged by swap"
+        assert after[n] is params_before[n], f"{n}: swap_rnns keeps the same Parameter object"
     assert_close("swapped model output", net(tok), want, **TOL[torch.float64])
+    net(tok).backward()
+    opt.step()
+    assert not torch.equal(net.heads["lstm"].weight_hh_l0, before["heads.lstm.weight_hh_l0"]), \
+        "an optimizer built before the swap updates the swapped module"
+
+    ref = nn.GRU(I, H, num_layers=2).double()
+    ref.weight_hh_l1.requires_grad_(False)
+    rng = torch.get_rng_state()
+    twin = frt.from_torch(ref)
+    assert torch.equal(torch.get_rng_state(), rng), "from_torch draws nothing from torch's RNG"
+    assert not twin.weight_hh_l1.requires_grad, "from_torch keeps requires_grad flags"
+    assert twin.weight_ih_l0 is not ref.weight_ih_l0 and twin.weight_ih_l0.data_ptr() != ref.weight_ih_l0.data_ptr(), \
+        "from_torch copies by default"
+    assert frt.from_torch(ref, share_parameters=True).weight_ih_l0 is ref.weight_ih_l0, \
+        "from_torch(share_parameters=True) shares the Parameter objects"
+
+    class MyLSTM(nn.LSTM):
+        pass
+    mine = nn.Sequential(MyLSTM(I, H))
+    frt.swap_rnns(mine)
+    assert type(mine[0]) is MyLSTM, "a user subclass of nn.LSTM is not swapped (it may override forward)"
 
     lone = nn.LSTM(I, H)
     assert type(frt.swap_rnns(lone)) is frt.LSTM, "swap_rnns on an LSTM itself returns its fastrnn twin"
