@@ -239,7 +239,7 @@ def small_text(tmp_path_factory):
 def trained(small_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("ac_model") / "ac.npz"
     return A.train(data=str(small_text), out=str(out), quick=True, progress=False, epochs=3,
-                   hidden=48, embed=16, seq_len=32, batch_size=16, max_minutes=None, lr=1e-2)
+                   hidden=48, embed=16, seq_len=32, batch_size=16, max_minutes=0, lr=1e-2)
 
 
 @needs_data

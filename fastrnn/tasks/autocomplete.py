@@ -37,7 +37,7 @@ from ..layers import GRU, LSTM, Dense, Dropout, Embedding
 from ..losses import CrossEntropyLoss, log_softmax
 from ..model import Model, fit
 from ..optim import Adam
-from .decoding import TimeBudget, beam_search, greedy_search, load_model, merge_options, resolve_data, take_rows
+from .decoding import TimeBudget, beam_search, blas_threads, greedy_search, load_model, merge_options, resolve_data, take_rows
 
 __all__ = ["CharLM", "complete", "add_arguments", "train", "evaluate", "predict", "DEFAULTS", "QUICK"]
 
@@ -48,6 +48,7 @@ DEFAULTS = dict(
     hidden=512, layers=1, embed=64, cell="lstm", dropout=0.1,
     seq_len=100, batch_size=64, epochs=12, lr=2e-3, lr_decay=0.85, clip=5.0,
     patience=2, max_minutes=13.0, dev_fraction=0.1, max_train_chars=None, eval_batch_size=32,
+    threads=1,          # BLAS threads (see decoding.blas_threads); 0 leaves them alone
 )
 # --quick: a smoke run that trains in well under 30 s.
 QUICK = dict(hidden=128, embed=32, seq_len=50, batch_size=32, epochs=1, max_train_chars=120_000,
@@ -264,7 +265,8 @@ def add_arguments(parser):
     g.add_argument("--epochs", type=int, help=f"maximum epochs (default {DEFAULTS['epochs']})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
     g.add_argument("--max-minutes", dest="max_minutes", type=float,
-                   help=f"training time budget; the best epoch so far is kept (default {DEFAULTS['max_minutes']})")
+                   help=f"training time budget in minutes, 0 for none; the best epoch so far is kept "
+                        f"(default {DEFAULTS['max_minutes']})")
     g.add_argument("--k", type=int, help="predict: number of continuations (default 5)")
     g.add_argument("--until", choices=_UNITS, help="predict: what to complete (default word)")
     g.add_argument("--n", type=int, help="predict: words for --until words, characters for --until chars")
@@ -278,6 +280,11 @@ def train(*, data=None, out=None, quick=False, seed=0, progress=True, **options)
     (nats/char), "dev_bits_per_char", "dev_perplexity"}, "seconds",
     "tokens_per_s" (training chars/s), "history", "model", "config"}."""
     cfg = merge_options(DEFAULTS, QUICK, quick, options, "autocomplete")
+    with blas_threads(cfg["threads"]):
+        return _train(cfg, data, out, seed, progress)
+
+
+def _train(cfg, data, out, seed, progress):
     t_start = time.perf_counter()
     path = resolve_data(data, "autocomplete")
     train_text, dev_text = _prepare(path, cfg)
@@ -337,7 +344,8 @@ def evaluate(model, *, data=None, split="dev", dev_fraction=None, batch_size=Non
         raise DataError(path, None, f"too little text to evaluate: {len(text)} characters")
     ids = model.encode(text)
     t0 = time.perf_counter()
-    loss, n = _eval_ce(model, ids, batch_size or cfg["eval_batch_size"], seq_len or cfg["seq_len"])
+    with blas_threads(cfg["threads"]):
+        loss, n = _eval_ce(model, ids, batch_size or cfg["eval_batch_size"], seq_len or cfg["seq_len"])
     secs = time.perf_counter() - t0
     return {"loss": loss, "bits_per_char": loss / math.log(2), "perplexity": math.exp(loss),
             "chars": n, "seconds": secs, "chars_per_s": n / secs if secs > 0 else 0.0, "data": str(path),

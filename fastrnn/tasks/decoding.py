@@ -302,3 +302,19 @@ class _Budgeted:
             if self.budget.expired():
                 return
             yield b
+
+
+def blas_threads(n):
+    """Context manager limiting the BLAS thread pools (numpy's and the one
+    behind np.dot in the Numba kernels) to ``n`` threads; None or 0 leaves
+    them alone, and so does a missing threadpoolctl.  On a small CPU shared
+    with other jobs, multi-threaded OpenBLAS spins against them and an epoch
+    can take many times longer; one thread per process is far more robust."""
+    import contextlib
+    if not n:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=int(n), user_api="blas")
