@@ -148,7 +148,7 @@ _EMPTY = np.zeros(1, dtype=np.uint8)
 def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
     """One rnn_forward call on tensors; returns tensors (y, h_n[, c_n]), states (1, B, H)."""
     mode, reverse, lengths, backend, warr = cfg
-    if x.is_cuda:
+    if warr is None and x.is_cuda:
         with _CudaScope(x) as s:
             a = s.arr
             hx = None if h0 is None else (_bh(a(h0)) if c0 is None else (_bh(a(h0)), _bh(a(c0))))
@@ -191,21 +191,22 @@ class RNNFunction(torch.autograd.Function):
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         out = _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
         ctx.set_materialize_grads(False)   # unused outputs arrive as None = zero
-        ctx.cuda = x.is_cuda
-        # The backend's saved state may alias x, the weights and the outputs
-        # (shared memory): saving them lets torch's version counters catch an
-        # in-place edit between forward and backward, as torch.nn's RNNs do.
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, *out[1:], _keeper(out[0], ctx))
-        ctx.h0_shape = None if h0 is None else h0.shape
+        ctx.fr_cuda = cfg[4] is None and x.is_cuda
+        ctx.fr_h0_shape = None if h0 is None else h0.shape
+        # The backends keep x and the weights by reference (shared memory, no
+        # copies): saving them lets torch's version counters catch an in-place
+        # edit between forward and backward, as torch.nn's RNNs do.  (States
+        # and outputs they copy.)  The keeper holds the backend's Saved.
+        ctx.save_for_backward(x, w_ih, w_hh, _keeper(out[0], ctx))
         return out[1:]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, gh, gc=None):
-        ctx.saved_tensors  # raises if an input or output was modified in place since forward
+        ctx.saved_tensors  # raises if x or a weight was modified in place since forward
         saved = ctx.fr_saved().saved
         lstm = saved.mode == "lstm"
-        if ctx.cuda:
+        if ctx.fr_cuda:
             with _CudaScope(gy if gy is not None else gh if gh is not None else gc) as s:
                 # DLPack import wants plain strides; grads are often expanded views
                 a = lambda g: None if g is None else _bh(s.arr(g.contiguous()))  # noqa: E731
@@ -221,7 +222,7 @@ class RNNFunction(torch.autograd.Function):
             dh0, dc0 = dh0
         else:
             dc0 = None
-        shp = ctx.h0_shape
+        shp = ctx.fr_h0_shape
         return (None,
                 ten(dx) if need[1] else None,
                 ten(dh0.reshape(shp)) if need[2] else None,
@@ -241,11 +242,6 @@ try:
 except Exception:  # pragma: no cover - a torch without them
     _c_apply = None
 
-
-def _apply(*args):
-    if _c_apply is None or _functorch_active():
-        return RNNFunction.apply(*args)
-    return _c_apply(*args)
 
 
 # ------------------------------------------------------------ modules
@@ -277,22 +273,24 @@ class _FastRNNMixin:
                 return [getattr(self, n) for n in self._flat_weights_names]
         return ws
 
-    def _weight_arrays(self, weights):
-        """Per layer-direction (w_ih, w_hh, b_ih, b_hh) NumPy views of the CPU
-        weights, cached while the parameters keep their memory (in-place
-        optimizer updates are seen through the views)."""
+    def _plan(self, weights):
+        """Per layer-direction (cfg tail, weight tensors) for the forward loop,
+        with NumPy views of the CPU weights, cached while the parameters keep
+        their memory (in-place optimizer updates are seen through the views;
+        .data assignment, .to(), functional_call give new memory: rebuilt)."""
         ptrs = [w.data_ptr() for w in weights]
         c = self._fr_warr
         if c is not None and c[0] == ptrs:
             return c[1]
         k = 4 if self.bias else 2
-        arrs = [w.detach().numpy() for w in weights]
-        per = []
+        cpu = not weights[0].is_cuda
+        plan = []
         for j in range(len(weights) // k):
-            a = arrs[j * k:(j + 1) * k]
-            per.append((a[0], a[1], a[2], a[3]) if k == 4 else (a[0], a[1], None, None))
-        self.__dict__["_fr_warr"] = (ptrs, per)
-        return per
+            w = list(weights[j * k:(j + 1) * k]) + [None] * (4 - k)
+            arrs = tuple(None if t is None else t.detach().numpy() for t in w) if cpu else None
+            plan.append((j % 2 == 1 and self.bidirectional, arrs))
+        self.__dict__["_fr_warr"] = (ptrs, plan)
+        return plan
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -301,12 +299,9 @@ class _FastRNNMixin:
 
     def _fastrnn_forward(self, input, hx):
         weights = self._weights()
+        w0 = weights[0]
         mode = self._fr_mode
         lstm = mode == "lstm"
-        L, H = self.num_layers, self.hidden_size
-        D = 2 if self.bidirectional else 1
-        w0 = weights[0]
-        name = type(self).__name__
 
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -318,90 +313,65 @@ class _FastRNNMixin:
             lengths = lengths_t.numpy()
             batched = True
         else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            batched = input.dim() == 3
-            if not batched:
-                x = input.unsqueeze(1)              # (T, 1, I)
-            elif self.batch_first:
-                x = input.transpose(0, 1)           # (B, T, I) -> (T, B, I), a view
+            nd = input.dim()
+            batched = nd == 3
+            if batched:
+                x = input.transpose(0, 1) if self.batch_first else input   # (T, B, I), a view
+            elif nd == 2:
+                x = input.unsqueeze(1)                                      # (T, 1, I)
             else:
-                x = input
-            lengths = sorted_indices = unsorted_indices = None
-        if x.dtype != w0.dtype:
-            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({w0.dtype}). "
-                             f"Convert input: input.to({w0.dtype}), or convert model: model.to({x.dtype})")
-        if x.dtype not in _DTYPES:
-            raise TypeError(f"{name}: fastrnn runs float32 and float64, got dtype {x.dtype} "
-                            "(convert with model.float() / model.double())")
-        if x.get_device() != w0.get_device():
-            raise RuntimeError(f"{name}: input is on {x.device} but the weights are on {w0.device}")
-        if x.shape[2] != self.input_size:
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {nd}D instead")
+            lengths = sorted_indices = None
+        dtype = x.dtype
+        if (dtype is not w0.dtype or dtype not in _DTYPES or x.is_cuda is not w0.is_cuda
+                or (x.is_cuda and x.get_device() != w0.get_device())):
+            self._bad_input(x, w0)
+        _, B, I = x.shape
+        if I != self.input_size:
             raise RuntimeError("input.size(-1) must be equal to input_size. "
-                               f"Expected {self.input_size}, got {x.shape[2]}")
-        B = x.shape[1]
+                               f"Expected {self.input_size}, got {I}")
 
         h0 = c0 = None
         if hx is not None:
-            if lstm:
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-                h0, c0 = hx
-                hs = (h0, c0)
-            else:
-                if not isinstance(hx, torch.Tensor):
-                    raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
-                h0 = hx
-                hs = (h0,)
-            want = 3 if batched else 2
-            if any(h.dim() != want for h in hs):
-                dims = ", ".join(f"{h.dim()}-D" for h in hs)
-                raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, hx "
-                                   f"should also be {want}-D but got ({dims}) tensors")
-            if not batched:
-                hs = tuple(h.unsqueeze(1) for h in hs)
-            exp = (L * D, B, H)
-            for h in hs:
-                if tuple(h.shape) != exp:
-                    raise RuntimeError(f"Expected hidden size {exp}, got {list(h.shape)}")
-                if h.dtype != x.dtype or h.get_device() != x.get_device():
-                    raise ValueError(f"{name}: hx has dtype {h.dtype} on {h.device}; expected "
-                                     f"{x.dtype} on {x.device} like the input")
-            if sorted_indices is not None:
-                hs = tuple(h.index_select(1, sorted_indices) for h in hs)
-            h0 = hs[0]
-            c0 = hs[1] if lstm else None
+            h0, c0 = self._initial_state(hx, x, B, batched, sorted_indices)
 
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
-            or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad))
-        warrs = None if x.is_cuda else self._weight_arrays(weights)
-        k = 4 if self.bias else 2
+            or (h0 is not None and (h0.requires_grad or (c0 is not None and c0.requires_grad))))
+        plan = self._plan(weights)
         backend = self.backend
+        D = 2 if self.bidirectional else 1
+        single = len(plan) == 1
         p = self.dropout if self.training else 0.0
-        h_out, c_out = [], []
-        for layer in range(L):
-            ys = []
-            for d in range(D):
-                j = layer * D + d
-                w = weights[j * k:(j + 1) * k]
-                w_ih, w_hh, b_ih, b_hh = (w[0], w[1], w[2], w[3]) if k == 4 else (w[0], w[1], None, None)
-                h0j = None if h0 is None else (h0 if L * D == 1 else h0[j])
-                c0j = None if c0 is None else (c0 if L * D == 1 else c0[j])
-                cfg = (mode, d == 1, lengths, backend, None if warrs is None else warrs[j])
-                if grad:
-                    out = _apply(cfg, x, h0j, c0j, w_ih, w_hh, b_ih, b_hh)
+        h_out, c_out, ys = [], [], []
+        k = 4 if self.bias else 2
+        for j, (reverse, arrs) in enumerate(plan):
+            cfg = (mode, reverse, lengths, backend, arrs)
+            w = weights[j * k:(j + 1) * k] if k == 4 else (weights[2 * j], weights[2 * j + 1], None, None)
+            h0j = None if h0 is None else (h0 if single else h0[j])
+            c0j = None if c0 is None else (c0 if single else c0[j])
+            if grad:
+                if _c_apply is None or _functorch_active():
+                    out = RNNFunction.apply(cfg, x, h0j, c0j, *w)
                 else:
-                    out = _run(cfg, x, h0j, c0j, w_ih, w_hh, b_ih, b_hh, False)[1:]
-                ys.append(out[0])
-                h_out.append(out[1])                              # (1, B, H)
-                if lstm:
-                    c_out.append(out[2])
-            x = ys[0] if D == 1 else torch.cat(ys, 2)          # (T, B, D*H)
-            if p > 0 and layer < L - 1:
-                x = F.dropout(x, p, True)
-        h_n = h_out[0] if len(h_out) == 1 else torch.cat(h_out)   # (L*D, B, H)
-        c_n = (c_out[0] if len(c_out) == 1 else torch.cat(c_out)) if lstm else None
+                    out = _c_apply(cfg, x, h0j, c0j, *w)
+            else:
+                out = _run(cfg, x, h0j, c0j, *w, False)[1:]
+            ys.append(out[0])
+            h_out.append(out[1])                              # (1, B, H)
+            if lstm:
+                c_out.append(out[2])
+            if len(ys) == D:                                  # layer done: next layer's input
+                x = ys[0] if D == 1 else torch.cat(ys, 2)     # (T, B, D*H)
+                ys = []
+                if p > 0 and j < len(plan) - 1:
+                    x = F.dropout(x, p, True)
+        if single:
+            h_n = h_out[0]
+            c_n = c_out[0] if lstm else None
+        else:
+            h_n = torch.cat(h_out)                            # (L*D, B, H)
+            c_n = torch.cat(c_out) if lstm else None
 
         if packed:
             out = PackedSequence(pack_padded_sequence(x, lengths_t).data, batch_sizes,
@@ -418,6 +388,47 @@ class _FastRNNMixin:
         else:
             out = x.transpose(0, 1) if self.batch_first else x
         return out, ((h_n, c_n) if lstm else h_n)
+
+    def _bad_input(self, x, w0):
+        name = type(self).__name__
+        if x.dtype != w0.dtype:
+            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({w0.dtype}). "
+                             f"Convert input: input.to({w0.dtype}), or convert model: model.to({x.dtype})")
+        if x.dtype not in _DTYPES:
+            raise TypeError(f"{name}: fastrnn runs float32 and float64, got dtype {x.dtype} "
+                            "(convert with model.float() / model.double())")
+        raise RuntimeError(f"{name}: input is on {x.device} but the weights are on {w0.device}")
+
+    def _initial_state(self, hx, x, B, batched, sorted_indices):
+        """Validate hx like torch.nn; return (h0, c0-or-None) as (L*D, B, H) in
+        the order the kernels run (packed: length-sorted)."""
+        name = type(self).__name__
+        lstm = self._fr_mode == "lstm"
+        if lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            hs = tuple(hx)
+        else:
+            if not isinstance(hx, torch.Tensor):
+                raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+            hs = (hx,)
+        want = 3 if batched else 2
+        if any(h.dim() != want for h in hs):
+            dims = ", ".join(f"{h.dim()}-D" for h in hs)
+            raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, hx "
+                               f"should also be {want}-D but got ({dims}) tensors")
+        if not batched:
+            hs = tuple(h.unsqueeze(1) for h in hs)
+        exp = (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
+        for h in hs:
+            if tuple(h.shape) != exp:
+                raise RuntimeError(f"Expected hidden size {exp}, got {list(h.shape)}")
+            if h.dtype != x.dtype or h.is_cuda != x.is_cuda:
+                raise ValueError(f"{name}: hx has dtype {h.dtype} on {h.device}; expected "
+                                 f"{x.dtype} on {x.device} like the input")
+        if sorted_indices is not None:
+            hs = tuple(h.index_select(1, sorted_indices) for h in hs)
+        return hs[0], (hs[1] if lstm else None)
 
 
 # Under torch.compile the recurrent layer runs eagerly (a graph break): the

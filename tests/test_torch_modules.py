@@ -516,3 +516,16 @@ def test_torch_compile_of_a_parent_model_runs_the_layer_eagerly():
     assert_close("torch.compile output", got, want, **TOL[torch.float64])
     for n, p in net.named_parameters():
         assert_close(f"torch.compile d{n}", p.grad, want_grads[n], **TOL[torch.float64])
+
+
+def test_functional_call_with_tensors_sharing_the_parameters_memory():
+    # same memory as the module's parameters, different tensor objects: the
+    # gradients must reach the tensors that were passed, not the parameters
+    _, fast = make_pair("lstm", torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    fast(x)                                                  # warm the weight cache
+    params = {n: p.detach().requires_grad_() for n, p in fast.named_parameters()}
+    torch.func.functional_call(fast, params, (x,))[0].sum().backward()
+    for n, p in params.items():
+        assert p.grad is not None, f"functional_call gradient reaches the passed tensor {n}"
+    assert all(p.grad is None for p in fast.parameters()), "module parameters get no gradient"
