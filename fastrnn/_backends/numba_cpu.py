@@ -92,14 +92,15 @@ class NumbaCPU:
             c = _take_rows(c0, perm, ident)
             Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
             lstm.lstm_forward(x2, w_ih, xg, w_hhT, b_ih + b_hh, h, c, perm, nb, reverse, training,
-                              y, Hs, Gs, Cs, TCs, gh)
+                              y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt))
             bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
         elif mode == "gru":
             bx = b_ih.copy()
             bx[:2 * H] += b_hh[:2 * H]
             Gs, HNs = tb((T, B, GH)), tb((T, B, H))
             gru.gru_forward(x2, w_ih, xg, w_hhT, bx, np.ascontiguousarray(b_hh[2 * H:]), h, perm, nb,
-                            reverse, training, y, Hs, Gs, HNs, gh)
+                            reverse, training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt),
+                            np.empty((B, H), dt))
             bufs = dict(Gs=Gs, HNs=HNs)
         else:
             As = tb((T, B, H))

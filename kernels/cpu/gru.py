@@ -8,7 +8,7 @@ Rows run in sorted order (see lstm.py for the convention).  Shapes:
 xg (T, B, 3H) = x @ w_ih.T; w_hhT (H, 3H); w_hh (3H, H); bx (3H,) =
 [b_ir + b_hr, b_iz + b_hz, b_in]; bhn (H,) = b_hn; h, dh (B, H) sorted;
 y, Hs, HNs (T, B, H) where HNs = W_hn h + b_hn; Gs, dGi, dGh (T, B, 3H);
-gh, dgs (B, 3H) and dhd (B, H) workspaces.
+gh, dgs, gws (B, 3H) and dhd, hnws (B, H) workspaces.
 The input-side and recurrent-side gradients differ in the n block
 (d(W_hn h) = r * d(pre-activation of n)), hence dGi and dGh.
 """
@@ -20,7 +20,8 @@ from .common import JIT, after_loop_grads
 
 
 @njit(**JIT)
-def gru_forward(x2, w_ih, xg, w_hhT, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh):
+def gru_forward(x2, w_ih, xg, w_hhT, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
+                gws, hnws):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -36,6 +37,10 @@ def gru_forward(x2, w_ih, xg, w_hhT, bx, bhn, h, perm, nb, reverse, training, y,
             gr = gh[j]
             hj = h[j]
             yr = y[t, b]
+            # always store the gates (scratch rows when not training): a branch
+            # inside the k loop would keep LLVM from vectorising it
+            sg = gws[j]
+            shn = hnws[j]
             if training:
                 sg = Gs[t, b]
                 shn = HNs[t, b]
@@ -50,11 +55,10 @@ def gru_forward(x2, w_ih, xg, w_hhT, bx, bhn, h, perm, nb, reverse, training, y,
                 hnew = nn + z * (hj[k] - nn)
                 hj[k] = hnew
                 yr[k] = hnew
-                if training:
-                    sg[k] = r
-                    sg[H + k] = z
-                    sg[2 * H + k] = nn
-                    shn[k] = hn
+                sg[k] = r
+                sg[H + k] = z
+                sg[2 * H + k] = nn
+                shn[k] = hn
         for j in range(n, B):
             b = perm[j]
             y[t, b, :] = 0

@@ -11,7 +11,7 @@ big after-the-loop GEMMs read (xg, y, saved buffers, dG) is in original order.
 Shapes: xg (T, B, 4H) = x @ w_ih.T (bias not added); w_hhT (H, 4H);
 w_hh (4H, H); bias (4H,) = b_ih + b_hh; h, c, dh, dc (B, H) sorted working
 state; nb (T,) = rows active at each t; y, Hs, Cs, TCs (T, B, H);
-Gs, dG (T, B, 4H); gh, dgs (B, 4H) workspaces.
+Gs, dG (T, B, 4H); gh, dgs, gws (B, 4H) and tcws (B, H) workspaces.
 """
 import numpy as np
 from numba import njit
@@ -21,7 +21,8 @@ from .common import JIT, after_loop_grads
 
 
 @njit(**JIT)
-def lstm_forward(x2, w_ih, xg, w_hhT, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh):
+def lstm_forward(x2, w_ih, xg, w_hhT, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
+                 gws, tcws):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -38,11 +39,16 @@ def lstm_forward(x2, w_ih, xg, w_hhT, bias, h, c, perm, nb, reverse, training, y
             hj = h[j]
             cj = c[j]
             yr = y[t, b]
+            # The gate values always go somewhere (the saved buffers, or a
+            # scratch row when not training): a branch inside the k loop
+            # would keep LLVM from vectorising it.
+            sg = gws[j]
+            stc = tcws[j]
             if training:
                 sg = Gs[t, b]
+                stc = TCs[t, b]
                 sh = Hs[t, b]
                 sc = Cs[t, b]
-                stc = TCs[t, b]
                 for k in range(H):
                     sh[k] = hj[k]
                     sc[k] = cj[k]
@@ -57,12 +63,11 @@ def lstm_forward(x2, w_ih, xg, w_hhT, bias, h, c, perm, nb, reverse, training, y
                 cj[k] = cn
                 hj[k] = hn
                 yr[k] = hn
-                if training:
-                    sg[k] = i
-                    sg[H + k] = f
-                    sg[2 * H + k] = g
-                    sg[3 * H + k] = o
-                    stc[k] = tc
+                sg[k] = i
+                sg[H + k] = f
+                sg[2 * H + k] = g
+                sg[3 * H + k] = o
+                stc[k] = tc
         for j in range(n, B):
             b = perm[j]
             y[t, b, :] = 0
