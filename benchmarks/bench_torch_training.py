@@ -46,6 +46,7 @@ SHAPES = {  # name: (B, T, I, H)
     "S5": (32, 25, 1024, 1024),
 }
 GATES = {"lstm": 4, "gru": 3}
+_LIMITS = []   # keeps threadpoolctl's limiter alive for the run
 # the training model: next-token prediction on random tokens
 TRAIN = dict(V=1000, E=128, H=256, B=32, T=64)
 
@@ -156,6 +157,10 @@ def check_training(cell, cfg, steps=3):
     return curves
 
 
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
 def bench_training(cell, cfg, reps, steps_per_rep):
     check_training(cell, cfg)
     out = {}
@@ -164,6 +169,7 @@ def bench_training(cell, cfg, reps, steps_per_rep):
         med, times = median_time(lambda: [step() for _ in range(steps_per_rep)], reps, warmup=1)
         out[impl] = dict(steps_per_s=steps_per_rep / med, ms_per_step=1e3 * med / steps_per_rep,
                          rep_s=[round(t, 5) for t in times])
+        log(f"  train {cell} {impl}: {out[impl]['steps_per_s']:.2f} steps/s")
     out["speedup"] = out["fastrnn"]["steps_per_s"] / out["torch"]["steps_per_s"]
     return out
 
@@ -212,6 +218,7 @@ def bench_shapes(cells, shapes, reps, rate):
                 med, times = median_time(run, reps, warmup=2)
                 row[f"{impl}_ms"] = 1e3 * med
                 row[f"{impl}_floor_fraction"] = floor / med
+                log(f"  {cell} {name} {impl}: {1e3 * med:.2f} ms")
             row["speedup"] = row["torch_ms"] / row["fastrnn_ms"]
             rows.append(row)
     return rows
@@ -244,28 +251,82 @@ def overhead_runners(I=4, H=4, T=1, B=1):
     return mod_fwd, raw_fwd, mod_fwd_bwd, raw_fwd_bwd
 
 
+class _EmptyFunction(torch.autograd.Function):
+    """The least an autograd.Function wrapper can do: same inputs and outputs
+    as the LSTM layer's, outputs wrapped from ready NumPy arrays, no kernel."""
+
+    @staticmethod
+    def forward(ctx, arrays, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return tuple(torch.from_numpy(a) for a in arrays)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None,) * 8
+
+
+class _EmptyModule(torch.nn.Module):
+    def __init__(self, like):
+        super().__init__()
+        self.w = list(like.parameters())
+        y, (h, c), _ = fastrnn.rnn_forward("lstm", np.zeros((1, 1, 4), np.float32),
+                                           tuple(p.detach().numpy() for p in self.w))
+        self.arrays = (y, h, c)
+
+    def forward(self, x):
+        return _EmptyFunction.apply(self.arrays, x, None, None, *self.w)
+
+
+def _interleaved(fns, rounds, number):
+    """{name: [per-call seconds per round]}: each round times every fn in turn
+    (best of 2), thread CPU time."""
+    for f in fns.values():
+        for _ in range(50):
+            f()
+    out = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            out[k].append(min(timeit.repeat(f, number=number, repeat=2, timer=time.thread_time)) / number)
+    return out
+
+
 def bench_overhead(rounds=9, number=200):
-    """Interleaved rounds; per round the best-of-2 per-call time of each; the
-    overhead is the median over rounds of (module - raw)."""
+    """Interleaved rounds; the overhead is the median over rounds of
+    (module - raw).  Timed in CPU time of this thread (time.thread_time): at
+    this size everything runs on the calling thread, and on a shared machine
+    wall time would add the time the thread waited for a core.  For context,
+    in the same run: the wrapper with the kernel call stubbed out (its own
+    cost without cache interplay with the kernel), the floor of any
+    Module + autograd.Function wrapper, and torch.nn.LSTM itself."""
     mod_fwd, raw_fwd, mod_fb, raw_fb = overhead_runners()
-    out = {}
-    for label, mod, raw in (("forward", mod_fwd, raw_fwd), ("forward+backward", mod_fb, raw_fb)):
-        for f in (mod, raw):
-            for _ in range(50):
-                f()
-        diffs, mods, raws = [], [], []
-        for _ in range(rounds):
-            t_raw = min(timeit.repeat(raw, number=number, repeat=2)) / number
-            t_mod = min(timeit.repeat(mod, number=number, repeat=2)) / number
-            raws.append(t_raw)
-            mods.append(t_mod)
-            diffs.append(t_mod - t_raw)
-        out[label] = dict(module_us=1e6 * statistics.median(mods), raw_us=1e6 * statistics.median(raws),
-                          overhead_us=1e6 * statistics.median(diffs), overhead_min_us=1e6 * min(diffs))
-    torch_lstm = torch.nn.LSTM(4, 4)
+    torch.manual_seed(0)
+    tl = torch.nn.LSTM(4, 4)
     x = torch.randn(1, 1, 4)
-    out["torch.nn.LSTM forward (same size), us"] = 1e6 * min(timeit.repeat(lambda: torch_lstm(x), number=number,
-                                                                           repeat=5)) / number
+    empty = _EmptyModule(tl)
+
+    def torch_fb():
+        y, _ = tl(x)
+        y.backward(torch.ones_like(y))
+
+    t = _interleaved({"raw_fwd": raw_fwd, "mod_fwd": mod_fwd, "raw_fb": raw_fb, "mod_fb": mod_fb,
+                      "torch_fwd": lambda: tl(x), "torch_fb": torch_fb, "empty": lambda: empty(x)},
+                     rounds, number)
+    # the wrapper alone: rnn_forward replaced by a stub returning a ready result
+    ready = raw_fwd()
+    real = frt.rnn_forward
+    frt.rnn_forward = lambda *a, **k: ready
+    try:
+        stub = _interleaved({"stub": mod_fwd}, rounds, number)["stub"]
+    finally:
+        frt.rnn_forward = real
+    med = lambda v: 1e6 * statistics.median(v)  # noqa: E731
+    diff = lambda a, b: 1e6 * statistics.median([p - q for p, q in zip(t[a], t[b])])  # noqa: E731
+    out = {"forward": dict(module_us=med(t["mod_fwd"]), raw_us=med(t["raw_fwd"]),
+                           overhead_us=diff("mod_fwd", "raw_fwd")),
+           "forward+backward": dict(module_us=med(t["mod_fb"]), raw_us=med(t["raw_fb"]),
+                                    overhead_us=diff("mod_fb", "raw_fb")),
+           "wrapper_alone_us": med(stub), "empty_module_function_us": med(t["empty"]),
+           "torch_lstm_forward_us": med(t["torch_fwd"]), "torch_lstm_forward_backward_us": med(t["torch_fb"])}
+    log(f"  overhead forward {out['forward']['overhead_us']:.1f} us, wrapper alone {out['wrapper_alone_us']:.1f} us")
     return out
 
 
@@ -296,12 +357,16 @@ def markdown(res):
         lines.append("")
     if "overhead" in res:
         o = res["overhead"]
-        lines += ["Wrapper per-call overhead, LSTM T=1 B=1 I=H=4 (module minus raw fastrnn call, median of "
-                  "interleaved rounds):", "", "| call | fastrnn.torch us | raw fastrnn us | overhead us |",
-                  "|---|---|---|---|"]
-        for k in ("forward", "forward+backward"):
-            lines.append(f"| {k} | {o[k]['module_us']:.1f} | {o[k]['raw_us']:.1f} | {o[k]['overhead_us']:.1f} |")
-        lines += ["", f"(torch.nn.LSTM forward at the same size: {o['torch.nn.LSTM forward (same size), us']:.1f} us)",
+        lines += ["Per-call cost at a tiny size, LSTM T=1 B=1 I=H=4 (thread CPU time, median of interleaved "
+                  "rounds, us):", "", "| what | forward | forward+backward |", "|---|---|---|",
+                  f"| raw fastrnn.rnn_forward (+ rnn_backward) on the same arrays | {o['forward']['raw_us']:.1f} | "
+                  f"{o['forward+backward']['raw_us']:.1f} |",
+                  f"| fastrnn.torch.LSTM | {o['forward']['module_us']:.1f} | {o['forward+backward']['module_us']:.1f} |",
+                  f"| **wrapper overhead** (fastrnn.torch.LSTM - raw) | **{o['forward']['overhead_us']:.1f}** | "
+                  f"{o['forward+backward']['overhead_us']:.1f} |",
+                  f"| the wrapper alone (kernel call stubbed out) | {o['wrapper_alone_us']:.1f} | |",
+                  f"| floor of any nn.Module + autograd.Function (empty) | {o['empty_module_function_us']:.1f} | |",
+                  f"| torch.nn.LSTM | {o['torch_lstm_forward_us']:.1f} | {o['torch_lstm_forward_backward_us']:.1f} |",
                   ""]
     return "\n".join(lines)
 
@@ -320,9 +385,11 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-        try:
+        os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        fastrnn.backends()     # load the backends' libraries (SciPy's BLAS for numba) first:
+        try:                   # threadpoolctl limits only libraries already loaded
             from threadpoolctl import threadpool_limits
-            threadpool_limits(args.threads)
+            _LIMITS.append(threadpool_limits(args.threads))
         except Exception:
             pass
         try:

@@ -30,9 +30,7 @@ torch is optional for fastrnn: ``import fastrnn`` never imports this module.
 from __future__ import annotations
 
 import warnings
-import weakref
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.parametrize  # noqa: F401  (from_torch checks for parametrizations)
@@ -127,22 +125,14 @@ def _bh3(a):
 
 # ------------------------------------------------------------ autograd
 
-class _Keeper(np.ndarray):
-    """A 1-element array that carries the backend's Saved.  It lives only as the
-    memory of a tensor kept with ctx.save_for_backward, so torch frees the
-    Saved (the activations) when it frees the graph's saved tensors: after
-    backward unless retain_graph=True, exactly like torch.nn's own RNNs.
-    ctx holds only a weak reference."""
-
-
-def _keeper(saved, ctx):
-    k = _EMPTY.view(_Keeper)
-    k.saved = saved
-    ctx.fr_saved = weakref.ref(k)
-    return torch.from_numpy(k)
-
-
-_EMPTY = np.zeros(1, dtype=np.uint8)
+# Whether the backward running now keeps its graph (retain_graph=True).  The
+# backend's Saved (the activations) is dropped after a backward that does not,
+# as torch drops its saved tensors then; without this private query (older
+# torch) it lives as long as the graph.
+try:
+    _keep_graph = torch._C._autograd._get_current_graph_task_keep_graph
+except AttributeError:  # pragma: no cover
+    _keep_graph = lambda: True  # noqa: E731
 
 
 def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
@@ -196,15 +186,18 @@ class RNNFunction(torch.autograd.Function):
         # The backends keep x and the weights by reference (shared memory, no
         # copies): saving them lets torch's version counters catch an in-place
         # edit between forward and backward, as torch.nn's RNNs do.  (States
-        # and outputs they copy.)  The keeper holds the backend's Saved.
-        ctx.save_for_backward(x, w_ih, w_hh, _keeper(out[0], ctx))
+        # and outputs they copy.)
+        ctx.save_for_backward(x, w_ih, w_hh)
+        ctx.fr_saved = out[0]
         return out[1:]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, gh, gc=None):
-        ctx.saved_tensors  # raises if x or a weight was modified in place since forward
-        saved = ctx.fr_saved().saved
+        ctx.saved_tensors  # raises if x or a weight was modified in place, or on a second backward
+        saved = ctx.fr_saved
+        if not _keep_graph():
+            ctx.fr_saved = None
         lstm = saved.mode == "lstm"
         if ctx.fr_cuda:
             with _CudaScope(gy if gy is not None else gh if gh is not None else gc) as s:
@@ -432,9 +425,26 @@ class _FastRNNMixin:
 
 
 # Under torch.compile the recurrent layer runs eagerly (a graph break): the
-# kernels are NumPy/Numba/CuPy calls that dynamo cannot trace.  ~0.6 us a call.
-if hasattr(torch, "compiler") and hasattr(torch.compiler, "disable"):
-    _FastRNNMixin._fastrnn_forward = torch.compiler.disable(_FastRNNMixin._fastrnn_forward)
+# kernels are NumPy/Numba/CuPy calls that dynamo cannot trace.  Only when a
+# dynamo frame callback is set (inside a compiled region) does the call go
+# through torch.compiler.disable, built on first use: eager calls pay one C
+# call (~0.1 us), and importing fastrnn.torch does not import torch._dynamo.
+try:
+    _dynamo_callback = torch._C._dynamo.eval_frame.get_eval_frame_callback
+    _is_compiling = torch.compiler.is_compiling
+except AttributeError:  # pragma: no cover - a torch without dynamo
+    _dynamo_callback = lambda: None  # noqa: E731
+    _is_compiling = lambda: False  # noqa: E731
+_DISABLED = []
+
+
+def _forward(module, input, hx):
+    # is_compiling() first: dynamo traces it (True) without tracing the C query
+    if not _is_compiling() and _dynamo_callback() is None:
+        return module._fastrnn_forward(input, hx)
+    if not _DISABLED:
+        _DISABLED.append(torch.compiler.disable(_FastRNNMixin._fastrnn_forward))
+    return _DISABLED[0](module, input, hx)
 
 
 class RNN(_FastRNNMixin, torch.nn.RNN):
@@ -451,7 +461,7 @@ class RNN(_FastRNNMixin, torch.nn.RNN):
         self._fastrnn_init(backend)
 
     def forward(self, input, hx=None):
-        return self._fastrnn_forward(input, hx)
+        return _forward(self, input, hx)
 
 
 class GRU(_FastRNNMixin, torch.nn.GRU):
@@ -466,7 +476,7 @@ class GRU(_FastRNNMixin, torch.nn.GRU):
         self._fastrnn_init(backend)
 
     def forward(self, input, hx=None):
-        return self._fastrnn_forward(input, hx)
+        return _forward(self, input, hx)
 
 
 class LSTM(_FastRNNMixin, torch.nn.LSTM):
@@ -486,7 +496,7 @@ class LSTM(_FastRNNMixin, torch.nn.LSTM):
         self._fastrnn_init(backend)
 
     def forward(self, input, hx=None):
-        return self._fastrnn_forward(input, hx)
+        return _forward(self, input, hx)
 
 
 _FAST = {torch.nn.RNN: RNN, torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}

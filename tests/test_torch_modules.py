@@ -397,13 +397,15 @@ def test_saved_state_freed_after_backward_and_kept_with_retain_graph():
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     y, _ = fast(x)
     node = y.grad_fn
-    assert node.fr_saved() is not None, "the backend's saved state is alive before backward"
+    assert node.fr_saved is not None, "the backend's saved state is alive before backward"
     y.sum().backward(retain_graph=True)
     g1 = x.grad.clone()
-    assert node.fr_saved() is not None, "retain_graph=True keeps the saved state"
+    assert node.fr_saved is not None, "retain_graph=True keeps the saved state"
     y.sum().backward()
     assert_close("second backward with retain_graph dx", x.grad, 2 * g1, **TOL[torch.float64])
-    assert node.fr_saved() is None, "the saved state is freed once torch frees the graph's buffers"
+    assert node.fr_saved is None, "the saved state is dropped by a backward that frees the graph"
+    with pytest.raises(RuntimeError, match="second time"):
+        y.sum().backward()
 
 
 def test_in_place_edit_before_backward_is_caught():
