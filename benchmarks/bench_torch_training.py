@@ -82,7 +82,7 @@ def machine():
     return info
 
 
-def gemm_rate(n=1024, reps=3):
+def gemm_rate(n=1024, reps=7):
     """float32 GEMM rate of this machine (FLOP/s), best of reps: the floor's rate."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.copy()
@@ -96,11 +96,20 @@ def fwd_bwd_flops(cell, B, T, I, H):
     return 3 * 2 * T * B * GATES[cell] * H * (I + H)
 
 
-def median_time(fn, reps, warmup=1, number=1):
-    for _ in range(warmup):
-        fn()
-    times = [t / number for t in timeit.repeat(fn, number=number, repeat=reps)]
-    return statistics.median(times), times
+def paired_times(fns, reps, warmup=1):
+    """{name: [seconds per repetition]}, the functions taking turns within each
+    repetition, so that both sides of a comparison see the same machine
+    (other load on a shared machine comes and goes)."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    out = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            out[k].append(time.perf_counter() - t0)
+    return out
 
 
 def make_rnn(impl, cell, I, H, seed=0, **kw):
@@ -163,12 +172,14 @@ def log(msg):
 
 def bench_training(cell, cfg, reps, steps_per_rep):
     check_training(cell, cfg)
+    steps = {impl: make_trainer(impl, cell, **cfg)[0] for impl in ("torch", "fastrnn")}
+    times = paired_times({impl: (lambda st=st: [st() for _ in range(steps_per_rep)]) for impl, st in steps.items()},
+                         reps, warmup=1)
     out = {}
-    for impl in ("torch", "fastrnn"):
-        step, _ = make_trainer(impl, cell, **cfg)
-        med, times = median_time(lambda: [step() for _ in range(steps_per_rep)], reps, warmup=1)
+    for impl, ts in times.items():
+        med = statistics.median(ts)
         out[impl] = dict(steps_per_s=steps_per_rep / med, ms_per_step=1e3 * med / steps_per_rep,
-                         rep_s=[round(t, 5) for t in times])
+                         rep_s=[round(t, 5) for t in ts])
         log(f"  train {cell} {impl}: {out[impl]['steps_per_s']:.2f} steps/s")
     out["speedup"] = out["fastrnn"]["steps_per_s"] / out["torch"]["steps_per_s"]
     return out
@@ -213,9 +224,9 @@ def bench_shapes(cells, shapes, reps, rate):
             check_shape(cell, B, T, I, H)
             floor = fwd_bwd_flops(cell, B, T, I, H) / rate
             row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H, floor_ms=1e3 * floor)
-            for impl in ("torch", "fastrnn"):
-                run, _, _ = fwd_bwd_runner(impl, cell, B, T, I, H)
-                med, times = median_time(run, reps, warmup=2)
+            runs = {impl: fwd_bwd_runner(impl, cell, B, T, I, H)[0] for impl in ("torch", "fastrnn")}
+            for impl, ts in paired_times(runs, reps, warmup=2).items():
+                med = statistics.median(ts)
                 row[f"{impl}_ms"] = 1e3 * med
                 row[f"{impl}_floor_fraction"] = floor / med
                 log(f"  {cell} {name} {impl}: {1e3 * med:.2f} ms")
@@ -340,14 +351,15 @@ def markdown(res):
     if "training" in res:
         t = res["train_config"]
         lines += [f"Training steps/s (Embedding {t['V']}x{t['E']} -> {{cell}} H={t['H']} -> Linear, Adam, "
-                  f"cross-entropy; B={t['B']}, T={t['T']}; median of {res['reps']} repetitions):", "",
+                  f"cross-entropy; B={t['B']}, T={t['T']}; median of {res['reps']} repetitions, the two taking turns):", "",
                   "| cell | torch.nn steps/s | fastrnn.torch steps/s | speedup |", "|---|---|---|---|"]
         for cell, r in res["training"].items():
             lines.append(f"| {cell} | {r['torch']['steps_per_s']:.2f} | {r['fastrnn']['steps_per_s']:.2f} | "
                          f"{r['speedup']:.2f}x |")
         lines.append("")
     if "shapes" in res:
-        lines += ["Recurrent layer forward+backward, ms (median); floor = FLOPs / GEMM rate:", "",
+        lines += [f"Recurrent layer forward+backward, ms (median of {res['reps']}, the two taking turns); "
+                  "floor = FLOPs / GEMM rate:", "",
                   "| cell | shape (B,T,I,H) | floor ms | torch.nn ms | fastrnn ms | speedup | fastrnn floor fraction |",
                   "|---|---|---|---|---|---|---|"]
         for r in res["shapes"]:
