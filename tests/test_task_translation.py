@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fastrnn.data import Batch, DataError, Vocab, data_file, default_data_dir, load_pairs, word_tokenize
+from fastrnn.data import Batch, DataError, Vocab, data_file, default_data_dir, pad_sequences, word_tokenize
 from fastrnn.model import load
 from fastrnn.tasks import translation as TR
 
@@ -29,10 +29,25 @@ def tiny_model(cell="gru", bidirectional=True, seed=0):
 def tiny_batch(sv, tv):
     src = [sv.encode(["i", "am", "."]), sv.encode(["you", "are"]), sv.encode(["you"])]
     tgt = [tv.encode(t, add_bos=True, add_eos=True) for t in (["je", "suis", "."], ["tu", "es"], ["tu"])]
-    from fastrnn.data import pad_sequences
     x, xl = pad_sequences(src)
     y, yl = pad_sequences(tgt)
     return Batch(x, xl, y, yl, np.arange(3))
+
+
+def test_make_batches_cover_every_pair_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    xs = [list(rng.integers(1, 9, rng.integers(1, 9))) for _ in range(500)]
+    ys = [list(rng.integers(1, 9, rng.integers(3, 11))) for _ in range(500)]
+    seen = []
+    pad = 0
+    for b in TR.make_batches(xs, ys, 32, shuffle=True, seed=1):
+        seen += list(b.indices)
+        for c, i in enumerate(b.indices):
+            assert list(b.inputs[:b.lengths[c], c]) == xs[i] and list(b.targets[:b.target_lengths[c], c]) == ys[i]
+        pad += b.targets.size - b.target_lengths.sum()
+    assert sorted(seen) == list(range(500))
+    # one chunk sorted by target length: only the batches that straddle two lengths pad
+    assert pad <= 7 * 32
 
 
 @pytest.mark.parametrize("cell,bidirectional", [("gru", True), ("lstm", True), ("gru", False)])
@@ -63,13 +78,16 @@ def test_seq2seq_gradients_finite_differences(cell, bidirectional):
 def test_step_by_step_decoder_matches_teacher_forcing():
     m, sv, tv = tiny_model("lstm")
     b = tiny_batch(sv, tv)
-    logits = m.forward(b)                                   # (T'-1, B, V), all steps at once
+    mask = TR.target_mask(b)
+    flat = m.forward(b)                                     # (N, V): the valid steps, all at once
+    logits = np.zeros(mask.shape + (flat.shape[1],))
+    logits[mask] = flat
     keys, h = m.encode(b.inputs, b.lengths)
     state = (h, keys, b.lengths)
     for t in range(logits.shape[0]):
         logp, state = m.step(b.targets[t], state)
         ref = TR.log_softmax(logits[t].astype(np.float64))
-        ok = np.arange(3)[t < b.target_lengths - 1]
+        ok = np.arange(3)[mask[t]]
         allowed = [i for i in range(len(tv)) if i not in m._banned]
         np.testing.assert_allclose(logp[ok][:, allowed], ref[ok][:, allowed], atol=1e-10)
         assert np.all(np.isneginf(logp[:, m._banned]))

@@ -29,8 +29,11 @@ the exact sequence probability ranking).
 beam_search keeps K = beam_width alive hypotheses per item.  At each step the
 top 2K expansions are ranked; a final expansion is kept only if it ranks
 within the top K (so a width-1 beam search is exactly greedy search), the
-others fill the K alive slots.  An item is done once it has ``n_best``
-finished hypotheses and no alive one can still beat the worst of them.  At
+others fill the K alive slots.  An item is done once it has max(K, n_best)
+finished hypotheses and no alive one can still beat the worst of them (exact
+for length_penalty 0, since log-probabilities only fall; with a length
+penalty the best alive beam is judged at its current length, a heuristic);
+done items leave the batch, so the step function sees fewer rows.  At
 ``max_len``, items with fewer than n_best finished hypotheses are filled up
 with the best alive ones, marked ``finished=False`` (finished ones first).
 """
@@ -145,71 +148,71 @@ def beam_search(step: Callable, state: Any, start: Sequence[int], *, beam_width:
         raise ValueError(f"n_best: expected an int >= 1, got {n_best!r}")
     B = len(start)
     alpha = float(length_penalty)
-    rows = np.repeat(np.arange(B), K)
-    state = reorder(state, rows)
-    last = start[rows]
-    scores = np.full((B, K), -np.inf)
+    state = reorder(state, np.repeat(np.arange(B), K))
+    last = np.repeat(start, K)
+    scores = np.full((B, K), -np.inf)       # per item, its K alive beams
     scores[:, 0] = 0.0                      # one live beam per item at first: no duplicates
     seqs: List[List[List[int]]] = [[[] for _ in range(K)] for _ in range(B)]
     finished: List[List[Hypothesis]] = [[] for _ in range(B)]
     done = np.zeros(B, bool)
+    need = max(n_best, K)                   # finished hypotheses kept before an item can stop
+    act = np.arange(B)                      # items still searching; state rows i*K + k
     for t in range(max_len):
-        logp, state = _logprobs(step, last, state, B * K)
+        A = len(act)
+        logp, state = _logprobs(step, last, state, A * K)
         V = logp.shape[1]
         n_cand = min(2 * K, K * V)
-        total = (scores[:, :, None] + logp.reshape(B, K, V)).reshape(B, K * V)
+        total = (scores[act][:, :, None] + logp.reshape(A, K, V)).reshape(A, K * V)
         part = np.argpartition(-total, n_cand - 1, axis=1)[:, :n_cand]
-        new_scores = np.full((B, K), -np.inf)
-        parents = np.zeros((B, K), np.int64)
-        new_last = np.zeros((B, K), np.int64)
-        new_seqs: List[List[List[int]]] = [[[] for _ in range(K)] for _ in range(B)]
+        parents = np.zeros((A, K), np.int64)
+        new_last = np.zeros((A, K), np.int64)
         n = t + 1
-        for b in range(B):
-            if done[b]:
-                continue
-            cand = part[b]
+        for i, b in enumerate(act):
+            cand = part[i]
             # best first; ties by flat index (what argmax picks), so width 1 == greedy
-            cand = cand[np.lexsort((cand, -total[b, cand]))]
+            cand = cand[np.lexsort((cand, -total[i, cand]))]
+            new_scores = np.full(K, -np.inf)
+            new_seqs: List[List[int]] = [[] for _ in range(K)]
             alive = 0
             for rank, c in enumerate(cand):
-                s = total[b, c]
-                if not np.isfinite(s):
+                sc = total[i, c]
+                if not np.isfinite(sc):
                     break
                 k, tok = divmod(int(c), V)
                 prev = seqs[b][k]
-                if is_final(b, prev, tok):
+                if is_final(int(b), prev, tok):
                     if rank < K:
-                        finished[b].append(Hypothesis(prev + [tok], float(s),
-                                                      float(s) / length_penalty_factor(n, alpha), True))
+                        finished[b].append(Hypothesis(prev + [tok], float(sc),
+                                                      float(sc) / length_penalty_factor(n, alpha), True))
                     continue
-                new_scores[b, alive] = s
-                parents[b, alive] = k
-                new_last[b, alive] = tok
-                new_seqs[b][alive] = prev + [tok]
+                new_scores[alive] = sc
+                parents[i, alive] = k
+                new_last[i, alive] = tok
+                new_seqs[alive] = prev + [tok]
                 alive += 1
                 if alive == K:
                     break
-            # done when n_best are finished and no alive beam can beat the worst kept one
-            if len(finished[b]) >= n_best:
+            scores[b] = new_scores
+            seqs[b] = new_seqs
+            # done when n_best are finished and no alive beam can beat the worst kept one:
+            # exact for length_penalty 0 (log-probs only fall); with a length penalty the
+            # best alive beam is normalised at its current length (a heuristic, like
+            # Hugging Face's default)
+            best_alive = new_scores.max()
+            if len(finished[b]) >= need:
                 finished[b].sort(key=lambda h: -h.score)
-                del finished[b][n_best:]
-                worst = finished[b][-1].score
-                best_alive = new_scores[b].max()
-                if alpha > 0:
-                    bound = best_alive / length_penalty_factor(max_len, alpha) if best_alive < 0 else best_alive
-                else:
-                    bound = best_alive
-                if not np.isfinite(best_alive) or bound <= worst:
+                del finished[b][need:]
+                bound = best_alive / length_penalty_factor(n, alpha)
+                if not np.isfinite(best_alive) or bound <= finished[b][-1].score:
                     done[b] = True
-            elif not np.isfinite(new_scores[b]).any():
+            elif not np.isfinite(best_alive):
                 done[b] = True              # nothing left to expand
-        scores = new_scores
-        seqs = new_seqs
-        if done.all():
+        keep = np.flatnonzero(~done[act])
+        if keep.size == 0:
             break
-        idx = (np.arange(B)[:, None] * K + parents).reshape(-1)
-        state = reorder(state, idx)
-        last = new_last.reshape(-1)
+        state = reorder(state, (keep[:, None] * K + parents[keep]).reshape(-1))   # finished items drop out
+        last = new_last[keep].reshape(-1)
+        act = act[keep]
     out = []
     for b in range(B):
         hyps = sorted(finished[b], key=lambda h: -h.score)[:n_best]
@@ -270,24 +273,42 @@ def load_model(model, cls):
 
 
 class TimeBudget:
-    """A wall-clock training budget: ``wrap(batches)`` yields batches until
-    ``minutes`` have passed since the budget was made (None: no limit), then
-    stops the epoch early and sets ``hit``; ``expired()`` for fit's
-    on_epoch_end.  The wrapped list keeps its len() for the progress bar."""
+    """A wall-clock budget for a whole train() call.
 
-    def __init__(self, minutes):
+    TimeBudget(minutes, reserve=0.0): training must stop ``reserve`` seconds
+    before ``minutes`` have passed since the budget was made (None or 0: no
+    limit), leaving time for what follows the last batch (the dev pass,
+    the final evaluation); ``reserve`` may be updated as it is measured.
+    ``wrap(batches)`` yields batches until the deadline, then stops the
+    epoch early and sets ``hit``; ``expired()`` for fit's on_epoch_end;
+    ``timed(batches)`` yields batches and records the pass in ``last_pass``
+    (seconds), e.g. to size the reserve from the dev pass.  The wrapped
+    lists keep their len() for the progress bar."""
+
+    def __init__(self, minutes, reserve=0.0):
         import time
-        self.deadline = None if not minutes else time.perf_counter() + 60.0 * float(minutes)
+        self.start = time.perf_counter()
+        self.total = 60.0 * float(minutes) if minutes else None
+        # a first guess, at most a fifth of the budget (a quick run has little to follow it)
+        self.reserve = min(float(reserve), 0.2 * self.total) if self.total else 0.0
         self.hit = False
+        self.last_pass = None
+
+    @property
+    def deadline(self):
+        return None if self.total is None else self.start + self.total - self.reserve
 
     def expired(self):
         import time
-        if self.deadline is not None and time.perf_counter() > self.deadline:
+        if self.total is not None and time.perf_counter() > self.deadline:
             self.hit = True
         return self.hit
 
     def wrap(self, batches):
         return _Budgeted(list(batches), self)
+
+    def timed(self, batches):
+        return _Timed(list(batches), self)
 
 
 class _Budgeted:
@@ -304,6 +325,14 @@ class _Budgeted:
             yield b
 
 
+class _Timed(_Budgeted):
+    def __iter__(self):
+        import time
+        t0 = time.perf_counter()
+        yield from self.batches
+        self.budget.last_pass = time.perf_counter() - t0
+
+
 def blas_threads(n):
     """Context manager limiting the BLAS thread pools (numpy's and the one
     behind np.dot in the Numba kernels) to ``n`` threads; None or 0 leaves
@@ -317,4 +346,8 @@ def blas_threads(n):
         from threadpoolctl import threadpool_limits
     except ImportError:
         return contextlib.nullcontext()
+    try:        # load the BLAS that Numba's np.dot calls first: threadpoolctl limits loaded ones only
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:
+        pass
     return threadpool_limits(limits=int(n), user_api="blas")
