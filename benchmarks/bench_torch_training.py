@@ -204,6 +204,22 @@ def fwd_bwd_runner(impl, cell, B, T, I, H, seed=0):
     return run, rnn, x
 
 
+def raw_runner(cell, B, T, I, H, seed=0):
+    """fastrnn.rnn_forward + rnn_backward on time-major NumPy arrays: the
+    kernels with no torch around them (what the wrapper adds is the rest)."""
+    rnn = make_rnn("torch", cell, I, H, seed)
+    w = tuple(p.detach().numpy() for p in rnn._flat_weights)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = np.ascontiguousarray(torch.randn(B, T, I, generator=g).numpy().transpose(1, 0, 2))
+    dy = np.ascontiguousarray(torch.randn(B, T, H, generator=g).numpy().transpose(1, 0, 2))
+
+    def run():
+        y, _, saved = fastrnn.rnn_forward(cell, x, w, training=True)
+        return fastrnn.rnn_backward(saved, dy)
+
+    return run
+
+
 def check_shape(cell, B, T, I, H):
     """fastrnn vs torch.nn outputs and gradients at this shape (float32 rounding, relative)."""
     res = {}
@@ -225,6 +241,7 @@ def bench_shapes(cells, shapes, reps, rate):
             floor = fwd_bwd_flops(cell, B, T, I, H) / rate
             row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H, floor_ms=1e3 * floor)
             runs = {impl: fwd_bwd_runner(impl, cell, B, T, I, H)[0] for impl in ("torch", "fastrnn")}
+            runs["raw"] = raw_runner(cell, B, T, I, H)
             for impl, ts in paired_times(runs, reps, warmup=2).items():
                 med = statistics.median(ts)
                 row[f"{impl}_ms"] = 1e3 * med
@@ -360,12 +377,13 @@ def markdown(res):
     if "shapes" in res:
         lines += [f"Recurrent layer forward+backward, ms (median of {res['reps']}, the two taking turns); "
                   "floor = FLOPs / GEMM rate:", "",
-                  "| cell | shape (B,T,I,H) | floor ms | torch.nn ms | fastrnn ms | speedup | fastrnn floor fraction |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| cell | shape (B,T,I,H) | floor ms | torch.nn ms | fastrnn.torch ms | speedup | "
+                  "fastrnn floor fraction | raw fastrnn ms (no torch) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in res["shapes"]:
             lines.append(f"| {r['cell']} | {r['shape']} ({r['B']},{r['T']},{r['I']},{r['H']}) | "
                          f"{r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['fastrnn_ms']:.2f} | "
-                         f"{r['speedup']:.2f}x | {r['fastrnn_floor_fraction']:.2f} |")
+                         f"{r['speedup']:.2f}x | {r['fastrnn_floor_fraction']:.2f} | {r['raw_ms']:.2f} |")
         lines.append("")
     if "overhead" in res:
         o = res["overhead"]

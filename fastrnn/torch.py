@@ -109,10 +109,6 @@ def _arr(t):
     return None if t is None else t.numpy()
 
 
-def _ten(a):
-    return None if a is None else torch.from_numpy(a)
-
-
 def _bh(a):
     """(B, H) view of a (B, H) or (1, B, H) state array."""
     return a if a is None or a.ndim == 2 else a.reshape(a.shape[-2:])
