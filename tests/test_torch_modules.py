@@ -531,3 +531,14 @@ def test_functional_call_with_tensors_sharing_the_parameters_memory():
     for n, p in params.items():
         assert p.grad is not None, f"functional_call gradient reaches the passed tensor {n}"
     assert all(p.grad is None for p in fast.parameters()), "module parameters get no gradient"
+
+
+def test_import_fastrnn_does_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = "import sys, fastrnn; print('torch' in sys.modules, 'fastrnn.torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, f"import fastrnn failed: {out.stderr[-2000:]}"
+    assert out.stdout.split() == ["False", "False"], f"import fastrnn imported (torch, fastrnn.torch): {out.stdout}"
