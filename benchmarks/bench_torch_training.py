@@ -13,12 +13,13 @@ Correctness is checked before anything is timed; JIT compilation is kept out
 by warm-up rounds.  As a script it prints markdown tables and writes JSON to
 bench_results/torch_training.json:
 
-    PYTHONPATH=. python3 benchmarks/bench_torch_training.py            # ~1-2 min
+    PYTHONPATH=. python3 benchmarks/bench_torch_training.py            # ~1.5 min, 1 thread
     PYTHONPATH=. python3 benchmarks/bench_torch_training.py --quick    # seconds
+    PYTHONPATH=. python3 benchmarks/bench_torch_training.py --threads 2
 
 Under pytest-benchmark (functions test_*, grouped by what they measure):
 
-    pytest benchmarks/bench_torch_training.py --benchmark-group-by=group
+    pytest benchmarks/bench_torch_training.py --benchmark-group-by=group   # $FASTRNN_BENCH_THREADS, default 1
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def machine():
                 numpy=np.__version__, fastrnn=fastrnn.__version__, torch_threads=torch.get_num_threads())
     try:
         import numba
-        info.update(numba=numba.__version__, numba_threads=numba.get_num_threads())
+        info.update(numba=numba.__version__, numba_threads=numba.config.NUMBA_NUM_THREADS)
     except Exception:
         pass
     try:
@@ -80,6 +81,21 @@ def machine():
     except Exception:
         pass
     return info
+
+
+def set_threads(n):
+    """n threads for torch and the BLAS libraries (SciPy's, which the numba kernels call)."""
+    torch.set_num_threads(n)
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(n)
+    fastrnn.backends()     # load the backends' libraries (SciPy's BLAS for numba) first:
+    try:                   # threadpoolctl limits only libraries already loaded
+        from threadpoolctl import threadpool_limits
+        _LIMITS.append(threadpool_limits(n))
+    except Exception:
+        pass
+    # Not numba.set_num_threads: it starts numba's OpenMP pool, which then
+    # spins against torch's (measured: torch.nn.LSTM backward at S1 went from
+    # 2 ms to 3 s).  fastrnn's kernels are serial; their threads are BLAS's.
 
 
 def gemm_rate(n=1024, reps=7):
@@ -408,25 +424,15 @@ def main(argv=None):
     ap.add_argument("--cells", default="lstm,gru", help="cells for the training loop")
     ap.add_argument("--shape-cells", default="lstm", help="cells for the S1..S5 forward+backward table")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="subset of S1..S5")
-    ap.add_argument("--threads", type=int, default=None, help="torch, BLAS and numba threads (default: as is)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch, BLAS and numba threads (default 1: on a small shared machine more threads stall "
+                         "in OpenMP/OpenBLAS barriers; 0 leaves the libraries' defaults)")
     ap.add_argument("--skip", default="", help="comma list of training,shapes,overhead to skip")
     ap.add_argument("--out", default="bench_results/torch_training.json")
     args = ap.parse_args(argv)
 
     if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        fastrnn.backends()     # load the backends' libraries (SciPy's BLAS for numba) first:
-        try:                   # threadpoolctl limits only libraries already loaded
-            from threadpoolctl import threadpool_limits
-            _LIMITS.append(threadpool_limits(args.threads))
-        except Exception:
-            pass
-        try:
-            import numba
-            numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-        except Exception:
-            pass
+        set_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     reps = 2 if args.quick else args.reps
     res = dict(machine=machine(), reps=reps, command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])))
@@ -462,6 +468,14 @@ except ImportError:  # pragma: no cover - running as a script without pytest
 
 if pytest is not None:
     _IMPLS = pytest.mark.parametrize("impl", ["torch", "fastrnn"])
+
+    @pytest.fixture(autouse=True, scope="module")
+    def _threads():
+        """$FASTRNN_BENCH_THREADS threads (default 1, as the script; 0: the libraries' defaults)."""
+        n = int(os.environ.get("FASTRNN_BENCH_THREADS", "1"))
+        if n:
+            set_threads(n)
+        yield
 
     @pytest.mark.parametrize("cell", ["lstm", "gru"])
     @_IMPLS
