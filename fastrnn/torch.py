@@ -246,7 +246,7 @@ class _FastRNNMixin:
             )
         self.backend = backend
         self._fr_mode = _MODES[self.mode]
-        self._fr_warr = None
+        self._fr_plan = None
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -263,12 +263,13 @@ class _FastRNNMixin:
         return ws
 
     def _plan(self, weights):
-        """Per layer-direction (cfg tail, weight tensors) for the forward loop,
-        with NumPy views of the CPU weights, cached while the parameters keep
-        their memory (in-place optimizer updates are seen through the views;
-        .data assignment, .to(), functional_call give new memory: rebuilt)."""
+        """Per layer-direction (reverse, NumPy views of its four CPU weights or
+        None on CUDA), cached while the parameters keep their memory (in-place
+        optimizer updates are seen through the views; .data assignment, .to(),
+        functional_call with new tensors give new memory: rebuilt).  Only
+        memory is cached: the tensors autograd sees are taken fresh each call."""
         ptrs = [w.data_ptr() for w in weights]
-        c = self._fr_warr
+        c = self._fr_plan
         if c is not None and c[0] == ptrs:
             return c[1]
         k = 4 if self.bias else 2
@@ -278,12 +279,12 @@ class _FastRNNMixin:
             w = list(weights[j * k:(j + 1) * k]) + [None] * (4 - k)
             arrs = tuple(None if t is None else t.detach().numpy() for t in w) if cpu else None
             plan.append((j % 2 == 1 and self.bidirectional, arrs))
-        self.__dict__["_fr_warr"] = (ptrs, plan)
+        self.__dict__["_fr_plan"] = (ptrs, plan)
         return plan
 
     def __getstate__(self):
         state = super().__getstate__()
-        state["_fr_warr"] = None    # views of this process's memory
+        state["_fr_plan"] = None    # views of this process's memory
         return state
 
     def _fastrnn_forward(self, input, hx):
