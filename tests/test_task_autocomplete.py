@@ -188,6 +188,7 @@ def test_stop_rules():
     assert ends(0, [ids["n"], ids["o"]], ids[" "])
     ends = A._stopper(vocab, "To be", "words", 2)
     assert not ends(0, [], ids[" "]) and ends(0, [ids[" "], ids["o"], ids["r"]], ids[" "])
+    assert ends(0, [], ids["\n"]) and ends(0, [ids[" "], ids["o"]], ids["\n"])     # never past a line end
     ends = A._stopper(vocab, "To", "line", 1)
     assert ends(0, [], ids["\n"]) and not ends(0, [], ids[" "])
 

@@ -183,6 +183,10 @@ def test_evaluate_all_split(trained, tmp_path):
     ev = TR.evaluate(trained["model"], data=str(p), split="all", greedy=True)
     assert ev["sources"] == 2 and ev["pairs"] == 3 and "bleu_beam" not in ev
     assert 0.0 <= ev["bleu_greedy"] <= 100.0
+    p.write_text("I am hungry.\tJ'ai faim.\nI think that Tom is going to be late again.\t"
+                 "Je pense que Tom va encore être en retard.\n", encoding="utf-8")
+    assert TR.evaluate(trained["model"], data=str(p), split="all", greedy=True)["pairs"] == 1      # <= 8 words
+    assert TR.evaluate(trained["model"], data=str(p), split="all", greedy=True, max_words=0)["pairs"] == 2
 
 
 def test_bad_data_file_raises_data_error(tmp_path):

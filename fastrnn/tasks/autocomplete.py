@@ -147,9 +147,13 @@ def _stopper(vocab, prefix, until, n):
         nl = vocab.stoi.get("\n")
         return lambda b, prev, tok: tok == nl
 
+    nl = vocab.stoi.get("\n")
+
     def ends(b, prev, tok):
         if word_chars[tok]:
             return False
+        if tok == nl:                       # a suggestion never runs into the next line
+            return True
         # words completed so far: word-char runs closed by a non-word char
         done, inword = 0, started
         for t in prev:
@@ -166,8 +170,10 @@ def complete(model, prefix, k=5, *, until="word", n=None, beam_width=None, max_c
     """The k most likely continuations of ``prefix`` by beam search.
 
     until       "word" (the rest of the current word, or the next word after a
-                space), "words" (n words), "line" (to the end of the line),
-                "chars" (exactly n characters)
+                space), "words" (n words, or fewer before a line end), "line"
+                (to the end of the line), "chars" (exactly n characters); a
+                word is letters, ' and -; anything else ends it.  The empty
+                text is a valid answer: the prefix's word may be complete.
     n           words for "words" (default 3), characters for "chars" (default 20)
     beam_width  default max(2k, 8); 1 with greedy=True
     max_chars   cap on a continuation's length (default 30 per word, 100 a line)
@@ -200,7 +206,7 @@ def complete(model, prefix, k=5, *, until="word", n=None, beam_width=None, max_c
         K = max(2 * k, 8) if beam_width is None else max(int(beam_width), 1)
         # "word"/"words": the same text can end with different characters (a
         # space, a comma ...): ask for more and add up their probabilities
-        n_best = k if until in ("line", "chars") else 2 * k
+        n_best = k if until in ("line", "chars") else 4 * k
         hyps = beam_search(model.step, state, start, beam_width=K, n_best=n_best, max_len=max_chars,
                            is_final=stop, reorder=model.reorder)[0]
     merged = {}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import (Batch, Vocab, group_references, load_pairs, pad_sequences, split_pairs, word_tokenize)
+from ..data import (Batch, DataError, Vocab, group_references, load_pairs, pad_sequences, split_pairs, word_tokenize)
 from ..layers import GRU, LSTM, Attention, Dense, Dropout, Embedding, Tanh
 from ..losses import log_softmax, softmax_cross_entropy
 from ..metrics import token_bleu
@@ -298,9 +298,8 @@ def bleu_score(hyp_tokens, references, lower=True):
 # ------------------------------------------------------------------ data
 
 def _load(path, cfg):
-    pairs = load_pairs(path, max_words=cfg["max_words"])
+    pairs = load_pairs(path, max_words=cfg["max_words"] or None)
     if not pairs:
-        from ..data import DataError
         raise DataError(path, None, f"no pairs with at most {cfg['max_words']} words on both sides")
     return split_pairs(pairs, cfg["dev_fraction"])
 
@@ -331,7 +330,8 @@ def add_arguments(parser):
     g.add_argument("--epochs", type=int, help=f"maximum epochs (default {DEFAULTS['epochs']})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
     g.add_argument("--max-words", dest="max_words", type=int,
-                   help=f"keep pairs with at most this many tokens a side (default {DEFAULTS['max_words']})")
+                   help=f"keep pairs with at most this many tokens a side, 0 for all "
+                        f"(default {DEFAULTS['max_words']})")
     g.add_argument("--max-minutes", dest="max_minutes", type=float,
                    help=f"training time budget in minutes, 0 for none; the best epoch so far is kept "
                         f"(default {DEFAULTS['max_minutes']})")
@@ -442,7 +442,8 @@ def evaluate(model, *, data=None, split="dev", max_words=None, beam_width=None, 
     """BLEU of ``model`` (a Seq2Seq or a path) on the dev pairs of ``data``
     (default the shared eng-fra file; ``split="all"`` scores every pair of the
     file, e.g. a held-out set) with at most ``max_words`` tokens a side
-    (default 8), against all references of each source.  Returns {"bleu_greedy",
+    (default: the model's, 8; 0: every pair), against all references of
+    each source.  Returns {"bleu_greedy",
     "bleu_beam" (unless greedy=True), "loss" (dev cross-entropy per target
     token), "sources", "seconds", "examples"}."""
     model = load_model(model, Seq2Seq)
@@ -456,9 +457,8 @@ def evaluate(model, *, data=None, split="dev", max_words=None, beam_width=None, 
     if split == "dev":
         dev = _load(path, cfg)[1]
     else:
-        dev = load_pairs(path, max_words=cfg["max_words"])
+        dev = load_pairs(path, max_words=cfg["max_words"] or None)
     if not dev:
-        from ..data import DataError
         raise DataError(path, None, f"no {split} pairs with at most {cfg['max_words']} words")
     dxs, dys = _encode_pairs(dev, model.src_vocab, model.tgt_vocab, bool(cfg["lower"]))
     val = make_batches(dxs, dys, cfg["eval_batch_size"])
