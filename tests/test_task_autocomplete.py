@@ -294,6 +294,13 @@ def test_bad_data_files_raise_data_error(tmp_path):
     assert not (tmp_path / "m.npz").exists()
 
 
-def test_unknown_option_is_an_error(tmp_path):
+def test_options_from_the_command_line(tmp_path):
+    import argparse
+    parser = argparse.ArgumentParser()
+    A.add_arguments(parser)
+    args = vars(parser.parse_args(["--hidden", "64", "--max-minutes", "2"]))
+    # the CLI may pass every flag, unset ones as None: they leave the defaults alone
+    cfg = A.merge_options(A.DEFAULTS, A.QUICK, True, args, "autocomplete")
+    assert cfg["hidden"] == 64 and cfg["max_minutes"] == 2 and cfg["seq_len"] == A.QUICK["seq_len"]
     with pytest.raises(TypeError, match="hiden"):
         A.train(data=str(tmp_path), quick=True, hiden=3)

@@ -37,7 +37,8 @@ from ..layers import GRU, LSTM, Dense, Dropout, Embedding
 from ..losses import CrossEntropyLoss, log_softmax
 from ..model import Model, fit
 from ..optim import Adam
-from .decoding import TimeBudget, beam_search, blas_threads, greedy_search, load_model, merge_options, resolve_data, take_rows
+from .decoding import (TimeBudget, beam_search, blas_threads, greedy_search, load_model, merge_options,
+                       resolve_data, take_rows)
 
 __all__ = ["CharLM", "complete", "add_arguments", "train", "evaluate", "predict", "DEFAULTS", "QUICK"]
 
@@ -271,7 +272,8 @@ def add_arguments(parser):
     g.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (default lstm)")
     g.add_argument("--dropout", type=float, help=f"dropout before the output layer (default {DEFAULTS['dropout']})")
     g.add_argument("--seq-len", dest="seq_len", type=int, help=f"BPTT window (default {DEFAULTS['seq_len']})")
-    g.add_argument("--batch-size", dest="batch_size", type=int, help=f"parallel streams (default {DEFAULTS['batch_size']})")
+    g.add_argument("--batch-size", dest="batch_size", type=int,
+                   help=f"parallel streams (default {DEFAULTS['batch_size']})")
     g.add_argument("--epochs", type=int, help=f"maximum epochs (default {DEFAULTS['epochs']})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
     g.add_argument("--max-minutes", dest="max_minutes", type=float,

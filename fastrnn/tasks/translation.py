@@ -39,7 +39,8 @@ from ..losses import log_softmax, softmax_cross_entropy
 from ..metrics import token_bleu
 from ..model import Model, evaluate as evaluate_model, fit
 from ..optim import Adam
-from .decoding import TimeBudget, beam_search, blas_threads, greedy_search, load_model, merge_options, resolve_data, take_rows
+from .decoding import (TimeBudget, beam_search, blas_threads, greedy_search, load_model, merge_options,
+                       resolve_data, take_rows)
 
 __all__ = ["Seq2Seq", "translate", "detokenize_fr", "seq_loss", "target_mask", "make_batches", "bleu_score",
            "add_arguments", "train", "evaluate", "predict", "DEFAULTS", "QUICK"]
@@ -326,7 +327,8 @@ def add_arguments(parser):
     g.add_argument("--embed", type=int, help=f"word embedding size (default {DEFAULTS['embed']})")
     g.add_argument("--cell", choices=("gru", "lstm"), help="recurrent cell (default gru)")
     g.add_argument("--dropout", type=float, help=f"dropout (default {DEFAULTS['dropout']})")
-    g.add_argument("--batch-size", dest="batch_size", type=int, help=f"pairs per batch (default {DEFAULTS['batch_size']})")
+    g.add_argument("--batch-size", dest="batch_size", type=int,
+                   help=f"pairs per batch (default {DEFAULTS['batch_size']})")
     g.add_argument("--epochs", type=int, help=f"maximum epochs (default {DEFAULTS['epochs']})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
     g.add_argument("--max-words", dest="max_words", type=int,
