@@ -26,7 +26,7 @@ setup(
         "torch": ["torch>=2.0"],
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
         "bench": ["pytest-benchmark>=4", "threadpoolctl>=3"],
-        "tasks": ["tqdm>=4", "sacrebleu>=2"],
+        "tasks": ["tqdm>=4", "sacrebleu>=2", "threadpoolctl>=3"],
     },
     entry_points={"console_scripts": ["fastrnn=fastrnn.cli:main"]},
 )
