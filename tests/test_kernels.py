@@ -131,3 +131,14 @@ def test_inputs_not_modified():
     run("lstm", prob, backend="numba")
     for a, b in zip([prob["x"]] + prob["w"] + list(prob["h0"]), copies):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_recurrent_gemm_both_paths(mode, dtype):
+    # B = 20 > gemm.OWN_MAX_ROWS with B*G*H*H > gemm.OWN_MAX_MACS: the first
+    # steps go to BLAS; random lengths shrink the active rows below the limits
+    # so later steps use the own kernel.  H = 67 leaves remainders in its 4x3
+    # blocking (G*H = 67, 201, 268).
+    check_backend(mode, "numba", T=6, B=20, I=10, H=67 * 8 if mode.startswith("rnn") else 67 * 4,
+                  lengths="random", dtype=dtype, scale=0.1)

@@ -5,9 +5,10 @@ projection of all T*B rows, then the time loop (per step: one recurrent GEMM for
 all gates of the rows still running, then one fused pointwise pass).
 Backward: the time loop (fused pointwise pass, then dh = dG @ W_hh), then
 dx, dW_ih, dW_hh as big GEMMs over all T*B rows and the bias gradients as
-column sums.  Every GEMM runs inside the compiled call through the one BLAS
-Numba links (SciPy's), so two BLAS thread pools never spin against each
-other on a small machine.
+column sums.  The big GEMMs go through the BLAS Numba links (SciPy's
+OpenBLAS); the per-step recurrent GEMM is fastrnn's own (kernels/cpu/gemm.py:
+no per-step packing of W_hh) where it beats OpenBLAS, single-threaded (the
+docstring there says why), and OpenBLAS above that.
 
 Variable lengths: rows are sorted by length (longest first) so that the rows
 still running at step t are a prefix of the working state; the recurrent GEMM
@@ -80,6 +81,7 @@ class NumbaCPU:
         perm, nb, ident = _schedule(lengths, T, B)
         x2 = x.reshape(T * B, I)
         xg = np.empty((T, B, GH), dt)
+        w_hh = np.ascontiguousarray(w_hh)
         w_hhT = np.ascontiguousarray(w_hh.T)
         h = _take_rows(h0, perm, ident)
         y = _empty((T, B, H), dt)
@@ -91,21 +93,21 @@ class NumbaCPU:
         if mode == "lstm":
             c = _take_rows(c0, perm, ident)
             Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
-            lstm.lstm_forward(x2, w_ih, xg, w_hhT, b_ih + b_hh, h, c, perm, nb, reverse, training,
-                              y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt))
+            lstm.lstm_forward(x2, w_ih, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse, training,
+                              y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), w_hhT)
             bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
         elif mode == "gru":
             bx = b_ih.copy()
             bx[:2 * H] += b_hh[:2 * H]
             Gs, HNs = tb((T, B, GH)), tb((T, B, H))
-            gru.gru_forward(x2, w_ih, xg, w_hhT, bx, np.ascontiguousarray(b_hh[2 * H:]), h, perm, nb,
+            gru.gru_forward(x2, w_ih, xg, w_hh, bx, np.ascontiguousarray(b_hh[2 * H:]), h, perm, nb,
                             reverse, training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt),
-                            np.empty((B, H), dt))
+                            np.empty((B, H), dt), w_hhT)
             bufs = dict(Gs=Gs, HNs=HNs)
         else:
             As = tb((T, B, H))
-            rnn.rnn_forward(x2, w_ih, xg, w_hhT, b_ih + b_hh, h, perm, nb, reverse, mode == "rnn_relu",
-                            training, y, Hs, As, gh)
+            rnn.rnn_forward(x2, w_ih, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse, mode == "rnn_relu",
+                            training, y, Hs, As, gh, w_hhT)
             bufs = dict(As=As)
         h_n = _put_rows(h, perm, ident)
         c_n = _put_rows(c, perm, ident) if c is not None else None
@@ -116,7 +118,7 @@ class NumbaCPU:
                 # dG = 0, so keep a copy with the padding zeroed.
                 x2 = np.where((np.arange(T)[:, None] < lengths[None, :])[:, :, None], x, 0
                               ).astype(dt, copy=False).reshape(T * B, I)
-            payload = dict(mode=mode, x2=x2, w_ih=w_ih, w_hh=w_hh, Hs=Hs, perm=perm, nb=nb,
+            payload = dict(mode=mode, x2=x2, w_ih=w_ih, w_hh=w_hh, w_hhT=w_hhT, Hs=Hs, perm=perm, nb=nb,
                            ident=ident, reverse=reverse, shape=(T, B, I, H), **bufs)
         return y, h_n, c_n, payload
 
@@ -128,6 +130,7 @@ class NumbaCPU:
         perm, nb, ident, reverse = p["perm"], p["nb"], p["ident"], p["reverse"]
         w_ih, w_hh = p["w_ih"], p["w_hh"]
         GH = w_hh.shape[0]
+        w_hhT = p["w_hhT"]
         dt = dy.dtype
         dh = _take_rows(dh_n, perm, ident)
         dgs = np.empty((B, GH), dt)
@@ -137,20 +140,20 @@ class NumbaCPU:
         dw_hh = _empty((GH, H), dt)
         db_ih = _empty(GH, dt)
         db_hh = _empty(GH, dt)
-        grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh)
+        grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, w_hh)
         dc0 = None
         if mode == "lstm":
             dc = _take_rows(dc_n, perm, ident)
-            lstm.lstm_backward(dy, w_hh, dh, dc, perm, nb, reverse, ident,
+            lstm.lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident,
                                p["Hs"], p["Gs"], p["Cs"], p["TCs"], dG, dgs, *grads)
             dc0 = _put_rows(dc, perm, ident)
         elif mode == "gru":
             dGh = _empty((T, B, GH), dt)
             dhd = np.empty((B, H), dt)
-            gru.gru_backward(dy, w_hh, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
+            gru.gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
                              dG, dGh, dgs, dhd, *grads)
         else:
-            rnn.rnn_backward(dy, w_hh, dh, perm, nb, reverse, mode == "rnn_relu", ident,
+            rnn.rnn_backward(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                              p["Hs"], p["As"], dG, dgs, *grads)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh

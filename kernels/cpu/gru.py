@@ -5,7 +5,7 @@ Gate order r, z, n (PyTorch's):
     n = tanh(xn + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h.
 
 Rows run in sorted order (see lstm.py for the convention).  Shapes:
-xg (T, B, 3H) = x @ w_ih.T; w_hhT (H, 3H); w_hh (3H, H); bx (3H,) =
+xg (T, B, 3H) = x @ w_ih.T; w_hh (3H, H) and w_hhT (H, 3H), C-contiguous (gemm.py reads their rows); bx (3H,) =
 [b_ir + b_hr, b_iz + b_hz, b_in]; bhn (H,) = b_hn; h, dh (B, H) sorted;
 y, Hs, HNs (T, B, H) where HNs = W_hn h + b_hn; Gs, dGi, dGh (T, B, 3H);
 gh, dgs, gws (B, 3H) and dhd, hnws (B, H) workspaces.
@@ -17,11 +17,12 @@ from numba import njit
 
 from .activations import sigmoid_, tanh_
 from .common import JIT, after_loop_grads
+from .gemm import mm_nt
 
 
 @njit(**JIT)
-def gru_forward(x2, w_ih, xg, w_hhT, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
-                gws, hnws):
+def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
+                gws, hnws, w_hhT):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -30,7 +31,7 @@ def gru_forward(x2, w_ih, xg, w_hhT, bx, bhn, h, perm, nb, reverse, training, y,
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
-            np.dot(h[:n], w_hhT, gh[:n])
+            mm_nt(h[:n], w_hh, gh[:n], w_hhT)
         for j in range(n):
             b = perm[j]
             xr = xg[t, b]
@@ -67,8 +68,8 @@ def gru_forward(x2, w_ih, xg, w_hhT, bx, bhn, h, perm, nb, reverse, training, y,
 
 
 @njit(**JIT)
-def gru_backward(dy, w_hh, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
-                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
+                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     one = dy.dtype.type(1)
@@ -108,7 +109,7 @@ def gru_backward(dy, w_hh, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, 
             dGi[t, perm[j], :] = 0
             dGh[t, perm[j], :] = 0
         if n > 0:
-            np.dot(buf[:n], w_hh, dh[:n])
+            mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
             for j in range(n):
                 for k in range(H):
                     dh[j, k] += dhd[j, k]

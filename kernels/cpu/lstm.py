@@ -8,8 +8,8 @@ of the working state and the recurrent GEMM touches only them.  perm[j] is
 the original batch index of sorted row j.  Everything the caller sees or the
 big after-the-loop GEMMs read (xg, y, saved buffers, dG) is in original order.
 
-Shapes: xg (T, B, 4H) = x @ w_ih.T (bias not added); w_hhT (H, 4H);
-w_hh (4H, H); bias (4H,) = b_ih + b_hh; h, c, dh, dc (B, H) sorted working
+Shapes: xg (T, B, 4H) = x @ w_ih.T (bias not added); w_hh (4H, H) and
+w_hhT (H, 4H), C-contiguous (gemm.py reads their rows); bias (4H,) = b_ih + b_hh; h, c, dh, dc (B, H) sorted working
 state; nb (T,) = rows active at each t; y, Hs, Cs, TCs (T, B, H);
 Gs, dG (T, B, 4H); gh, dgs, gws (B, 4H) and tcws (B, H) workspaces.
 """
@@ -18,11 +18,12 @@ from numba import njit
 
 from .activations import sigmoid_, tanh_
 from .common import JIT, after_loop_grads
+from .gemm import mm_nt
 
 
 @njit(**JIT)
-def lstm_forward(x2, w_ih, xg, w_hhT, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
-                 gws, tcws):
+def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
+                 gws, tcws, w_hhT):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -31,7 +32,7 @@ def lstm_forward(x2, w_ih, xg, w_hhT, bias, h, c, perm, nb, reverse, training, y
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
-            np.dot(h[:n], w_hhT, gh[:n])
+            mm_nt(h[:n], w_hh, gh[:n], w_hhT)
         for j in range(n):
             b = perm[j]
             xr = xg[t, b]
@@ -76,8 +77,8 @@ def lstm_forward(x2, w_ih, xg, w_hhT, bias, h, c, perm, nb, reverse, training, y
 
 
 @njit(**JIT)
-def lstm_backward(dy, w_hh, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
-                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
+                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     one = dy.dtype.type(1)
@@ -113,7 +114,7 @@ def lstm_backward(dy, w_hh, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, d
         for j in range(n, B):
             dG[t, perm[j], :] = 0
         if n > 0:
-            np.dot(buf[:n], w_hh, dh[:n])
+            mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
 
     T_B = T * B
     after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),

@@ -3,7 +3,8 @@
 h' = act(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh), act = tanh or relu.
 
 Rows run in sorted order (see lstm.py for the convention).  Shapes:
-xg (T, B, H) = x @ w_ih.T; w_hhT (H, H); w_hh (H, H); bias (H,) =
+xg (T, B, H) = x @ w_ih.T; w_hh (H, H) and its transpose w_hhT, both C-contiguous (the
+recurrent GEMM reads rows: W_hh's in the forward, W_hh^T's in BPTT, see gemm.py); bias (H,) =
 b_ih + b_hh; h, dh (B, H) sorted; y, Hs, As, dG (T, B, H) where As is the
 activated output; gh, dgs (B, H) workspaces.  relu selects the activation.
 """
@@ -12,10 +13,11 @@ from numba import njit
 
 from .activations import tanh_
 from .common import JIT, after_loop_grads
+from .gemm import mm_nt
 
 
 @njit(**JIT)
-def rnn_forward(x2, w_ih, xg, w_hhT, bias, h, perm, nb, reverse, relu, training, y, Hs, As, gh):
+def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As, gh, w_hhT):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -25,7 +27,7 @@ def rnn_forward(x2, w_ih, xg, w_hhT, bias, h, perm, nb, reverse, relu, training,
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
-            np.dot(h[:n], w_hhT, gh[:n])
+            mm_nt(h[:n], w_hh, gh[:n], w_hhT)
         for j in range(n):
             b = perm[j]
             xr = xg[t, b]
@@ -57,8 +59,8 @@ def rnn_forward(x2, w_ih, xg, w_hhT, bias, h, perm, nb, reverse, relu, training,
 
 
 @njit(**JIT)
-def rnn_backward(dy, w_hh, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
-                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
+                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     one = dy.dtype.type(1)
@@ -86,7 +88,7 @@ def rnn_backward(dy, w_hh, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
         for j in range(n, B):
             dG[t, perm[j], :] = 0
         if n > 0:
-            np.dot(buf[:n], w_hh, dh[:n])
+            mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
 
     T_B = T * B
     after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),

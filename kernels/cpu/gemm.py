@@ -1,0 +1,140 @@
+"""The per-step recurrent GEMM for the Numba kernels: out = A @ Bt.T.
+
+Why not BLAS.  Inside the time loop the GEMM is small in one dimension (the
+batch, 1-64 rows) and the same weight matrix is used at every step.  OpenBLAS
+packs both operands on every call, so at B = 8 it spends more time packing
+W_hh than multiplying (perf: sgemm_itcopy ~15 % and the thread-server spin
+~12 % of an LSTM's forward+BPTT at S3), and (8x128)@(128x512) runs at
+~25 GFLOP/s on this machine.  The weights are already laid out the way a
+dot-product kernel wants them (W_hh rows for the forward, W_hh^T rows for
+BPTT), so no packing is needed at all:
+
+    out[m, n] = sum_k A[m, k] * Bt[n, k]      A (M, K), Bt (N, K), C rows
+
+A 4x3 register block (4 rows of A against 3 rows of Bt, 12 accumulators)
+vectorised by LLVM along k: 7 loads per 12 FMAs, so the loop is bound by
+FMA throughput, not by loads; 'reassoc' lets LLVM split each sum into
+vector partial sums.  One thread: measured on the 2-core dev VM
+(benchmarks/bench_gemm.py), (8x128)@(128x512) takes 22 us against OpenBLAS's
+41-59 us, and bigger products go to OpenBLAS (see OWN_MAX_*).
+
+Why one thread: splitting the columns over Numba's threads (prange) doubled
+the rate in isolation (1.5 us per fork/join), but OpenBLAS's idle workers
+spin for a long time after every BLAS call (the input projection, or the
+user's own NumPy work) and on a 2-core machine they take the core the second
+Numba thread needs: a forward at S2 went from 5.3 to 8.0 ms.  A serial
+kernel never fights anyone's thread pool.
+
+Summation order differs from BLAS, so results agree to float rounding (the
+kernel tests hold them to the float64 oracle).
+"""
+import numpy as np
+from numba import njit
+
+from .common import JIT
+
+# Where this kernel beats OpenBLAS (measured, benchmarks/bench_gemm.py): up to
+# 16 rows at any size (OpenBLAS's packing of W_hh per call dominates), and
+# small products of any shape.  Above that OpenBLAS's blocking and its second
+# thread win (e.g. (64x512)@(512x2048): 2.1 ms against 2.7 ms).
+OWN_MAX_ROWS = 16
+OWN_MAX_MACS = 1 << 22
+
+
+@njit(**JIT)
+def _cols(A, Bt, out, n0, n1):
+    """out[:, n0:n1] = A @ Bt[n0:n1].T"""
+    M, K = A.shape
+    z = A.dtype.type(0)
+    m4 = M - M % 4
+    n = n0
+    while n + 3 <= n1:
+        b0 = Bt[n]
+        b1 = Bt[n + 1]
+        b2 = Bt[n + 2]
+        for m in range(0, m4, 4):
+            a0 = A[m]
+            a1 = A[m + 1]
+            a2 = A[m + 2]
+            a3 = A[m + 3]
+            s00 = z
+            s01 = z
+            s02 = z
+            s10 = z
+            s11 = z
+            s12 = z
+            s20 = z
+            s21 = z
+            s22 = z
+            s30 = z
+            s31 = z
+            s32 = z
+            for k in range(K):
+                w0 = b0[k]
+                w1 = b1[k]
+                w2 = b2[k]
+                v = a0[k]
+                s00 += v * w0
+                s01 += v * w1
+                s02 += v * w2
+                v = a1[k]
+                s10 += v * w0
+                s11 += v * w1
+                s12 += v * w2
+                v = a2[k]
+                s20 += v * w0
+                s21 += v * w1
+                s22 += v * w2
+                v = a3[k]
+                s30 += v * w0
+                s31 += v * w1
+                s32 += v * w2
+            out[m, n] = s00
+            out[m, n + 1] = s01
+            out[m, n + 2] = s02
+            out[m + 1, n] = s10
+            out[m + 1, n + 1] = s11
+            out[m + 1, n + 2] = s12
+            out[m + 2, n] = s20
+            out[m + 2, n + 1] = s21
+            out[m + 2, n + 2] = s22
+            out[m + 3, n] = s30
+            out[m + 3, n + 1] = s31
+            out[m + 3, n + 2] = s32
+        for m in range(m4, M):
+            a0 = A[m]
+            s00 = z
+            s01 = z
+            s02 = z
+            for k in range(K):
+                v = a0[k]
+                s00 += v * b0[k]
+                s01 += v * b1[k]
+                s02 += v * b2[k]
+            out[m, n] = s00
+            out[m, n + 1] = s01
+            out[m, n + 2] = s02
+        n += 3
+    while n < n1:
+        b0 = Bt[n]
+        for m in range(M):
+            a0 = A[m]
+            s00 = z
+            for k in range(K):
+                s00 += a0[k] * b0[k]
+            out[m, n] = s00
+        n += 1
+
+
+@njit(**JIT)
+def mm_nt(A, Bt, out, BtT):
+    """out = A @ Bt.T for C-contiguous A (M, K), Bt (N, K), out (M, N);
+    BtT (K, N) is Bt's transpose, C-contiguous, for when BLAS wins."""
+    M, K = A.shape
+    N = Bt.shape[0]
+    if M == 0:
+        return
+    if M <= OWN_MAX_ROWS or M * N * K <= OWN_MAX_MACS:
+        _cols(A, Bt, out, 0, N)
+    else:
+        np.dot(A, BtT, out)

@@ -1,0 +1,65 @@
+"""The recurrent-step GEMM (kernels/cpu/gemm.py) against float64 NumPy:
+every remainder of its 4x3 blocking, both dtypes, and the switch to BLAS."""
+import numpy as np
+import pytest
+
+from fastrnn._kernels.cpu import gemm
+
+
+def _case(M, K, N, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    Bt = rng.standard_normal((N, K)).astype(dtype)
+    return A, Bt, A.astype(np.float64) @ Bt.astype(np.float64).T
+
+
+def _check(name, out, ref, dtype, K):
+    assert np.isfinite(out).all(), f"{name}: unwritten (NaN) elements"
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)
+    # sums of K products: rounding grows like sqrt(K) * eps
+    tol = (1e-5 if dtype == "float32" else 1e-12) * max(1.0, np.sqrt(K) / 4)
+    assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.1e}"
+
+
+SHAPES = [(1, 1, 1), (1, 7, 2), (3, 5, 4), (4, 9, 3), (5, 13, 7), (8, 128, 512), (9, 33, 101),
+          (13, 64, 3 * 64 + 1), (17, 100, 200), (3, 300, 1000)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_own_kernel_matches_float64(M, K, N, dtype):
+    A, Bt, ref = _case(M, K, N, dtype)
+    out = np.full((M, N), np.nan, dtype)        # every element must be written
+    gemm._cols(A, Bt, out, 0, N)
+    _check(f"_cols {M}x{K}x{N}", out, ref, dtype, K)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M,K,N", SHAPES + [(40, 128, 1024)])   # the last goes to BLAS
+def test_mm_nt_matches_float64(M, K, N, dtype):
+    A, Bt, ref = _case(M, K, N, dtype)
+    out = np.full((M, N), np.nan, dtype)
+    gemm.mm_nt(A, Bt, out, np.ascontiguousarray(Bt.T))
+    _check(f"mm_nt {M}x{K}x{N}", out, ref, dtype, K)
+
+
+def test_column_range_writes_only_its_columns():
+    A, Bt, ref = _case(6, 20, 11, "float64")
+    out = np.full((6, 11), np.nan)
+    gemm._cols(A, Bt, out, 2, 9)
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, 9:]).all(), "columns outside [2, 9) were written"
+    _check("_cols columns [2, 9)", out[:, 2:9], ref[:, 2:9], "float64", 20)
+
+
+def test_zero_rows_writes_nothing():
+    A = np.empty((0, 4), np.float32)
+    Bt = np.ones((5, 4), np.float32)
+    out = np.empty((0, 5), np.float32)
+    gemm.mm_nt(A, Bt, out, np.ascontiguousarray(Bt.T))
+    assert out.shape == (0, 5)
+
+
+def test_switch_sizes_cover_both_paths():
+    # the kernel tests at S-like sizes must exercise both sides of the switch
+    assert 40 > gemm.OWN_MAX_ROWS and 40 * 128 * 1024 > gemm.OWN_MAX_MACS, "(40x128x1024) must go to BLAS"
+    assert 8 <= gemm.OWN_MAX_ROWS, "(8 rows) must use the own kernel"
