@@ -24,7 +24,7 @@ from .cells import spec
 
 __all__ = ["rnn_forward", "rnn_backward", "Saved"]
 
-_FLOAT_DTYPES = ("float32", "float64")
+_FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
 
 class Saved:
@@ -52,6 +52,8 @@ class Saved:
 
 def _xp_of(a):
     """(module, name) of the array library that owns ``a``."""
+    if type(a) is np.ndarray:
+        return np, "numpy"
     mod = type(a).__module__.split(".")[0]
     if mod == "cupy":
         import cupy
@@ -60,6 +62,8 @@ def _xp_of(a):
 
 
 def _as_array(name, a, xp, xp_name):
+    if type(a) is np.ndarray and xp_name == "numpy":
+        return a
     if a is None:
         raise TypeError(f"{name}: expected an array, got None")
     _, a_name = _xp_of(a)
@@ -166,7 +170,7 @@ def rnn_forward(mode, x, weights, h0=None, lengths=None, *, reverse=False, train
             raise TypeError(f"x: expected a (T, B, I) float array, got {type(x).__name__}") from exc
     if x.ndim != 3:
         raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {tuple(x.shape)}")
-    if str(x.dtype) not in _FLOAT_DTYPES:
+    if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
     T, B, I = (int(s) for s in x.shape)
     if min(T, B, I) < 1:

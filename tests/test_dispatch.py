@@ -73,3 +73,37 @@ def test_import_is_light():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"imported at `import fastrnn`: {out.stdout.strip()}"
+
+
+class _Fake:
+    name = "fake_test"
+    priority = 1000
+    modes = ("gru",)
+    dtypes = ("float64",)
+    array_module_name = "numpy"
+
+    def probe(self):
+        return True, "test double"
+
+
+def test_auto_selection_cache_follows_registry_and_env(monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    key = (None, "numpy", "gru", np.dtype("float64"))
+    assert dispatch.select(*key).name == "numba"          # cached from here on
+    import types
+    mod = types.ModuleType("fastrnn_fake_backend_test")
+    mod.BACKEND = _Fake()
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    dispatch.register("fake_test", f"{mod.__name__}:BACKEND")
+    try:
+        assert dispatch.select(*key).name == "fake_test", "register() must invalidate the cached choice"
+        assert dispatch.select(None, "numpy", "lstm", np.dtype("float64")).name == "numba", \
+            "the fake backend does not run lstm"
+        monkeypatch.setenv(dispatch.ENV_VAR, "numpy")
+        assert dispatch.select(*key).name == "numpy", "$FASTRNN_BACKEND must win over a cached choice"
+    finally:
+        for d in (dispatch._REGISTRY, dispatch._LOADED, dispatch._PROBED):
+            d.pop("fake_test", None)
+        dispatch._AUTO.clear()
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    assert dispatch.select(*key).name == "numba"

@@ -73,7 +73,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ forward
     def forward(self, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
-        from .._kernels.cpu import gru, lstm, rnn
+        from .._kernels.cpu import gemm, gru, lstm, rnn
         T, B, I = x.shape
         H = w_hh.shape[1]
         GH = w_hh.shape[0]
@@ -82,7 +82,13 @@ class NumbaCPU:
         x2 = x.reshape(T * B, I)
         xg = np.empty((T, B, GH), dt)
         w_hh = np.ascontiguousarray(w_hh)
-        w_hhT = np.ascontiguousarray(w_hh.T)
+        # the per-step GEMM reads W_hh's rows (forward) and W_hh^T's (BPTT);
+        # W_hh^T's transpose, W_hh, is what BLAS gets where it takes over
+        # (a copy of 4H*H floats per call saved where it never does)
+        if training or gemm.uses_blas(B, GH, H):
+            w_hhT = np.ascontiguousarray(w_hh.T)
+        else:
+            w_hhT = np.empty((0, 0), dt)
         h = _take_rows(h0, perm, ident)
         y = _empty((T, B, H), dt)
         gh = np.empty((B, GH), dt)

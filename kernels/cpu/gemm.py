@@ -126,10 +126,17 @@ def _cols(A, Bt, out, n0, n1):
         n += 1
 
 
+def uses_blas(max_rows, N, K):
+    """Whether mm_nt with up to max_rows rows of A ever calls BLAS (and so reads
+    BtT); the callers skip building the transpose when it does not."""
+    return max_rows > OWN_MAX_ROWS and max_rows * N * K > OWN_MAX_MACS
+
+
 @njit(**JIT)
 def mm_nt(A, Bt, out, BtT):
     """out = A @ Bt.T for C-contiguous A (M, K), Bt (N, K), out (M, N);
-    BtT (K, N) is Bt's transpose, C-contiguous, for when BLAS wins."""
+    BtT (K, N) is Bt's transpose, C-contiguous, for when BLAS wins (it is
+    not read, and may be any 2-D array, when uses_blas(M, N, K) is False)."""
     M, K = A.shape
     N = Bt.shape[0]
     if M == 0:
