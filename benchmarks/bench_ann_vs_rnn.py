@@ -58,12 +58,12 @@ from fastrnn.tasks import ner as N
 from fastrnn.tasks import sentiment as S
 
 # budgets: (RNN options, ANN options) per task
-FULL = {
-    "sentiment": (dict(epochs=4, patience=None), dict(window=32, epochs=6)),
-    "ner": (dict(epochs=12, patience=None), dict(k=2, epochs=10)),
-    "autocomplete": (dict(hidden=128, emb=32, epochs=1, batch_size=32, seq_len=64, lr=3e-3),
-                     dict(k=16, hidden=256, epochs=1)),
-    "max_train_chars": 300_000, "max_dev_chars": 30_000,
+FULL = {   # the RNN task models at their default configuration (the same runs as `fastrnn train`)
+    "sentiment": (dict(), dict(window=32, epochs=6)),
+    "ner": (dict(), dict(k=2, epochs=10)),
+    "autocomplete": (dict(hidden=128, emb=32, epochs=2, batch_size=32, seq_len=64, lr=3e-3),
+                     dict(k=16, hidden=256, epochs=2)),
+    "max_train_chars": None, "max_dev_chars": 50_000,
 }
 QUICK = {
     "sentiment": (dict(quick=True, max_train=600, max_dev=200, epochs=1),
@@ -238,7 +238,7 @@ def bench_autocomplete(rnn_opts, ann_opts, max_train_chars, max_dev_chars, seed=
     k = ann["window"]
     text = load_text(data_file("autocomplete"))
     train_text, dev_text = split_text(text, 0.1)
-    train_text, dev_text = train_text[:max_train_chars], dev_text[:max_dev_chars]
+    train_text, dev_text = train_text[:max_train_chars or None], dev_text[:max_dev_chars or None]
     vocab = Vocab.build([char_tokenize(train_text)], specials=("<pad>", "<unk>"))
     assert vocab == ann["vocab"], "the ANN and the RNN must share the character vocabulary"
     V = len(vocab)

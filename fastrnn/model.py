@@ -264,7 +264,9 @@ def fit(model, train_batches, *, epochs, optimizer, loss_fn, val_batches=None, m
     verbose         print one line per epoch
     on_epoch_end    callable(epoch, history, model) -> truthy to stop early
 
-    history: lists per epoch "loss", "seconds", "tokens_per_s", "lr", and
+    history: lists per epoch "loss", "seconds", "tokens_per_s" (loss targets
+    per second: the counts loss_fn returns, i.e. tokens for a tagger or a
+    language model, examples for a classifier), "lr", and
     "val_loss", "val_<metric>", "grad_norm" (mean pre-clip norm) when they
     apply; scalars "best_epoch" (0-based), "best", "monitor", "epochs_run",
     "stopped_early".
@@ -349,7 +351,7 @@ def fit(model, train_batches, *, epochs, optimizer, loss_fn, val_batches=None, m
         if verbose:
             parts = [f"epoch {epoch + 1}/{epochs}"] + [f"{k} {hist[k][-1]:.4f}" for k in hist
                                                        if k.startswith("val_") or k == "loss"]
-            print(" ".join(parts) + f" {secs:.1f}s {hist['tokens_per_s'][-1]:.0f} tok/s", flush=True)
+            print(" ".join(parts) + f" {secs:.1f}s {hist['tokens_per_s'][-1]:.0f} targets/s", flush=True)
         if on_epoch_end is not None and on_epoch_end(epoch, hist, model):
             stopped = True
             break
