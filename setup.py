@@ -24,7 +24,8 @@ setup(
     extras_require={
         "cuda": ["cupy-cuda13x"],
         "torch": ["torch>=2.0"],
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6",
+                 "seqeval>=1.2", "scikit-learn>=1.0"],   # independent oracles for the metrics tests
         "bench": ["pytest-benchmark>=4", "threadpoolctl>=3"],
         "tasks": ["tqdm>=4", "sacrebleu>=2", "threadpoolctl>=3"],
     },
