@@ -36,7 +36,7 @@ from .common import JIT
 # Where this kernel beats OpenBLAS (measured, benchmarks/bench_gemm.py): up to
 # 16 rows at any size (OpenBLAS's packing of W_hh per call dominates), and
 # small products of any shape.  Above that OpenBLAS's blocking and its second
-# thread win (e.g. (64x512)@(512x2048): 2.1 ms against 2.7 ms).
+# thread win (e.g. (64x512)@(512x2048): 1.4-2.1 ms against 2.7 ms).
 OWN_MAX_ROWS = 16
 OWN_MAX_MACS = 1 << 22
 

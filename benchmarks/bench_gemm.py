@@ -1,0 +1,109 @@
+"""The per-step recurrent GEMM: fastrnn's own kernel (kernels/cpu/gemm.py)
+beside OpenBLAS (Numba's np.dot, the BLAS the kernels link), at the shapes the
+time loops use, each called T times inside one compiled loop as in a kernel.
+
+Rows (M, K, N) are (batch rows, K, N) of one step: the forward's h @ W_hh^T
+is (B, H, G*H), BPTT's dG @ W_hh is (B, G*H, H).  The table gives us per
+call, GFLOP/s, own/BLAS and which one fastrnn uses (gemm.OWN_MAX_ROWS,
+gemm.OWN_MAX_MACS decide).  Single-threaded own kernel; OpenBLAS with its
+default threads.
+
+    PYTHONPATH=. python3 benchmarks/bench_gemm.py          # ~30 s
+    python -m pytest benchmarks/bench_gemm.py --benchmark-group-by=param:shape
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numpy as np
+from numba import njit
+
+from fastrnn._kernels.cpu import gemm
+from fastrnn._kernels.cpu.common import JIT
+
+# (M, K, N): LSTM S1-S5 forward and backward steps, and a few around the switch
+SHAPES = [(1, 64, 256), (1, 256, 64), (8, 128, 512), (8, 512, 128), (16, 256, 1024), (32, 256, 1024),
+          (32, 1024, 256), (64, 512, 2048), (64, 2048, 512), (32, 1024, 4096), (32, 4096, 1024)]
+STEPS = 20
+
+
+@njit(**JIT)
+def _loop_own(A, Bt, out, steps):
+    for _ in range(steps):
+        gemm._cols(A, Bt, out, 0, Bt.shape[0])
+
+
+@njit(**JIT)
+def _loop_blas(A, BtT, out, steps):
+    for _ in range(steps):
+        np.dot(A, BtT, out)
+
+
+def _problem(M, K, N, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    Bt = rng.standard_normal((N, K)).astype(np.float32)
+    return A, Bt, np.ascontiguousarray(Bt.T), np.empty((M, N), np.float32)
+
+
+def _median_call(fn, reps=9):
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) / STEPS
+
+
+def measure(M, K, N):
+    A, Bt, BtT, out = _problem(M, K, N)
+    ref = A.astype(np.float64) @ Bt.astype(np.float64).T
+    _loop_own(A, Bt, out, 1)
+    err = float(np.abs(out - ref).max() / np.abs(ref).max())
+    if not err < 1e-5:
+        raise AssertionError(f"own kernel ({M}x{K}x{N}) relative error {err:.1e}")
+    own = _median_call(lambda: _loop_own(A, Bt, out, STEPS))
+    blas = _median_call(lambda: _loop_blas(A, BtT, out, STEPS))
+    flops = 2 * M * K * N
+    return dict(M=M, K=K, N=N, own_us=own * 1e6, blas_us=blas * 1e6, own_gflops=flops / own / 1e9,
+                blas_gflops=flops / blas / 1e9, own_over_blas=own / blas,
+                used="BLAS" if gemm.uses_blas(M, N, K) else "own")
+
+
+def main():
+    print("| M x K x N | own us | BLAS us | own GFLOP/s | BLAS GFLOP/s | own / BLAS | fastrnn uses |")
+    print("|---|---|---|---|---|---|---|")
+    for M, K, N in SHAPES:
+        r = measure(M, K, N)
+        print(f"| {M}x{K}x{N} | {r['own_us']:.1f} | {r['blas_us']:.1f} | {r['own_gflops']:.1f} | "
+              f"{r['blas_gflops']:.1f} | {r['own_over_blas']:.2f} | {r['used']} |", flush=True)
+    return 0
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - script use without pytest
+    pytest = None
+
+if pytest is not None:
+    @pytest.mark.parametrize("impl", ["own", "blas"])
+    @pytest.mark.parametrize("shape", [f"{m}x{k}x{n}" for m, k, n in SHAPES])
+    def test_step_gemm(benchmark, shape, impl):
+        M, K, N = (int(v) for v in shape.split("x"))
+        A, Bt, BtT, out = _problem(M, K, N)
+        if impl == "own":
+            fn = lambda: _loop_own(A, Bt, out, STEPS)  # noqa: E731
+        else:
+            fn = lambda: _loop_blas(A, BtT, out, STEPS)  # noqa: E731
+        fn()
+        benchmark.group = f"step-gemm-{shape}"
+        benchmark(fn)
+        ref = A.astype(np.float64) @ Bt.astype(np.float64).T
+        assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5, f"{impl} {shape}: wrong product"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
