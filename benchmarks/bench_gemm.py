@@ -8,7 +8,13 @@ call, GFLOP/s, own/BLAS and which one fastrnn uses (gemm.OWN_MAX_ROWS,
 gemm.OWN_MAX_MACS decide).  Single-threaded own kernel; OpenBLAS with its
 default threads.
 
-    PYTHONPATH=. python3 benchmarks/bench_gemm.py          # ~30 s
+The second table asks what an LSTM forward+BPTT at S1-S5 can cost at best
+with these GEMMs: the same GEMM calls fastrnn's kernels make (input
+projection, the per-step products both ways, dx, dW_ih, dW_hh), nothing
+else, beside fastrnn's whole forward+BPTT: how much of the kernel's time the
+GEMMs take.  (torch.nn beside it: `fastrnn bench`.)
+
+    PYTHONPATH=. python3 benchmarks/bench_gemm.py          # ~1 min
     python -m pytest benchmarks/bench_gemm.py --benchmark-group-by=param:shape
 """
 from __future__ import annotations
@@ -73,6 +79,51 @@ def measure(M, K, N):
                 used="BLAS" if gemm.uses_blas(M, N, K) else "own")
 
 
+@njit(**JIT)
+def _lstm_gemms(x2, w_ih, w_hh, w_hhT, xg2, h, gh, dG, dh, dx2, dw_ih, dw_hh, Hs2, T):
+    """Only the GEMMs of one LSTM forward+BPTT, as the kernels call them."""
+    np.dot(x2, w_ih.T, xg2)
+    for _ in range(T):
+        gemm.mm_nt(h, w_hh, gh, w_hhT)
+    for t in range(T):
+        gemm.mm_nt(dG[t], w_hhT, dh, w_hh)
+    TB = dG.shape[0] * dG.shape[1]
+    dG2 = dG.reshape((TB, dG.shape[2]))
+    np.dot(dG2, w_ih, dx2)
+    np.dot(dG2.T, x2, dw_ih)
+    np.dot(dG2.T, Hs2, dw_hh)
+
+
+def lstm_gemm_floor(shape):
+    """(GEMM-only ms, fastrnn ms) for an LSTM forward+BPTT at a bench shape:
+    medians over 3 rounds, each timing one then the other in a block of 5."""
+    import fastrnn
+    from fastrnn.bench import SHAPES as S, _problem as lstm_problem
+    B, T, I, H = S[shape]
+    x, w, dy = lstm_problem("lstm", B, T, I, H)
+    f32 = np.float32
+    G = 4 * H
+    w_ih, w_hh = w[0], w[1]
+    bufs = (x.reshape(T * B, I), w_ih, w_hh, np.ascontiguousarray(w_hh.T), np.empty((T * B, G), f32),
+            np.zeros((B, H), f32), np.empty((B, G), f32), np.full((T, B, G), 1e-3, f32), np.empty((B, H), f32),
+            np.empty((T * B, I), f32), np.empty((G, I), f32), np.empty((G, H), f32), np.zeros((T * B, H), f32), T)
+
+    def fr():
+        y, hn, s = fastrnn.rnn_forward("lstm", x, w, training=True, backend="numba")
+        return fastrnn.rnn_backward(s, dy)
+    fns = {"gemm": lambda: _lstm_gemms(*bufs), "fastrnn": fr}
+    times = {k: [] for k in fns}
+    for _ in range(3):
+        for k, f in fns.items():
+            f()
+            for _ in range(5):
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return med["gemm"], med["fastrnn"]
+
+
 def main():
     print("| M x K x N | own us | BLAS us | own GFLOP/s | BLAS GFLOP/s | own / BLAS | fastrnn uses |")
     print("|---|---|---|---|---|---|---|")
@@ -80,6 +131,14 @@ def main():
         r = measure(M, K, N)
         print(f"| {M}x{K}x{N} | {r['own_us']:.1f} | {r['blas_us']:.1f} | {r['own_gflops']:.1f} | "
               f"{r['blas_gflops']:.1f} | {r['own_over_blas']:.2f} | {r['used']} |", flush=True)
+    print()
+    print("LSTM forward+BPTT, ms: its GEMMs alone (as fastrnn calls them) beside the whole of it")
+    print()
+    print("| shape | GEMMs only | fastrnn | GEMM share of fastrnn |")
+    print("|---|---|---|---|")
+    for shape in ("S1", "S2", "S3", "S4", "S5"):
+        g, f = lstm_gemm_floor(shape)
+        print(f"| {shape} | {g:.2f} | {f:.2f} | {g / f:.2f} |", flush=True)
     return 0
 
 
