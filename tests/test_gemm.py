@@ -1,5 +1,6 @@
 """The recurrent-step GEMM (kernels/cpu/gemm.py) against float64 NumPy:
-every remainder of its 4x3 blocking, both dtypes, and the switch to BLAS."""
+every remainder of its 4x3 blocking (and the 1x6 one for 1-3 rows), both
+dtypes, and the switch to BLAS."""
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ def _check(name, out, ref, dtype, K):
     assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.1e}"
 
 
-SHAPES = [(1, 1, 1), (1, 7, 2), (3, 5, 4), (4, 9, 3), (5, 13, 7), (8, 128, 512), (9, 33, 101),
+SHAPES = [(1, 1, 1), (1, 7, 2), (2, 9, 13), (1, 64, 256), (3, 5, 4), (4, 9, 3), (5, 13, 7), (8, 128, 512), (9, 33, 101),
           (13, 64, 3 * 64 + 1), (17, 100, 200), (3, 300, 1000)]
 
 

@@ -42,10 +42,61 @@ OWN_MAX_MACS = 1 << 22
 
 
 @njit(**JIT)
+def _cols_thin(A, Bt, out, n0, n1):
+    """_cols for 1-3 rows: one row against 6 rows of Bt (7 loads per 6 FMAs;
+    the 4x3 block's 1x3 remainder would be load-bound, 1.6x slower at B=1)."""
+    M, K = A.shape
+    z = A.dtype.type(0)
+    n = n0
+    while n + 6 <= n1:
+        b0 = Bt[n]
+        b1 = Bt[n + 1]
+        b2 = Bt[n + 2]
+        b3 = Bt[n + 3]
+        b4 = Bt[n + 4]
+        b5 = Bt[n + 5]
+        for m in range(M):
+            a0 = A[m]
+            s0 = z
+            s1 = z
+            s2 = z
+            s3 = z
+            s4 = z
+            s5 = z
+            for k in range(K):
+                v = a0[k]
+                s0 += v * b0[k]
+                s1 += v * b1[k]
+                s2 += v * b2[k]
+                s3 += v * b3[k]
+                s4 += v * b4[k]
+                s5 += v * b5[k]
+            out[m, n] = s0
+            out[m, n + 1] = s1
+            out[m, n + 2] = s2
+            out[m, n + 3] = s3
+            out[m, n + 4] = s4
+            out[m, n + 5] = s5
+        n += 6
+    while n < n1:
+        b0 = Bt[n]
+        for m in range(M):
+            a0 = A[m]
+            s0 = z
+            for k in range(K):
+                s0 += a0[k] * b0[k]
+            out[m, n] = s0
+        n += 1
+
+
+@njit(**JIT)
 def _cols(A, Bt, out, n0, n1):
     """out[:, n0:n1] = A @ Bt[n0:n1].T"""
     M, K = A.shape
     z = A.dtype.type(0)
+    if M < 4:
+        _cols_thin(A, Bt, out, n0, n1)
+        return
     m4 = M - M % 4
     n = n0
     while n + 3 <= n1:
