@@ -2,10 +2,9 @@
 
 Why not BLAS.  Inside the time loop the GEMM is small in one dimension (the
 batch, 1-64 rows) and the same weight matrix is used at every step.  OpenBLAS
-packs both operands on every call, so at B = 8 it spends more time packing
-W_hh than multiplying (perf: sgemm_itcopy ~15 % and the thread-server spin
-~12 % of an LSTM's forward+BPTT at S3), and (8x128)@(128x512) runs at
-~25 GFLOP/s on this machine.  The weights are already laid out the way a
+packs both operands on every call, W_hh again at every step (perf, LSTM
+forward+BPTT at S3: packing ~20 % and thread hand-off ~15 % of the time),
+and (8x128)@(128x512) runs at ~25 GFLOP/s on this machine.  The weights are already laid out the way a
 dot-product kernel wants them (W_hh rows for the forward, W_hh^T rows for
 BPTT), so no packing is needed at all:
 
@@ -15,8 +14,8 @@ A 4x3 register block (4 rows of A against 3 rows of Bt, 12 accumulators)
 vectorised by LLVM along k: 7 loads per 12 FMAs, so the loop is bound by
 FMA throughput, not by loads; 'reassoc' lets LLVM split each sum into
 vector partial sums.  One thread: measured on the 2-core dev VM
-(benchmarks/bench_gemm.py), (8x128)@(128x512) takes 22 us against OpenBLAS's
-41-59 us, and bigger products go to OpenBLAS (see OWN_MAX_*).
+(benchmarks/bench_gemm.py), (8x128)@(128x512) takes 16-22 us against
+OpenBLAS's 41-59 us, and bigger products go to OpenBLAS (see OWN_MAX_*).
 
 Why one thread: splitting the columns over Numba's threads (prange) doubled
 the rate in isolation (1.5 us per fork/join), but OpenBLAS's idle workers
