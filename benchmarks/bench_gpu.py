@@ -195,6 +195,16 @@ def _bench_one(mode, B, T, I, H, cupy, torch, fastrnn, cupy_cuda, time_cp, time_
     row["err_dx"] = rel(dx, cupy.from_dlpack(x_req.grad))
     row["err_dw_hh"] = rel(dW[1], cupy.from_dlpack(model.weight_hh_l0.grad))
     row["check_ok"] = all(row[e] <= CHECK_TOL for e in ("err_y", "err_dx", "err_dw_hh"))
+    # the float64 NumPy oracle (the independent reference the 1e-5 is about):
+    # every output and gradient, max |got - ref| / max |ref| each, the worst reported
+    import numpy as np
+    f64 = lambda a: cupy.asnumpy(a).astype(np.float64)  # noqa: E731
+    ry, rhn, rs = fastrnn.rnn_forward(mode, f64(x), tuple(f64(w) for w in W), training=True, backend="numpy")
+    rdx, rdh0, rdW = fastrnn.rnn_backward(rs, f64(dy))
+    got = [y, dx] + list(dW) + (list(hn) + list(dh0) if mode == "lstm" else [hn, dh0])
+    ref = [ry, rdx] + list(rdW) + (list(rhn) + list(rdh0) if mode == "lstm" else [rhn, rdh0])
+    row["oracle_err"] = max(float(np.abs(cupy.asnumpy(g) - r).max() / max(np.abs(r).max(), 1e-30))
+                            for g, r in zip(got, ref))
     del y, hn, saved, dx, dh0, dW, out_t
 
     # ---- timing
@@ -236,17 +246,17 @@ def _bench_one(mode, B, T, I, H, cupy, torch, fastrnn, cupy_cuda, time_cp, time_
     return row
 
 
-_HEAD = ("| mode | B,T,I,H | path f/b | check (y, dx, dW_hh err) | fastrnn fwd ms | torch fwd ms | ratio "
+_HEAD = ("| mode | B,T,I,H | path f/b | vs torch (y, dx, dW_hh) | vs f64 oracle (worst) | fastrnn fwd ms | torch fwd ms | ratio "
          "| fastrnn f+b ms | torch f+b ms | ratio | fwd %floor | f+b %floor |")
-_SEP = "|" + "---|" * 12
+_SEP = "|" + "---|" * 13
 
 
 def _fmt_row(r):
     shape = f"{r['B']},{r['T']},{r['I']},{r['H']}"
     if "skipped" in r or "error" in r:
-        return f"| {r['mode']} | {shape} | {r.get('skipped') or r.get('error')} |" + " |" * 9
+        return f"| {r['mode']} | {shape} | {r.get('skipped') or r.get('error')} |" + " |" * 10
     chk = ("ok " if r["check_ok"] else "MISMATCH ") + f"{r['err_y']:.1e}, {r['err_dx']:.1e}, {r['err_dw_hh']:.1e}"
-    return (f"| {r['mode']} | {shape} | {r['path_fwd'][:4]}/{r['path_bwd'][:4]} | {chk} "
+    return (f"| {r['mode']} | {shape} | {r['path_fwd'][:4]}/{r['path_bwd'][:4]} | {chk} | {r['oracle_err']:.1e} "
             f"| {r['fastrnn_fwd_ms']:.3f} | {r['torch_fwd_ms']:.3f} | {r['ratio_fwd']:.2f} "
             f"| {r['fastrnn_fb_ms']:.3f} | {r['torch_fb_ms']:.3f} | {r['ratio_fb']:.2f} "
             f"| {100 * r['floor_frac_fwd']:.0f}% | {100 * r['floor_frac_fb']:.0f}% |")

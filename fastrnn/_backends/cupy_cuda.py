@@ -37,7 +37,11 @@ Dispatch rule (FASTRNN_CUDA_PATH=auto, the default): persistent when all of
       fits the device's opt-in per-block limit (227 KiB on H100/H200: in
       float32 H up to about 1100 for LSTM at B=16; in float64 about 780),
     * the occupancy API confirms that all ceil(H / U) blocks are co-resident;
-otherwise general.  Forward and backward decide separately (their shared
+otherwise general.  One block per SM (the most blocks) was measured on an
+H100 against 64, 32, 16 and 8 blocks (benchmarks/gpu_sweep_blocks.py,
+B = 1, 8, 16, every mode): fastest or tied everywhere, up to 2.7x faster
+than 8 blocks, so the grid barrier is not what limits these kernels.
+PERSIST_BLOCKS caps the count for such sweeps.  Forward and backward decide separately (their shared
 memory differs), each with the same rule.
 
 Force a path with the environment variable FASTRNN_CUDA_PATH=general|persistent|auto
@@ -67,6 +71,7 @@ PERSIST_THREADS = 256       # threads per block of the persistent kernels (multi
 STEP_THREADS = 256          # threads per block of the general-path step kernels
 SAVED_PER_UNIT = {"rnn_tanh": 0, "rnn_relu": 0, "gru": 4, "lstm": 4}   # S in the .cu files
 POISON = False              # tests: fill every buffer with NaN first, so an unwritten element shows
+PERSIST_BLOCKS = None       # at most this many persistent blocks (None: one per SM); for tuning sweeps
 
 _FORCED = None
 
@@ -267,7 +272,8 @@ def _plan(rt, mode, B, H, dtype, which):
     if requested == "general":
         return "general", 0, 0, 0
     itemsize = np.dtype(dtype).itemsize
-    ok, reason, U, nblk, smem = persistent_plan(mode, B, H, itemsize, rt.sm_count, rt.smem_optin,
+    max_blocks = rt.sm_count if PERSIST_BLOCKS is None else max(1, min(int(PERSIST_BLOCKS), rt.sm_count))
+    ok, reason, U, nblk, smem = persistent_plan(mode, B, H, itemsize, max_blocks, rt.smem_optin,
                                                 which, rt.cooperative)
     if ok:
         name = (rt.loader.persist_fwd_name if which == "fwd" else rt.loader.persist_bwd_name)(mode)
