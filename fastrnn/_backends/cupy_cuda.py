@@ -32,7 +32,7 @@ Dispatch rule (FASTRNN_CUDA_PATH=auto, the default): persistent when all of
     * B <= 16 (PERSIST_MAX_B: the per-column accumulators live in registers),
     * the device supports cooperative launch,
     * the shared memory one block needs, in elements of the dtype,
-        forward  G*U*H + B*H + B*G*U
+        forward  G*U*H + B*H + KS*B*G*U  (KS k-chunks, persistent_kchunks)
         backward G*U*H + 16*G*U + 2*B*U
       fits the device's opt-in per-block limit (227 KiB on H100/H200: in
       float32 H up to about 1100 for LSTM at B=16; in float64 about 780),
@@ -97,12 +97,19 @@ def get_path() -> str:
 
 # ---------------------------------------------------------------- planning (pure)
 
+def persistent_kchunks(G, U, H, itemsize, threads=PERSIST_THREADS):
+    """KS, the forward's number of k chunks (frnn_kchunks in persistent.cu)."""
+    rb = 4 if itemsize == 4 else 2                      # FRNN_RB
+    nrb = -(-(G * U) // rb)
+    return max(1, min((threads // 32) // nrb, -(-H // 32)))
+
+
 def persistent_smem(mode, B, H, U, itemsize, which):
     """Dynamic shared memory in bytes of one persistent block ('fwd' or 'bwd');
     the layout is documented in kernels/cuda/persistent.cu."""
     G = spec(mode).gates
     if which == "fwd":
-        n = G * U * H + B * H + B * G * U
+        n = G * U * H + B * H + persistent_kchunks(G, U, H, itemsize) * B * G * U
     elif which == "bwd":
         n = G * U * H + PERSIST_MAX_B * G * U + 2 * B * U
     else:

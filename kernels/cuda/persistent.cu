@@ -8,7 +8,8 @@
 //
 // Forward, per step: read h (B, H) from global (written by every block the
 // step before) into shared memory; each warp computes RB rows of
-// W_hh h for all B columns at a time; the block's threads apply the cell to
+// W_hh h over one chunk of k for all B columns at a time (the chunks'
+// partial sums are added in a fixed order); the block's threads apply the cell to
 // its (b, u) pairs and write h' to hs; grid barrier.
 //
 // Backward, per step: the block applies the cell backward to its own (b, u)
@@ -19,7 +20,8 @@
 // units.  Deterministic: fixed summation order, no atomics on data.
 //
 // Shared memory (scalar_t elements):
-//   forward : G*U*H (W) + B*H (h) + B*G*U (gate pre-activations)
+//   forward : G*U*H (W) + B*H (h) + KS*B*G*U (partial gate pre-activations,
+//             KS k-chunks: frnn_kchunks)
 //   backward: G*U*FRNN_MAXB (dhg, [rr][b]) + G*U*H (W) + 2*B*U (dh, dc)
 // (fastrnn._backends.cupy_cuda.persistent_smem computes the same numbers.)
 // blockDim.x must be a multiple of 32; B <= FRNN_MAXB.
@@ -49,6 +51,19 @@ __device__ __forceinline__ void frnn_load_w_slice(scalar_t* Wsm, const scalar_t*
     }
 }
 
+// The forward's split of W_hh h into work items: nrb blocks of RB rows (of the
+// G*U a block may own) times KS chunks of KC (a multiple of 32) along k, with
+// KS = nwarps / nrb (at least 1, at most ceil(H / 32)).  U, not the block's
+// own nu, so every block and the host (persistent_smem) agree on KS.
+__device__ __forceinline__ void frnn_kchunks(int G, int U, int H, int nwarps, int& nrb, int& KS, int& KC) {
+    nrb = (G * U + FRNN_RB - 1) / FRNN_RB;
+    KS = nwarps / nrb;
+    if (KS < 1) KS = 1;
+    const int kmax = (H + 31) / 32;
+    if (KS > kmax) KS = kmax;
+    KC = ((H + KS - 1) / KS + 31) / 32 * 32;
+}
+
 template <class Cell>
 __device__ __forceinline__ void frnn_persist_fwd(
     const scalar_t* __restrict__ xg, const scalar_t* __restrict__ w_hh,
@@ -72,9 +87,12 @@ __device__ __forceinline__ void frnn_persist_fwd(
     const int warp = tid >> 5;
     const int nwarps = nthr >> 5;
 
+    int nrb, KS, KC;
+    frnn_kchunks(G, U, H, nwarps, nrb, KS, KC);
+
     scalar_t* Wsm = reinterpret_cast<scalar_t*>(frnn_dyn_smem());
     scalar_t* hsm = Wsm + (size_t)GU * H;
-    scalar_t* gsm = hsm + (size_t)B * H;
+    scalar_t* gsm = hsm + (size_t)B * H;                    // [KS][B][GU] partial sums
     frnn_load_w_slice(Wsm, w_hh, G, H, j0, nu);
     // (the first __syncthreads of the loop orders these writes before use)
 
@@ -87,14 +105,22 @@ __device__ __forceinline__ void frnn_persist_fwd(
         for (int idx = tid; idx < B * H; idx += nthr) hsm[idx] = __ldcg(hs + in_base + idx);
         __syncthreads();
 
-        // 2. gsm[b][g*U + u] = sum_k W_hh[g*H + j0 + u, k] * h[b, k]
-        for (int r0 = warp * RB; r0 < R; r0 += nwarps * RB) {
+        // 2. gsm[kc][b][g*U + u] = sum over k in chunk kc of W_hh[g*H + j0 + u, k] * h[b, k]:
+        //    work items (row block of RB rows, k chunk), so that all warps work
+        //    even when the block has few rows (vanilla RNN: G*U = 6 rows at
+        //    H = 768 would keep 2 of 8 warps busy; see frnn_kchunks)
+        for (int item = warp; item < nrb * KS; item += nwarps) {
+            const int rb = item % nrb;
+            const int kc = item / nrb;
+            const int r0 = rb * RB;
+            if (r0 >= R) continue;                  // rows past nu (last block): never read
+            const int k1 = min(H, (kc + 1) * KC);
             scalar_t acc[RB][FRNN_MAXB];
 #pragma unroll
             for (int q = 0; q < RB; ++q)
 #pragma unroll
                 for (int b = 0; b < FRNN_MAXB; ++b) acc[q][b] = scalar_t(0);
-            for (int k = lane; k < H; k += 32) {
+            for (int k = kc * KC + lane; k < k1; k += 32) {
                 scalar_t w[RB];
 #pragma unroll
                 for (int q = 0; q < RB; ++q)
@@ -118,7 +144,7 @@ __device__ __forceinline__ void frnn_persist_fwd(
                     for (int b = 0; b < FRNN_MAXB; ++b) {
                         if (b < B) {
                             const scalar_t v = frnn_warp_sum(acc[q][b]);
-                            if (lane == 0) gsm[b * GU + g * U + u] = v;
+                            if (lane == 0) gsm[(size_t)kc * B * GU + b * GU + g * U + u] = v;
                         }
                     }
                 }
@@ -137,7 +163,9 @@ __device__ __forceinline__ void frnn_persist_fwd(
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 xin[g] = xrow[g * H + j] + b_ih[g * H + j];
-                hin[g] = gsm[b * GU + g * U + u] + b_hh[g * H + j];
+                scalar_t acc = gsm[b * GU + g * U + u];
+                for (int kc = 1; kc < KS; ++kc) acc += gsm[(size_t)kc * B * GU + b * GU + g * U + u];
+                hin[g] = acc + b_hh[g * H + j];
             }
             const size_t bj = (size_t)b * H + j;
             const scalar_t h = hsm[b * H + j];
