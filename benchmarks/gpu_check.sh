@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check of the CUDA backend on a GPU machine, from a plain checkout
 # (no pip install, no network):
-#   1. python3 -m pytest -q tests/test_cuda.py tests/test_cuda_compile.py
+#   1. python3 -m pytest -q tests/test_cuda.py tests/test_cuda_compile.py tests/test_torch_modules.py
 #   2. python3 benchmarks/bench_gpu.py  (fastrnn vs torch cuDNN, float32)
 # Logs and the table go to $OUT (default ./bench_results).  About 3-4 minutes on
 # an H100 (the first NVRTC compile of the kernels is ~15 s of it).
@@ -39,6 +39,7 @@ echo "== tests" | tee "$OUT/pytest.log"
 # (the CPU emulation of the kernels in test_cuda_compile.py is for machines
 #  without a GPU; here the real kernels run, so it is deselected)
 timeout 170 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_compile.py \
+    tests/test_torch_modules.py \
     -k "not emulated" 2>&1 | tee -a "$OUT/pytest.log"
 rc_tests=${PIPESTATUS[0]}
 

@@ -56,31 +56,39 @@ def run(module, x, hx, packed, batch_first, weights):
 
 
 def check_against_torch(cell, dtype, num_layers=1, bidirectional=False, batch_first=False, packed=False,
-                        with_hx=False, bias=True, dropout=0.0, train=True, noncontig=False, seed=0):
-    """The one helper every comparison test calls."""
+                        with_hx=False, bias=True, dropout=0.0, train=True, noncontig=False, seed=0, device="cpu",
+                        maxref=None):
+    """The one helper every comparison test calls (device="cuda": both modules
+    and every tensor on the GPU, torch.nn on cuDNN, fastrnn on its CuPy backend).
+    maxref: compare each array norm-wise, |got - want| <= maxref * max|want|
+    (the kernel tests' float32 criterion), instead of element by element."""
     what = (f"[{cell} {str(dtype)[6:]} L={num_layers} bidir={bidirectional} bf={batch_first} "
             f"packed={packed} hx={with_hx} bias={bias} noncontig={noncontig}]")
     ref, fast = make_pair(cell, dtype, seed, num_layers=num_layers, bias=bias, batch_first=batch_first,
                           dropout=dropout, bidirectional=bidirectional)
+    ref.to(device)
+    fast.to(device)
     ref.train(train)
     fast.train(train)
     D = 2 if bidirectional else 1
     g = torch.Generator().manual_seed(seed + 1)
     shape = (B, T, I) if batch_first else (T, B, I)
     if noncontig:   # a strided view: every other feature of a wider tensor
-        base = torch.randn(*shape[:-1], 2 * I, generator=g, dtype=dtype)
+        base = torch.randn(*shape[:-1], 2 * I, generator=g, dtype=dtype).to(device)
         x0 = base[..., ::2]
         assert not x0.is_contiguous(), "the strided test input is really non-contiguous"
     else:
-        x0 = torch.randn(*shape, generator=g, dtype=dtype)
+        x0 = torch.randn(*shape, generator=g, dtype=dtype).to(device)
     hx0 = None
     if with_hx:
-        hx0 = [torch.randn(num_layers * D, B, H, generator=g, dtype=dtype) for _ in range(2 if cell == "lstm" else 1)]
+        hx0 = [torch.randn(num_layers * D, B, H, generator=g, dtype=dtype).to(device)
+               for _ in range(2 if cell == "lstm" else 1)]
     weights = (torch.randn(*shape[:-1], D * H, generator=g, dtype=dtype),
                torch.randn(num_layers * D, B, H, generator=g, dtype=dtype),
                torch.randn(num_layers * D, B, H, generator=g, dtype=dtype))
     if packed:
         weights = (torch.randn(sum(LENGTHS), D * H, generator=g, dtype=dtype),) + weights[1:]
+    weights = tuple(w.to(device) for w in weights)
 
     results = []
     for module in (ref, fast):
@@ -102,19 +110,26 @@ def check_against_torch(cell, dtype, num_layers=1, bidirectional=False, batch_fi
 
     (o_r, h_r, c_r, g_r), (o_f, h_f, c_f, g_f) = results
     tol = TOL[dtype]
+    close = assert_close
+    if maxref is not None:
+        def close(name, got, want, **_):   # norm-wise, see maxref
+            if want is None or got is None:
+                return assert_close(name, got, want)
+            scale = float(want.detach().abs().max()) if want.numel() else 0.0
+            return assert_close(name, got, want, rtol=0.0, atol=maxref * max(scale, 1e-30))
     if packed:
         assert isinstance(o_f, PackedSequence), f"{what} output: expected a PackedSequence, got {type(o_f).__name__}"
         for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
             assert torch.equal(getattr(o_f, field), getattr(o_r, field)), f"{what} output.{field}"
-        assert_close(f"{what} output.data", o_f.data, o_r.data, **tol)
+        close(f"{what} output.data", o_f.data, o_r.data, **tol)
     else:
-        assert_close(f"{what} output", o_f, o_r, **tol)
-    assert_close(f"{what} h_n", h_f, h_r, **tol)
-    assert_close(f"{what} c_n", c_f, c_r, **tol)
+        close(f"{what} output", o_f, o_r, **tol)
+    close(f"{what} h_n", h_f, h_r, **tol)
+    close(f"{what} c_n", c_f, c_r, **tol)
     assert set(g_f) == set(g_r), f"{what} gradient names: {sorted(g_f)} != {sorted(g_r)}"
     for n in g_r:
         assert g_r[n] is not None, f"{what} {n}: torch.nn produced no gradient"
-        assert_close(f"{what} {n}", g_f[n], g_r[n], **tol)
+        close(f"{what} {n}", g_f[n], g_r[n], **tol)
 
 
 # ---------------------------------------------------------------- the grid
@@ -358,7 +373,46 @@ def test_cuda_tensor_without_cupy_is_a_clear_error(monkeypatch):
         frt._cupy_for(torch.empty(0))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (and fastrnn's cupy backend)")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (and fastrnn's cupy backend)")
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cuda_modules_match_cudnn(cell, dtype, monkeypatch):
+    """CUDA tensors (through DLPack to the CuPy backend) against torch.nn on
+    cuDNN: outputs, states and every gradient; TF32 off on both sides."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # float32: two float32 implementations with different summation orders
+    # (cuDNN's and cuBLAS's), so the kernel tests' norm-wise criterion
+    maxref = 2e-5 if dtype == torch.float32 else None
+    check_against_torch(cell, dtype, num_layers=2, bidirectional=True, packed=True, with_hx=True, device="cuda",
+                        maxref=maxref)
+    check_against_torch(cell, dtype, batch_first=True, noncontig=True, device="cuda", maxref=maxref)
+
+
+@CUDA
+def test_cuda_runs_on_the_current_stream():
+    """The kernels run on torch's current stream: an input still being computed
+    on a side stream (behind a sleep) must not be read early."""
+    torch.manual_seed(0)
+    ref = nn.GRU(I, H).cuda().double()
+    fast = frt.from_torch(ref)
+    x = torch.randn(T, B, I, dtype=torch.float64, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)        # ~tens of ms of GPU time on this stream
+        xs = x * 1.0                         # written only after the sleep
+        out, h = fast(xs)
+    side.synchronize()
+    want, hw = ref(x)
+    assert_close("side-stream output", out, want, **TOL[torch.float64])
+    assert_close("side-stream h_n", h, hw, **TOL[torch.float64])
+
+
+@CUDA
 def test_cuda_matches_torch():
     torch.manual_seed(0)
     ref = nn.LSTM(I, H, num_layers=2, bidirectional=True).cuda().double()
