@@ -42,8 +42,9 @@ OWN_MAX_MACS = 1 << 22
 
 @njit(**JIT)
 def _cols_thin(A, Bt, out, n0, n1):
-    """_cols for 1-3 rows: one row against 6 rows of Bt (7 loads per 6 FMAs;
-    the 4x3 block's 1x3 remainder would be load-bound, 1.6x slower at B=1)."""
+    """out[:, n0:n1] = A @ Bt[n0:n1].T one row of A at a time against 6 rows of
+    Bt (7 loads per 6 FMAs): for 1-3 rows, where a 4-row block cannot form
+    (a 1x3 form was load-bound, 1.6x slower at B=1), and _cols's remainders."""
     M, K = A.shape
     z = A.dtype.type(0)
     n = n0
@@ -90,13 +91,15 @@ def _cols_thin(A, Bt, out, n0, n1):
 
 @njit(**JIT)
 def _cols(A, Bt, out, n0, n1):
-    """out[:, n0:n1] = A @ Bt[n0:n1].T"""
+    """out[:, n0:n1] = A @ Bt[n0:n1].T: 4x3 blocks over the first M - M % 4
+    rows; the remaining rows and columns go to _cols_thin."""
     M, K = A.shape
     z = A.dtype.type(0)
-    if M < 4:
-        _cols_thin(A, Bt, out, n0, n1)
-        return
     m4 = M - M % 4
+    if m4 < M:
+        _cols_thin(A[m4:], Bt, out[m4:], n0, n1)
+    if m4 == 0:
+        return
     n = n0
     while n + 3 <= n1:
         b0 = Bt[n]
@@ -151,29 +154,9 @@ def _cols(A, Bt, out, n0, n1):
             out[m + 3, n] = s30
             out[m + 3, n + 1] = s31
             out[m + 3, n + 2] = s32
-        for m in range(m4, M):
-            a0 = A[m]
-            s00 = z
-            s01 = z
-            s02 = z
-            for k in range(K):
-                v = a0[k]
-                s00 += v * b0[k]
-                s01 += v * b1[k]
-                s02 += v * b2[k]
-            out[m, n] = s00
-            out[m, n + 1] = s01
-            out[m, n + 2] = s02
         n += 3
-    while n < n1:
-        b0 = Bt[n]
-        for m in range(M):
-            a0 = A[m]
-            s00 = z
-            for k in range(K):
-                s00 += a0[k] * b0[k]
-            out[m, n] = s00
-        n += 1
+    if n < n1:      # 1-2 columns left: one column at a time
+        _cols_thin(A[:m4], Bt, out[:m4], n, n1)
 
 
 def uses_blas(max_rows, N, K):
