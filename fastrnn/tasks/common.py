@@ -8,12 +8,15 @@
     MeanMaxPool                    (T, B, F) + lengths -> (B, 2F): masked mean and max over time
     word_dropout(ids, p, unk, rng) replace tokens by <unk> (training-time noise)
     throughput(hist, tokens)       tokens/s of a fit() history given tokens per epoch
+    save_trained(...)              record dev metrics and history in a trained model, save it,
+                                   return train()'s result dict (sentiment and NER)
     merge_options(defaults, quick_overrides, quick, options)
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from ..data import data_file
 from ..layers import lengths_mask
 
 __all__ = ["data_path", "file_fingerprint", "load_model", "default_out", "class_weights", "MeanMaxPool",
-           "word_dropout", "throughput", "merge_options", "model_size_mb"]
+           "word_dropout", "throughput", "save_trained", "merge_options", "model_size_mb"]
 
 
 def data_path(data, key, name=None):
@@ -98,6 +101,19 @@ def throughput(hist, tokens_per_epoch):
     """Input tokens per second over the training epochs of a fit() history."""
     secs = float(sum(hist["seconds"]))
     return tokens_per_epoch * len(hist["seconds"]) / secs if secs > 0 else 0.0
+
+
+def save_trained(model, out, meta, hist, metrics, tokens_per_epoch, t_start, cfg):
+    """The common end of a classifier's train(): record the dev metrics, best
+    epoch, epoch times and throughput in ``meta``, save the model to ``out``
+    with it, and return train()'s result dict."""
+    tps = throughput(hist, tokens_per_epoch)
+    meta.update(dev_metrics=dict(metrics), epoch=hist["best_epoch"], history_seconds=hist["seconds"],
+                tokens_per_s=tps)
+    model.save(out, metadata=meta)
+    return {"metrics": metrics, "seconds": time.perf_counter() - t_start,
+            "train_seconds": float(sum(hist["seconds"])), "tokens_per_s": tps,
+            "history": hist, "model": out, "config": cfg, "parameters": model.num_parameters()}
 
 
 def merge_options(defaults, quick_overrides, quick, options):

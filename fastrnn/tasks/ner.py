@@ -36,7 +36,7 @@ from ..layers import GRU, LSTM, Dense, Dropout, Embedding
 from ..losses import CrossEntropyLoss, log_softmax
 from ..model import Model, fit
 from ..optim import Adam
-from .common import class_weights, default_out, load_model, merge_options, throughput, word_dropout
+from .common import class_weights, default_out, load_model, merge_options, save_trained, word_dropout
 
 NAME = "ner"
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
@@ -419,15 +419,8 @@ def train(*, data=None, out=None, quick=False, seed=0, progress=True, **options)
         if mode == cfg["decode"]:
             res = s
     res["f1_by_decode"] = by_mode
-    meta["dev_metrics"] = {k: v for k, v in res.items()}
     tokens_per_epoch = sum(len(toks) for toks, _ in tr)
-    meta["epoch"] = hist["best_epoch"]
-    meta["history_seconds"] = hist["seconds"]
-    meta["tokens_per_s"] = throughput(hist, tokens_per_epoch)
-    model.save(out, metadata=meta)
-    return {"metrics": res, "seconds": time.perf_counter() - t_start,
-            "train_seconds": float(sum(hist["seconds"])), "tokens_per_s": throughput(hist, tokens_per_epoch),
-            "history": hist, "model": out, "config": cfg, "parameters": model.num_parameters()}
+    return save_trained(model, out, meta, hist, res, tokens_per_epoch, t_start, cfg)
 
 
 def evaluate(model, *, data=None, decode=None, batch_size=64, **options):

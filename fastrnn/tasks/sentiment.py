@@ -37,7 +37,7 @@ from ..meters import MacroF1
 from ..model import Model, fit
 from ..optim import Adam
 from .common import (MeanMaxPool, class_weights, data_path, default_out, file_fingerprint, load_model,
-                     merge_options, throughput, word_dropout)
+                     merge_options, save_trained, word_dropout)
 
 NAME = "sentiment"
 NUM_CLASSES = 5
@@ -208,14 +208,7 @@ def train(*, data=None, out=None, quick=False, seed=0, progress=True, **options)
     model._vocab_cache = vocab
     probs = predict_proba(model, [reviews.texts[i] for i in dv])
     res = scores(reviews.stars[dv], probs)
-    meta["dev_metrics"] = res
-    meta["epoch"] = hist["best_epoch"]
-    meta["history_seconds"] = hist["seconds"]
-    meta["tokens_per_s"] = throughput(hist, tokens_per_epoch)
-    model.save(out, metadata=meta)
-    return {"metrics": res, "seconds": time.perf_counter() - t_start,
-            "train_seconds": float(sum(hist["seconds"])), "tokens_per_s": throughput(hist, tokens_per_epoch),
-            "history": hist, "model": out, "config": cfg, "parameters": model.num_parameters()}
+    return save_trained(model, out, meta, hist, res, tokens_per_epoch, t_start, cfg)
 
 
 def evaluate(model, *, data=None, split="auto", batch_size=128, **options):
