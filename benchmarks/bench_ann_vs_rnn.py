@@ -104,21 +104,27 @@ def _row(model, metric, params, width, epoch_s, tok_s, **extra):
                 tokens_per_s=tok_s, **extra)
 
 
+def _task_model(task, models, workdir, rnn_opts):
+    """(model, seconds per epoch, tokens/s, source) of a task's RNN: loaded
+    from models/<task>.npz when --models names a folder holding it, else
+    trained here with rnn_opts."""
+    path = Path(models) / f"{task.NAME}.npz" if models else None
+    if path is not None and path.is_file():
+        model = load(path)
+        hist = model.metadata.get("history_seconds")
+        ep_s = float(np.mean(hist)) if hist else float("nan")
+        return model, ep_s, model.metadata.get("tokens_per_s", float("nan")), str(path)
+    r = task.train(out=str(Path(workdir) / f"{task.NAME}_bench.npz"), progress=False, **rnn_opts)
+    return load(r["model"]), float(np.mean(r["history"]["seconds"])), r["tokens_per_s"], "trained here"
+
+
 # ---------------------------------------------------------------- sentiment
 
 def bench_sentiment(rnn_opts, ann_opts, models=None, workdir="."):
     ann = A.train_sentiment(**ann_opts)
     W = ann["window"]
     reviews = load_reviews(data_file("sentiment"))
-    path = Path(models) / "sentiment.npz" if models else None
-    if path is not None and path.is_file():
-        model = load(path)
-        hist = model.metadata.get("history_seconds")
-        ep_s, tok_s = (float(np.mean(hist)) if hist else float("nan")), model.metadata.get("tokens_per_s", float("nan"))
-        source = str(path)
-    else:
-        r = S.train(out=str(Path(workdir) / "sentiment_bench.npz"), progress=False, **rnn_opts)
-        model, ep_s, tok_s, source = load(r["model"]), float(np.mean(r["history"]["seconds"])), r["tokens_per_s"], "trained here"
+    model, ep_s, tok_s, source = _task_model(S, models, workdir, rnn_opts)
     dv = ann["dev_index"]
     texts = [reviews.texts[i] for i in dv]
     true = reviews.stars[dv]
@@ -151,15 +157,7 @@ def bench_sentiment(rnn_opts, ann_opts, models=None, workdir="."):
 def bench_ner(rnn_opts, ann_opts, models=None, workdir="."):
     ann = A.train_ner(**ann_opts)
     k = (ann["window"] - 1) // 2
-    path = Path(models) / "ner.npz" if models else None
-    if path is not None and path.is_file():
-        model = load(path)
-        hist = model.metadata.get("history_seconds")
-        ep_s, tok_s = (float(np.mean(hist)) if hist else float("nan")), model.metadata.get("tokens_per_s", float("nan"))
-        source = str(path)
-    else:
-        r = N.train(out=str(Path(workdir) / "ner_bench.npz"), progress=False, **rnn_opts)
-        model, ep_s, tok_s, source = load(r["model"]), float(np.mean(r["history"]["seconds"])), r["tokens_per_s"], "trained here"
+    model, ep_s, tok_s, source = _task_model(N, models, workdir, rnn_opts)
     dv = load_conll(data_file("ner_dev"))
     sents = [t for t, _ in dv]
     true = [g for _, g in dv]
