@@ -117,10 +117,11 @@ def persistent_smem(mode, B, H, U, itemsize, which):
     return n * itemsize
 
 
-def persistent_plan(mode, B, H, itemsize, sm_count, smem_optin, which, cooperative=True):
-    """Static part of the dispatch rule.  Returns (fits, reason, U, nblocks, smem_bytes)."""
-    U = -(-H // sm_count)            # ceil(H / SMs)
-    nblk = -(-H // U)                # ceil(H / U) <= sm_count
+def persistent_plan(mode, B, H, itemsize, max_blocks, smem_optin, which, cooperative=True):
+    """Static part of the dispatch rule, for at most max_blocks blocks (the SM
+    count, or PERSIST_BLOCKS below it).  Returns (fits, reason, U, nblocks, smem_bytes)."""
+    U = -(-H // max_blocks)          # ceil(H / blocks)
+    nblk = -(-H // U)                # ceil(H / U) <= max_blocks
     smem = persistent_smem(mode, B, H, U, itemsize, which)
     if not cooperative:
         return False, "the device does not support cooperative launch", U, nblk, smem

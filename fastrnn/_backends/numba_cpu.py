@@ -82,9 +82,9 @@ class NumbaCPU:
         x2 = x.reshape(T * B, I)
         xg = np.empty((T, B, GH), dt)
         w_hh = np.ascontiguousarray(w_hh)
-        # the per-step GEMM reads W_hh's rows (forward) and W_hh^T's (BPTT);
-        # W_hh^T's transpose, W_hh, is what BLAS gets where it takes over
-        # (a copy of 4H*H floats per call saved where it never does)
+        # the per-step GEMM reads W_hh's rows in the forward and W_hh^T's in
+        # BPTT; the forward needs the W_hh^T copy only where it hands a step to
+        # BLAS (gemm.uses_blas), so inference skips the G*H*H copy otherwise
         if training or gemm.uses_blas(B, GH, H):
             w_hhT = np.ascontiguousarray(w_hh.T)
         else:
