@@ -7,8 +7,15 @@ Backward: the time loop (fused pointwise pass, then dh = dG @ W_hh), then
 dx, dW_ih, dW_hh as big GEMMs over all T*B rows and the bias gradients as
 column sums.  The big GEMMs go through the BLAS Numba links (SciPy's
 OpenBLAS); the per-step recurrent GEMM is fastrnn's own (kernels/cpu/gemm.py:
-no per-step packing of W_hh) where it beats OpenBLAS, single-threaded (the
-docstring there says why), and OpenBLAS above that.
+no per-step packing of W_hh).
+
+Two forms of every loop: where a step's recurrent GEMM has at least
+PAR_MIN_MACS multiply-adds, the threaded kernels (kernels/cpu/parallel.py:
+the hidden units cut into one block per Numba thread, one fork/join per
+step, the big GEMMs split by rows, OpenBLAS held at one thread meanwhile);
+below that, or when fastrnn/_threads.py says threads cannot run, the
+one-thread loops (there the per-step GEMM goes to OpenBLAS above
+gemm.OWN_MAX_*).
 
 Variable lengths: rows are sorted by length (longest first) so that the rows
 still running at step t are a prefix of the working state; the recurrent GEMM
@@ -16,9 +23,16 @@ then only touches them, and padding costs nothing.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
+from .. import _threads
 from ..cells import MODES
+
+# Per-step recurrent MACs (rows x G*H x H) from which the threaded kernels
+# (kernels/cpu/parallel.py) pay for their fork/join per step (~1.5 us).
+PAR_MIN_MACS = 1 << 18
 
 # Allocation of every array the kernels must write in full (outputs and
 # saved buffers).  Tests replace it with a NaN-filling allocator to prove no
@@ -52,6 +66,19 @@ def _put_rows(a, perm, ident):
     return out
 
 
+@contextlib.contextmanager
+def _one():
+    yield 1
+
+
+def _threaded(B, GH, H):
+    """Context giving the thread count for a kernel call: >1 runs the threaded
+    kernels (only where a step's GEMM is big enough to pay for it)."""
+    if B * GH * H >= PAR_MIN_MACS:
+        return _threads.threaded()
+    return _one()
+
+
 class NumbaCPU:
     name = "numba"
     priority = 10
@@ -69,7 +96,9 @@ class NumbaCPU:
         except Exception as exc:
             return False, f"scipy does not import (Numba's np.dot needs its BLAS): {exc}"
         from .._kernels.cpu import lstm  # noqa: F401  (fails loudly if the kernels are missing)
-        return True, f"numba {numba.__version__}, fused CPU kernels"
+        why = _threads.why_single()
+        threads = f"{_threads.available_threads()} threads" if why is None else f"one thread: {why}"
+        return True, f"numba {numba.__version__}, fused CPU kernels, {threads}"
 
     # ------------------------------------------------------------ forward
     def forward(self, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
@@ -82,13 +111,6 @@ class NumbaCPU:
         x2 = x.reshape(T * B, I)
         xg = np.empty((T, B, GH), dt)
         w_hh = np.ascontiguousarray(w_hh)
-        # the per-step GEMM reads W_hh's rows in the forward and W_hh^T's in
-        # BPTT; the forward needs the W_hh^T copy only where it hands a step to
-        # BLAS (gemm.uses_blas), so inference skips the G*H*H copy otherwise
-        if training or gemm.uses_blas(B, GH, H):
-            w_hhT = np.ascontiguousarray(w_hh.T)
-        else:
-            w_hhT = np.empty((0, 0), dt)
         h = _take_rows(h0, perm, ident)
         y = _empty((T, B, H), dt)
         gh = np.empty((B, GH), dt)
@@ -96,25 +118,44 @@ class NumbaCPU:
         tb = (lambda shape: _empty(shape, dt)) if training else (lambda shape: dummy)
         Hs = tb((T, B, H))
         c = None
-        if mode == "lstm":
-            c = _take_rows(c0, perm, ident)
-            Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
-            lstm.lstm_forward(x2, w_ih, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse, training,
-                              y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), w_hhT)
-            bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
-        elif mode == "gru":
-            bx = b_ih.copy()
-            bx[:2 * H] += b_hh[:2 * H]
-            Gs, HNs = tb((T, B, GH)), tb((T, B, H))
-            gru.gru_forward(x2, w_ih, xg, w_hh, bx, np.ascontiguousarray(b_hh[2 * H:]), h, perm, nb,
-                            reverse, training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt),
-                            np.empty((B, H), dt), w_hhT)
-            bufs = dict(Gs=Gs, HNs=HNs)
-        else:
-            As = tb((T, B, H))
-            rnn.rnn_forward(x2, w_ih, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse, mode == "rnn_relu",
-                            training, y, Hs, As, gh, w_hhT)
-            bufs = dict(As=As)
+        with _threaded(B, GH, H) as nth:
+            par = nth > 1
+            # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
+            # in BPTT; the forward itself needs the W_hh^T copy only where the
+            # one-thread loop hands a step to BLAS (gemm.uses_blas), so
+            # inference skips the G*H*H copy otherwise.
+            if training or (not par and gemm.uses_blas(B, GH, H)):
+                w_hhT = np.ascontiguousarray(w_hh.T)
+            else:
+                w_hhT = np.empty((0, 0), dt)
+            # the threaded loops keep h in two buffers (parallel.py); the last
+            # step's holds every row's final state
+            hs = np.stack([h, h]) if par else h
+            # the two forms take the same arguments but the last
+            last = nth if par else w_hhT
+            if mode == "lstm":
+                c = _take_rows(c0, perm, ident)
+                Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
+                kern = lstm.lstm_forward_par if par else lstm.lstm_forward
+                kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
+                     y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), last)
+                bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
+            elif mode == "gru":
+                bx = b_ih.copy()
+                bx[:2 * H] += b_hh[:2 * H]
+                Gs, HNs = tb((T, B, GH)), tb((T, B, H))
+                kern = gru.gru_forward_par if par else gru.gru_forward
+                kern(x2, w_ih, xg, w_hh, bx, np.ascontiguousarray(b_hh[2 * H:]), hs, perm, nb, reverse,
+                     training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), last)
+                bufs = dict(Gs=Gs, HNs=HNs)
+            else:
+                As = tb((T, B, H))
+                kern = rnn.rnn_forward_par if par else rnn.rnn_forward
+                kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
+                     training, y, Hs, As, gh, last)
+                bufs = dict(As=As)
+            if par:
+                h = hs[T % 2]
         h_n = _put_rows(h, perm, ident)
         c_n = _put_rows(c, perm, ident) if c is not None else None
         payload = None
@@ -139,28 +180,35 @@ class NumbaCPU:
         w_hhT = p["w_hhT"]
         dt = dy.dtype
         dh = _take_rows(dh_n, perm, ident)
-        dgs = np.empty((B, GH), dt)
         dG = _empty((T, B, GH), dt)
         dx = _empty((T, B, I), dt)
         dw_ih = _empty((GH, I), dt)
         dw_hh = _empty((GH, H), dt)
         db_ih = _empty(GH, dt)
         db_hh = _empty(GH, dt)
-        grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, w_hh)
         dc0 = None
-        if mode == "lstm":
-            dc = _take_rows(dc_n, perm, ident)
-            lstm.lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident,
-                               p["Hs"], p["Gs"], p["Cs"], p["TCs"], dG, dgs, *grads)
-            dc0 = _put_rows(dc, perm, ident)
-        elif mode == "gru":
-            dGh = _empty((T, B, GH), dt)
-            dhd = np.empty((B, H), dt)
-            gru.gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
-                             dG, dGh, dgs, dhd, *grads)
-        else:
-            rnn.rnn_backward(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
-                             p["Hs"], p["As"], dG, dgs, *grads)
+        with _threaded(B, GH, H) as nth:
+            par = nth > 1
+            # The threaded BPTT writes one step's sorted-row gate gradients
+            # while it reads the previous step's: two buffers (unused when
+            # rows keep their order: dG[t] serves).
+            dgs = np.empty((2, 1 if ident else B, GH), dt) if par else np.empty((B, GH), dt)
+            # the two forms take the same arguments but the last
+            grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, nth if par else w_hh)
+            if mode == "lstm":
+                dc = _take_rows(dc_n, perm, ident)
+                kern = lstm.lstm_backward_par if par else lstm.lstm_backward
+                kern(dy, w_hhT, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
+                     dG, dgs, *grads)
+                dc0 = _put_rows(dc, perm, ident)
+            elif mode == "gru":
+                kern = gru.gru_backward_par if par else gru.gru_backward
+                kern(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
+                     dG, _empty((T, B, GH), dt), dgs, np.empty((B, H), dt), *grads)
+            else:
+                kern = rnn.rnn_backward_par if par else rnn.rnn_backward
+                kern(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
+                     p["Hs"], p["As"], dG, dgs, *grads)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 

@@ -11,18 +11,23 @@ JIT options, used by every kernel:
 """
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+# the kernels that fork Numba threads (prange; see parallel.py)
+JIT_PAR = dict(JIT, parallel=True)
 
 import numpy as np
 from numba import njit
 
 
 @njit(**JIT)
-def colsum(a, out):
-    """out[:] = a.sum(axis=0) for a C-contiguous (R, C) array, row by row (vectorised)."""
-    out[:] = 0
+def colsum(a, out, c0=0, c1=-1):
+    """out[c0:c1] = a[:, c0:c1].sum(axis=0) for a C-contiguous (R, C) array,
+    row by row (vectorised); c1 = -1 means all columns."""
+    if c1 < 0:
+        c1 = a.shape[1]
+    out[c0:c1] = 0
     for r in range(a.shape[0]):
         row = a[r]
-        for k in range(a.shape[1]):
+        for k in range(c0, c1):
             out[k] += row[k]
 
 

@@ -8,17 +8,130 @@ Rows run in sorted order (see lstm.py for the convention).  Shapes:
 xg (T, B, 3H) = x @ w_ih.T; w_hh (3H, H) and w_hhT (H, 3H), C-contiguous (gemm.py reads their rows); bx (3H,) =
 [b_ir + b_hr, b_iz + b_hz, b_in]; bhn (H,) = b_hn; h, dh (B, H) sorted;
 y, Hs, HNs (T, B, H) where HNs = W_hn h + b_hn; Gs, dGi, dGh (T, B, 3H);
-gh, dgs, gws (B, 3H) and dhd, hnws (B, H) workspaces.
+gh, dgs, gws (B, 3H) and dhd, hnws (B, H) workspaces (dgs (2, B, 3H) in the
+parallel BPTT, and the parallel forward keeps h in hbuf (2, B, H)).
+The one-thread and threaded loops share the pointwise code (_fwd_units,
+_bwd_units over hidden units [k0, k1)); lstm.py and parallel.py describe
+the scheme.
 The input-side and recurrent-side gradients differ in the n block
 (d(W_hn h) = r * d(pre-activation of n)), hence dGi and dGh.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
-from .common import JIT, after_loop_grads
-from .gemm import mm_nt
+from .blas import split
+from .common import JIT, JIT_PAR, after_loop_grads
+from .gemm import _cols, mm_nt
+from .parallel import after_loop_grads_par, copy_rows, input_projection
 
+
+@njit(**JIT)
+def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
+    """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
+    gh holds h_prev @ W_hh^T.  Row views start at k0 and the H <= 0 exit
+    lets LLVM vectorise (see lstm._fwd_units)."""
+    B = y.shape[1]
+    H = hin.shape[1]
+    m = k1 - k0
+    bxs = bx[k0:]
+    bhs = bhn[k0:]
+    if H <= 0:
+        return
+    for j in range(n):
+        b = perm[j]
+        xr = xg[t, b, k0:]
+        gr = gh[j, k0:]
+        hi = hin[j, k0:]
+        ho = hout[j, k0:]
+        yr = y[t, b, k0:]
+        # always store the gates (scratch rows when not training): a branch
+        # inside the k loop would keep LLVM from vectorising it
+        sg = gws[j, k0:]
+        shn = hnws[j, k0:]
+        if training:
+            sg = Gs[t, b, k0:]
+            shn = HNs[t, b, k0:]
+            sh = Hs[t, b, k0:]
+            for k in range(m):
+                sh[k] = hi[k]
+        for k in range(m):
+            r = sigmoid_(xr[k] + gr[k] + bxs[k])
+            z = sigmoid_(xr[H + k] + gr[H + k] + bxs[H + k])
+            hn = gr[2 * H + k] + bhs[k]
+            nn = tanh_(xr[2 * H + k] + bxs[2 * H + k] + r * hn)
+            hnew = nn + z * (hi[k] - nn)
+            ho[k] = hnew
+            yr[k] = hnew
+            sg[k] = r
+            sg[H + k] = z
+            sg[2 * H + k] = nn
+            shn[k] = hn
+    for j in range(n, B):
+        b = perm[j]
+        y[t, b, k0:k1] = 0
+        if training:
+            Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dGh = 0: keep it finite
+
+
+@njit(**JIT)
+def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
+    """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): gate
+    gradients to dGi[t] (input side) and buf (recurrent side, sorted rows;
+    dGh[t] itself when ident, else also copied to dGh[t] in original order),
+    and dhd = the direct part of dh_prev (dht * z).  Rows [n, B) get zero."""
+    B = dy.shape[1]
+    H = dh.shape[1]
+    m = k1 - k0
+    one = dy.dtype.type(1)
+    if H <= 0:
+        return
+    for j in range(n):
+        b = perm[j]
+        dyr = dy[t, b, k0:]
+        sg = Gs[t, b, k0:]
+        shn = HNs[t, b, k0:]
+        sh = Hs[t, b, k0:]
+        dhj = dh[j, k0:]
+        dgi = dGi[t, b, k0:]
+        dgh = buf[j, k0:]
+        dd = dhd[j, k0:]
+        for k in range(m):
+            r = sg[k]
+            z = sg[H + k]
+            nn = sg[2 * H + k]
+            dht = dhj[k] + dyr[k]
+            dan = dht * (one - z) * (one - nn * nn)
+            dar = dan * shn[k] * r * (one - r)
+            daz = dht * (sh[k] - nn) * z * (one - z)
+            dgi[k] = dar
+            dgi[H + k] = daz
+            dgi[2 * H + k] = dan
+            dgh[k] = dar
+            dgh[H + k] = daz
+            dgh[2 * H + k] = dan * r
+            dd[k] = dht * z
+        if not ident:
+            for q in range(3):
+                dGh[t, b, q * H + k0:q * H + k1] = buf[j, q * H + k0:q * H + k1]
+    for j in range(n, B):
+        b = perm[j]
+        for q in range(3):
+            dGi[t, b, q * H + k0:q * H + k1] = 0
+            dGh[t, b, q * H + k0:q * H + k1] = 0
+
+
+@njit(**JIT)
+def _add_units(dh, dhd, n, k0, k1):
+    """dh[:n, k0:k1] += dhd[:n, k0:k1]."""
+    for j in range(n):
+        a = dh[j, k0:k1]
+        d = dhd[j, k0:k1]
+        for k in range(k1 - k0):
+            a[k] += d[k]
+
+
+# ---------------------------------------------------------------- one thread
 
 @njit(**JIT)
 def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
@@ -32,39 +145,7 @@ def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, 
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], w_hhT)
-        for j in range(n):
-            b = perm[j]
-            xr = xg[t, b]
-            gr = gh[j]
-            hj = h[j]
-            yr = y[t, b]
-            # always store the gates (scratch rows when not training): a branch
-            # inside the k loop would keep LLVM from vectorising it
-            sg = gws[j]
-            shn = hnws[j]
-            if training:
-                sg = Gs[t, b]
-                shn = HNs[t, b]
-                sh = Hs[t, b]
-                for k in range(H):
-                    sh[k] = hj[k]
-            for k in range(H):
-                r = sigmoid_(xr[k] + gr[k] + bx[k])
-                z = sigmoid_(xr[H + k] + gr[H + k] + bx[H + k])
-                hn = gr[2 * H + k] + bhn[k]
-                nn = tanh_(xr[2 * H + k] + bx[2 * H + k] + r * hn)
-                hnew = nn + z * (hj[k] - nn)
-                hj[k] = hnew
-                yr[k] = hnew
-                sg[k] = r
-                sg[H + k] = z
-                sg[2 * H + k] = nn
-                shn[k] = hn
-        for j in range(n, B):
-            b = perm[j]
-            y[t, b, :] = 0
-            if training:
-                Hs[t, b, :] = 0   # read by the dW_hh GEMM against dGh = 0: keep it finite
+        _fwd_units(t, n, 0, H, h, h, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
 @njit(**JIT)
@@ -72,48 +153,69 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
-    one = dy.dtype.type(1)
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = nb[t]
         buf = dGh[t] if ident else dgs
-        for j in range(n):
-            b = perm[j]
-            dyr = dy[t, b]
-            sg = Gs[t, b]
-            shn = HNs[t, b]
-            sh = Hs[t, b]
-            dhj = dh[j]
-            dgi = dGi[t, b]
-            dgh = buf[j]
-            dd = dhd[j]
-            for k in range(H):
-                r = sg[k]
-                z = sg[H + k]
-                nn = sg[2 * H + k]
-                dht = dhj[k] + dyr[k]
-                dan = dht * (one - z) * (one - nn * nn)
-                dar = dan * shn[k] * r * (one - r)
-                daz = dht * (sh[k] - nn) * z * (one - z)
-                dgi[k] = dar
-                dgi[H + k] = daz
-                dgi[2 * H + k] = dan
-                dgh[k] = dar
-                dgh[H + k] = daz
-                dgh[2 * H + k] = dan * r
-                dd[k] = dht * z
-        if not ident:
-            for j in range(n):
-                dGh[t, perm[j], :] = dgs[j]
-        for j in range(n, B):
-            dGi[t, perm[j], :] = 0
-            dGh[t, perm[j], :] = 0
+        _bwd_units(t, n, 0, H, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
-            for j in range(n):
-                for k in range(H):
-                    dh[j, k] += dhd[j, k]
+            _add_units(dh, dhd, n, 0, H)
 
     T_B = T * B
     after_loop_grads(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2, Hs.reshape((T_B, H)),
                      w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------- threads
+
+@njit(**JIT_PAR)
+def gru_forward_par(x2, w_ih, xg, w_hh, bx, bhn, hbuf, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
+                    gws, hnws, nth):
+    T, B = xg.shape[0], xg.shape[1]
+    H = hbuf.shape[2]
+    input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
+    nprev = B
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        n = nb[t]
+        cur = hbuf[s % 2]
+        nxt = hbuf[(s + 1) % 2]
+        copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
+        nprev = n
+        for p in prange(nth):
+            k0, k1 = split(H, nth, p, 8)
+            if n > 0:
+                for q in range(3):
+                    _cols(cur[:n], w_hh, gh[:n], q * H + k0, q * H + k1)
+            _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+
+
+@njit(**JIT_PAR)
+def gru_backward_par(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
+                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+    T, B = dy.shape[0], dy.shape[1]
+    H = dh.shape[1]
+    nprev = 0
+    prev = dgs[1]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        n = nb[t]
+        buf = dGh[t] if ident else dgs[s % 2]
+        for p in prange(nth):
+            k0, k1 = split(H, nth, p, 8)
+            if nprev > 0:   # dh = (previous step's gate gradients) @ W_hh + its direct part
+                _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+                _add_units(dh, dhd, nprev, k0, k1)
+            _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+        nprev = n
+        prev = buf
+    for p in prange(nth):
+        k0, k1 = split(H, nth, p, 8)
+        if nprev > 0:
+            _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+            _add_units(dh, dhd, nprev, k0, k1)
+
+    T_B = T * B
+    after_loop_grads_par(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2,
+                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth)

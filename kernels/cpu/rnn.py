@@ -6,15 +6,96 @@ Rows run in sorted order (see lstm.py for the convention).  Shapes:
 xg (T, B, H) = x @ w_ih.T; w_hh (H, H) and its transpose w_hhT, both C-contiguous (the
 recurrent GEMM reads rows: W_hh's in the forward, W_hh^T's in BPTT, see gemm.py); bias (H,) =
 b_ih + b_hh; h, dh (B, H) sorted; y, Hs, As, dG (T, B, H) where As is the
-activated output; gh, dgs (B, H) workspaces.  relu selects the activation.
+activated output; gh, dgs (B, H) workspaces (dgs (2, B, H) in the parallel
+BPTT, whose forward keeps h in hbuf (2, B, H)).  relu selects the activation.
+The one-thread and threaded loops share the pointwise code (_fwd_units,
+_bwd_units over hidden units [k0, k1)); lstm.py and parallel.py describe
+the scheme.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .activations import tanh_
-from .common import JIT, after_loop_grads
-from .gemm import mm_nt
+from .blas import split
+from .common import JIT, JIT_PAR, after_loop_grads
+from .gemm import _cols, mm_nt
+from .parallel import after_loop_grads_par, copy_rows, input_projection
 
+
+@njit(**JIT)
+def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, Hs, As):
+    """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
+    gh holds h_prev @ W_hh^T.  Row views start at k0 (see lstm._fwd_units)."""
+    B = y.shape[1]
+    H = hin.shape[1]
+    m = k1 - k0
+    bs = bias[k0:]
+    zero = y.dtype.type(0)
+    if H <= 0:
+        return
+    for j in range(n):
+        b = perm[j]
+        xr = xg[t, b, k0:]
+        gr = gh[j, k0:]
+        hi = hin[j, k0:]
+        ho = hout[j, k0:]
+        yr = y[t, b, k0:]
+        if training:
+            sh = Hs[t, b, k0:]
+            for k in range(m):
+                sh[k] = hi[k]
+        if relu:
+            for k in range(m):
+                a = xr[k] + gr[k] + bs[k]
+                ho[k] = a if a > zero else zero
+        else:
+            for k in range(m):
+                ho[k] = tanh_(xr[k] + gr[k] + bs[k])
+        for k in range(m):
+            yr[k] = ho[k]
+        if training:
+            sa = As[t, b, k0:]
+            for k in range(m):
+                sa[k] = ho[k]
+    for j in range(n, B):
+        b = perm[j]
+        y[t, b, k0:k1] = 0
+        if training:
+            Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
+
+
+@njit(**JIT)
+def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
+    """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): the
+    pre-activation gradient to buf (sorted rows; dG[t] itself when ident,
+    else also copied to dG[t] in original order); rows [n, B) get zero."""
+    B = dy.shape[1]
+    H = dh.shape[1]
+    m = k1 - k0
+    one = dy.dtype.type(1)
+    zero = dy.dtype.type(0)
+    if H <= 0:
+        return
+    for j in range(n):
+        b = perm[j]
+        dyr = dy[t, b, k0:]
+        sa = As[t, b, k0:]
+        dhj = dh[j, k0:]
+        dgr = buf[j, k0:]
+        if relu:
+            for k in range(m):
+                dgr[k] = (dhj[k] + dyr[k]) if sa[k] > zero else zero
+        else:
+            for k in range(m):
+                a = sa[k]
+                dgr[k] = (dhj[k] + dyr[k]) * (one - a * a)
+        if not ident:
+            dG[t, b, k0:k1] = buf[j, k0:k1]
+    for j in range(n, B):
+        dG[t, perm[j], k0:k1] = 0
+
+
+# ---------------------------------------------------------------- one thread
 
 @njit(**JIT)
 def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As, gh, w_hhT):
@@ -22,40 +103,12 @@ def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, 
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
     np.dot(x2, w_ih.T, xg.reshape((T * B, xg.shape[2])))
-    zero = y.dtype.type(0)
     for s in range(T):
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], w_hhT)
-        for j in range(n):
-            b = perm[j]
-            xr = xg[t, b]
-            gr = gh[j]
-            hj = h[j]
-            yr = y[t, b]
-            if training:
-                sh = Hs[t, b]
-                for k in range(H):
-                    sh[k] = hj[k]
-            if relu:
-                for k in range(H):
-                    a = xr[k] + gr[k] + bias[k]
-                    hj[k] = a if a > zero else zero
-            else:
-                for k in range(H):
-                    hj[k] = tanh_(xr[k] + gr[k] + bias[k])
-            for k in range(H):
-                yr[k] = hj[k]
-            if training:
-                sa = As[t, b]
-                for k in range(H):
-                    sa[k] = hj[k]
-        for j in range(n, B):
-            b = perm[j]
-            y[t, b, :] = 0
-            if training:
-                Hs[t, b, :] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
+        _fwd_units(t, n, 0, H, h, h, xg, gh, bias, perm, relu, training, y, Hs, As)
 
 
 @njit(**JIT)
@@ -63,33 +116,64 @@ def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
-    one = dy.dtype.type(1)
-    zero = dy.dtype.type(0)
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = nb[t]
         buf = dG[t] if ident else dgs
-        for j in range(n):
-            b = perm[j]
-            dyr = dy[t, b]
-            sa = As[t, b]
-            dhj = dh[j]
-            dgr = buf[j]
-            if relu:
-                for k in range(H):
-                    dgr[k] = (dhj[k] + dyr[k]) if sa[k] > zero else zero
-            else:
-                for k in range(H):
-                    a = sa[k]
-                    dgr[k] = (dhj[k] + dyr[k]) * (one - a * a)
-        if not ident:
-            for j in range(n):
-                dG[t, perm[j], :] = dgs[j]
-        for j in range(n, B):
-            dG[t, perm[j], :] = 0
+        _bwd_units(t, n, 0, H, dy, dh, As, buf, dG, perm, relu, ident)
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
 
     T_B = T * B
     after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),
                      w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------- threads
+
+@njit(**JIT_PAR)
+def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, training, y, Hs, As, gh, nth):
+    T, B = xg.shape[0], xg.shape[1]
+    H = hbuf.shape[2]
+    input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
+    nprev = B
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        n = nb[t]
+        cur = hbuf[s % 2]
+        nxt = hbuf[(s + 1) % 2]
+        copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
+        nprev = n
+        for p in prange(nth):
+            k0, k1 = split(H, nth, p, 8)
+            if n > 0:
+                _cols(cur[:n], w_hh, gh[:n], k0, k1)
+            _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bias, perm, relu, training, y, Hs, As)
+
+
+@njit(**JIT_PAR)
+def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
+                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+    T, B = dy.shape[0], dy.shape[1]
+    H = dh.shape[1]
+    nprev = 0
+    prev = dgs[1]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        n = nb[t]
+        buf = dG[t] if ident else dgs[s % 2]
+        for p in prange(nth):
+            k0, k1 = split(H, nth, p, 8)
+            if nprev > 0:   # dh = (previous step's gradients) @ W_hh, this block's units
+                _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+            _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident)
+        nprev = n
+        prev = buf
+    for p in prange(nth):
+        k0, k1 = split(H, nth, p, 8)
+        if nprev > 0:
+            _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+
+    T_B = T * B
+    after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
+                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth)

@@ -1,0 +1,128 @@
+"""When the Numba backend may use its threaded kernels, and the BLAS setting they need.
+
+The threaded kernels (fastrnn/_kernels/cpu/parallel.py) put one Numba thread
+on each core and call BLAS from each of them for one block of rows.  That is
+only right while the BLAS those calls reach (SciPy's OpenBLAS, which Numba's
+np.dot and the kernels use) runs one thread per call: a multi-threaded
+OpenBLAS called from two threads at once queues them on one worker pool
+(measured: 10 ms instead of 0.2 ms for one step's GEMM), and its workers spin
+on the cores long after each call.  `threaded()` therefore
+
+  * lets only one call at a time run threaded: a call that finds the
+    threads busy (another Python thread is in a threaded kernel) runs the
+    one-thread kernels instead, never oversubscribing the cores;
+  * sets SciPy's OpenBLAS to one thread for the duration of the threaded
+    call and restores the user's setting afterwards (only the one threaded
+    call touches it, so concurrent calls cannot leave it changed);
+  * refuses, and the one-thread kernels run, when the BLAS thread count
+    cannot be controlled (SciPy built against another BLAS), when Numba has
+    one thread (numba.set_num_threads(1), NUMBA_NUM_THREADS=1), and in a
+    child forked from a process that has started threaded kernels (GNU
+    OpenMP, Numba's usual threading layer, cannot run in such a child).
+
+Other libraries are left alone: NumPy's own OpenBLAS (a separate copy) and
+torch's threads keep their settings.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import os
+import threading
+
+_lock = threading.Lock()            # held by the one call running threaded
+_blas = None                        # (get, set) of SciPy's OpenBLAS, or False
+_forked_after_use = False
+_used = False
+
+
+def _find_scipy_openblas():
+    """(get_num_threads, set_num_threads) of the OpenBLAS that SciPy's
+    cython_blas (and so Numba's BLAS calls) links, or None."""
+    try:
+        import scipy
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+    except Exception:
+        return None
+    base = os.path.dirname(os.path.dirname(scipy.__file__))
+    pats = [os.path.join(base, "scipy.libs", "*openblas*"),
+            os.path.join(os.path.dirname(scipy.__file__), ".dylibs", "*openblas*")]
+    for pat in pats:
+        for path in sorted(glob.glob(pat)):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_", ""):
+                try:
+                    get = getattr(lib, prefix + "openblas_get_num_threads")
+                    set_ = getattr(lib, prefix + "openblas_set_num_threads")
+                except AttributeError:
+                    continue
+                get.restype = ctypes.c_int
+                get.argtypes = []
+                set_.restype = None
+                set_.argtypes = [ctypes.c_int]
+                return get, set_
+    return None
+
+
+def _blas_control():
+    global _blas
+    if _blas is None:
+        _blas = _find_scipy_openblas() or False
+    return _blas
+
+
+def _after_fork_in_child():
+    global _forked_after_use, _lock
+    if _used:
+        _forked_after_use = True
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def available_threads():
+    """How many threads the threaded kernels would use now (1: they would not run)."""
+    if _forked_after_use or not _blas_control():
+        return 1
+    import numba
+    return numba.get_num_threads()
+
+
+def why_single():
+    """A sentence on why the kernels run on one thread, or None."""
+    if _forked_after_use:
+        return "this process was forked from one that had started Numba threads (GNU OpenMP is not fork-safe)"
+    if not _blas_control():
+        return "SciPy's BLAS is not an OpenBLAS whose thread count fastrnn can set"
+    import numba
+    if numba.get_num_threads() < 2:
+        return "Numba has one thread (numba.set_num_threads / NUMBA_NUM_THREADS)"
+    return None
+
+
+@contextlib.contextmanager
+def threaded():
+    """Yields the number of threads the caller may use (>= 2), or 1 when it
+    must run the one-thread kernels (see the module docstring)."""
+    global _used
+    nth = available_threads()
+    if nth < 2 or not _lock.acquire(blocking=False):
+        yield 1
+        return
+    get, set_ = _blas
+    saved = get()
+    try:
+        if saved != 1:
+            set_(1)
+        _used = True
+        yield nth
+    finally:
+        if saved != 1:
+            set_(saved)
+        _lock.release()

@@ -1,0 +1,59 @@
+"""The parts of the threaded kernels that every mode shares.
+
+Scheme (the *_par loops in rnn.py, gru.py, lstm.py).  Per time step, the
+hidden units are cut into one block per thread; thread p computes its block's
+columns of the recurrent GEMM (for every gate: W_hh's rows of those units,
+with gemm._cols, which needs no packing) and then the pointwise update of
+those units.  A unit's pointwise update needs only its own gate columns, so
+the only synchronisation is the join at the end of each step (the next GEMM
+reads all of h).  Because both threads read h_prev while they write h, the
+forward keeps h in two buffers and alternates.  BPTT is the same with the
+roles turned round: thread p computes dh for its units from all of the
+previous step's gate gradients, then its units' gate gradients.
+
+The big GEMMs before and after the loop (input projection, dx, dW_ih, dW_hh)
+are split into one block of rows per thread, each a one-thread BLAS call
+(blas.gemm); the caller holds SciPy's OpenBLAS at one thread for the whole
+kernel (fastrnn/_threads.py), because OpenBLAS's idle workers spin on the
+cores for a long time after a multi-threaded call and take the core a
+Numba thread needs (measured: a step loop ran 1.9x slower right after one
+two-thread OpenBLAS GEMM).  In this scheme every core is Numba's.
+"""
+from numba import njit, prange
+
+from .blas import gemm, split
+from .common import JIT, JIT_PAR, colsum
+
+
+@njit(**JIT_PAR)
+def input_projection(x2, w_ih, xg2, nth):
+    """xg2 = x2 @ w_ih.T, one block of rows per thread."""
+    R = x2.shape[0]
+    z = xg2.dtype.type(0)
+    for p in prange(nth):
+        r0, r1 = split(R, nth, p, 1)
+        gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], z)
+
+
+@njit(**JIT)
+def copy_rows(src, dst, n, nprev):
+    """dst[n:nprev] = src[n:nprev] (no-op when n >= nprev)."""
+    for j in range(n, nprev):
+        dst[j, :] = src[j, :]
+
+
+@njit(**JIT_PAR)
+def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+    """common.after_loop_grads split over threads: thread p computes its
+    block of rows of dx, of dW_ih and dW_hh, and its block of bias columns."""
+    R = dG2.shape[0]
+    GH = dG2.shape[1]
+    z = dx2.dtype.type(0)
+    for p in prange(nth):
+        r0, r1 = split(R, nth, p, 1)
+        gemm(dG2[r0:r1], False, w_ih, False, dx2[r0:r1], z)
+        g0, g1 = split(GH, nth, p, 8)
+        gemm(dG2[:, g0:g1], True, x2, False, dw_ih[g0:g1], z)
+        gemm(dGh2[:, g0:g1], True, Hs2, False, dw_hh[g0:g1], z)
+        colsum(dG2, db_ih, g0, g1)
+        colsum(dGh2, db_hh, g0, g1)

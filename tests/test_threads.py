@@ -1,0 +1,165 @@
+"""The threaded Numba kernels (kernels/cpu/parallel.py and the *_par loops)
+against the float64 oracle, and the rules of fastrnn/_threads.py: when they
+run, what they do to SciPy's OpenBLAS, concurrent calls, fork."""
+import multiprocessing as mp
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _threads
+from fastrnn._backends import numba_cpu
+from fastrnn._kernels.cpu import gru, lstm, rnn
+
+from .helpers import check_backend, make_problem, run
+
+MODES = fastrnn.MODES
+PAR = {"lstm": (lstm, "lstm"), "gru": (gru, "gru"), "rnn_tanh": (rnn, "rnn"), "rnn_relu": (rnn, "rnn")}
+
+pytestmark = pytest.mark.skipif(_threads.available_threads() < 2,
+                                reason=f"threaded kernels cannot run here: {_threads.why_single()}")
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Force the threaded kernels at every size and record each call to them,
+    with SciPy's OpenBLAS thread count as the kernel saw it."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
+    calls = []
+    for mod in (lstm, gru, rnn):
+        for name in dir(mod):
+            if name.endswith("_par"):
+                kern = getattr(mod, name)
+
+                def wrapped(*a, _k=kern, _n=name):
+                    calls.append((_n, _threads._blas[0](), a[-1]))
+                    return _k(*a)
+                monkeypatch.setattr(mod, name, wrapped)
+    return calls
+
+
+def _assert_threaded(calls, mode):
+    prefix = PAR[mode][1]
+    names = {c[0] for c in calls}
+    assert {f"{prefix}_forward_par", f"{prefix}_backward_par"} <= names, names
+    assert all(c[1] == 1 for c in calls), "SciPy's OpenBLAS must run one thread inside a threaded kernel"
+    assert all(c[2] >= 2 for c in calls)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (7, 3, 5, 13), (5, 9, 4, 37), (3, 20, 6, 70)])
+def test_threaded_odd_sizes(spy, mode, dtype, T, B, I, H):
+    # H = 5 and 13 leave one thread no units (blocks are cut at multiples of 8)
+    check_backend(mode, "numba", T=T, B=B, I=I, H=H, dtype=dtype)
+    _assert_threaded(spy, mode)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", ["edges", "random"])
+@pytest.mark.parametrize("mode", MODES)
+def test_threaded_lengths_and_reverse(spy, mode, lengths, reverse, dtype):
+    check_backend(mode, "numba", T=9, B=6, I=4, H=27, lengths=lengths, reverse=reverse, dtype=dtype)
+    _assert_threaded(spy, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_threaded_no_state_no_bias_all_zero_lengths(spy, mode):
+    check_backend(mode, "numba", H=21, h0=False, reverse=True, lengths="edges")
+    check_backend(mode, "numba", H=21, bias=False)
+    got, _ = check_backend(mode, "numba", T=4, B=3, H=21, lengths=np.zeros(3, int))
+    assert np.all(got["y"] == 0), "y: all-zero lengths give zero output"
+    _assert_threaded(spy, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_threaded_nan_poisoned_buffers(spy, mode, monkeypatch):
+    def nan_empty(shape, dtype=float):
+        a = np.empty(shape, dtype)
+        a.fill(np.nan)
+        return a
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", dtype="float32")
+    check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", reverse=True, dtype="float32")
+    _assert_threaded(spy, mode)
+
+
+def test_blas_threads_restored():
+    get, set_ = _threads._blas
+    before = get()
+    try:
+        set_(2)
+        prob = make_problem("lstm", 4, 64, 8, 128)
+        run("lstm", prob, backend="numba", dtype="float32")
+        assert get() == 2, "the user's OpenBLAS thread count comes back after a threaded call"
+    finally:
+        set_(before)
+
+
+def test_single_numba_thread_runs_one_thread_kernels(spy):
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        check_backend("gru", "numba", H=21)
+    finally:
+        numba.set_num_threads(old)
+    assert spy == [], "numba.set_num_threads(1) must keep fastrnn on one thread"
+
+
+def test_concurrent_calls_from_python_threads(monkeypatch):
+    """Two Python threads in the kernels at once: one runs threaded, the other
+    on one thread (it finds the threads busy); both give the right answer."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
+    probs = [make_problem(m, 30, 16, 8, 64, lengths="random", seed=i) for i, m in enumerate(["lstm", "gru"])]
+    modes = ["lstm", "gru"]
+    expect = [run(m, p, backend="numba", dtype="float64") for m, p in zip(modes, probs)]
+    results, errors = [None, None], []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                results[i] = run(modes[i], probs[i], backend="numba", dtype="float64")
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+    ths = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert not errors, errors
+    for got, ref in zip(results, expect):
+        for name in ref:
+            np.testing.assert_allclose(got[name], ref[name], rtol=1e-12, atol=1e-12, err_msg=name)
+    assert not _threads._lock.locked()
+
+
+def _child(q):
+    try:
+        prob = make_problem("lstm", 5, 40, 8, 64)
+        out = run("lstm", prob, backend="numba", dtype="float64")
+        q.put(("ok", _threads.why_single(), float(np.abs(out["y"]).sum())))
+    except Exception as exc:   # pragma: no cover - reported by the parent
+        q.put(("error", repr(exc), 0.0))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_after_threaded_kernels(monkeypatch):
+    """GNU OpenMP cannot run in a child forked after it started; Numba then
+    aborts the child.  fastrnn's child runs the one-thread kernels instead."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
+    prob = make_problem("lstm", 5, 40, 8, 64)
+    ref = run("lstm", prob, backend="numba", dtype="float64")     # starts the threads here
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0, f"forked child died (exit code {p.exitcode})"
+    status, why, total = q.get(timeout=5)
+    assert status == "ok", why
+    assert "forked" in why
+    assert total == pytest.approx(float(np.abs(ref["y"]).sum()), rel=1e-12)
