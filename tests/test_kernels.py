@@ -4,12 +4,28 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import _threads
 from fastrnn._backends import numba_cpu
 
 from .helpers import assert_close, check_backend, make_problem, run
 
 MODES = fastrnn.MODES
 BACKENDS = ["numba", "numpy"]
+
+
+@pytest.fixture(autouse=True, params=["threaded kernels", "one-thread kernels"])
+def kernel_form(request, monkeypatch):
+    """Every test here runs both forms of the Numba loops: the threaded ones
+    (the default where threads can run; tests/test_threads.py also forces
+    the per-step split) and the one-thread ones (forked children, one Numba
+    thread, a BLAS fastrnn cannot set)."""
+    if request.param == "one-thread kernels":
+        monkeypatch.setattr(_threads, "available_threads", lambda: 1)
+    elif _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    else:
+        monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)    # the sizes here are all small
+    return request.param
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

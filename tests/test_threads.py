@@ -27,6 +27,7 @@ def spy(monkeypatch):
     """Force the threaded kernels at every size and record each call to them,
     with SciPy's OpenBLAS thread count as the kernel saw it."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
     calls = []
     for mod in (lstm, gru, rnn):
         for name in dir(mod):
@@ -34,7 +35,7 @@ def spy(monkeypatch):
                 kern = getattr(mod, name)
 
                 def wrapped(*a, _k=kern, _n=name):
-                    calls.append((_n, _threads._blas[0](), a[-1]))
+                    calls.append((_n, _threads._blas[0](), a[-2], a[-1]))
                     return _k(*a)
                 monkeypatch.setattr(mod, name, wrapped)
     return calls
@@ -45,7 +46,7 @@ def _assert_threaded(calls, mode):
     names = {c[0] for c in calls}
     assert {f"{prefix}_forward_par", f"{prefix}_backward_par"} <= names, names
     assert all(c[1] == 1 for c in calls), "SciPy's OpenBLAS must run one thread inside a threaded kernel"
-    assert all(c[2] >= 2 for c in calls)
+    assert all(c[2] >= 2 and c[3] == c[2] for c in calls), "nth >= 2 and every step split"
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -87,6 +88,35 @@ def test_threaded_nan_poisoned_buffers(spy, mode, monkeypatch):
     _assert_threaded(spy, mode)
 
 
+def test_small_problem_keeps_steps_on_one_thread(monkeypatch):
+    """Below PAR_MIN_MACS the threaded kernels run, with the steps unsplit."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    calls = []
+    kern = lstm.lstm_forward_par
+
+    def wrapped(*a):
+        calls.append(a[-2:])
+        return kern(*a)
+    monkeypatch.setattr(lstm, "lstm_forward_par", wrapped)
+    check_backend("lstm", "numba", T=5, B=2, I=3, H=7, lengths="random")
+    assert calls and all(nth >= 2 and parts == 1 for nth, parts in calls), calls
+
+
+def test_tiny_call_runs_one_thread_loops_with_blas_held(monkeypatch):
+    """Below PAR_MIN_WORK the one-thread loops run, OpenBLAS still at one thread."""
+    calls = []
+    for name in ("lstm_forward", "lstm_backward"):
+        kern = getattr(lstm, name)
+
+        def wrapped(*a, _k=kern, _n=name):
+            calls.append((_n, _threads._blas[0]()))
+            return _k(*a)
+        monkeypatch.setattr(lstm, name, wrapped)
+    check_backend("lstm", "numba", T=3, B=2, I=3, H=5)
+    assert sorted(c[0] for c in calls) == ["lstm_backward", "lstm_forward", "lstm_forward"], calls
+    assert all(c[1] == 1 for c in calls)
+
+
 def test_blas_threads_restored():
     get, set_ = _threads._blas
     before = get()
@@ -114,6 +144,7 @@ def test_concurrent_calls_from_python_threads(monkeypatch):
     """Two Python threads in the kernels at once: one runs threaded, the other
     on one thread (it finds the threads busy); both give the right answer."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
     probs = [make_problem(m, 30, 16, 8, 64, lengths="random", seed=i) for i, m in enumerate(["lstm", "gru"])]
     modes = ["lstm", "gru"]
     expect = [run(m, p, backend="numba", dtype="float64") for m, p in zip(modes, probs)]
@@ -151,6 +182,7 @@ def test_forked_child_after_threaded_kernels(monkeypatch):
     """GNU OpenMP cannot run in a child forked after it started; Numba then
     aborts the child.  fastrnn's child runs the one-thread kernels instead."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
     prob = make_problem("lstm", 5, 40, 8, 64)
     ref = run("lstm", prob, backend="numba", dtype="float64")     # starts the threads here
     ctx = mp.get_context("fork")

@@ -9,13 +9,18 @@ column sums.  The big GEMMs go through the BLAS Numba links (SciPy's
 OpenBLAS); the per-step recurrent GEMM is fastrnn's own (kernels/cpu/gemm.py:
 no per-step packing of W_hh).
 
-Two forms of every loop: where a step's recurrent GEMM has at least
-PAR_MIN_MACS multiply-adds, the threaded kernels (kernels/cpu/parallel.py:
-the hidden units cut into one block per Numba thread, one fork/join per
-step, the big GEMMs split by rows, OpenBLAS held at one thread meanwhile);
-below that, or when fastrnn/_threads.py says threads cannot run, the
-one-thread loops (there the per-step GEMM goes to OpenBLAS above
-gemm.OWN_MAX_*).
+Two forms of every loop.  Where fastrnn/_threads.py allows threads (the
+usual case), OpenBLAS is held at one thread for the call, and, from
+PAR_MIN_WORK up, the threaded kernels run (kernels/cpu/parallel.py): the
+big GEMMs split by rows over Numba's threads, and, where
+a step's recurrent GEMM has at least PAR_MIN_MACS multiply-adds, each time
+step split too (the hidden units cut into one block per thread, one
+fork/join per step); below that the steps run on one thread.  Every core is
+then Numba's, so nothing spins against the kernel.  Tiny calls run the
+one-thread loops (with OpenBLAS at one thread).  Where threads cannot run
+(a forked child, a BLAS fastrnn cannot set, one Numba thread), the
+one-thread loops, whose big GEMMs and, above gemm.OWN_MAX_*, per-step GEMMs
+go to OpenBLAS with its own threads.
 
 Variable lengths: rows are sorted by length (longest first) so that the rows
 still running at step t are a prefix of the working state; the recurrent GEMM
@@ -23,16 +28,20 @@ then only touches them, and padding costs nothing.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from .. import _threads
 from ..cells import MODES
 
-# Per-step recurrent MACs (rows x G*H x H) from which the threaded kernels
-# (kernels/cpu/parallel.py) pay for their fork/join per step (~1.5 us).
-PAR_MIN_MACS = 1 << 18
+# Per-step recurrent MACs (rows x G*H x H) from which the time loop is split
+# over the threads (kernels/cpu/parallel.py): below it one fork/join per step
+# (~1.5 us) costs more than the second core saves.
+PAR_MIN_MACS = 1 << 17
+# Forward GEMM multiply-adds of a whole call (T*B x G*H x (I+H)) from which the
+# threaded kernels run at all: below it their few fork/joins (~3 per call)
+# and the thread hand-off cost more than they save (S1: 0.24 against 0.32 ms),
+# and the one-thread loops run, with OpenBLAS still held at one thread.
+PAR_MIN_WORK = 1 << 23
 
 # Allocation of every array the kernels must write in full (outputs and
 # saved buffers).  Tests replace it with a NaN-filling allocator to prove no
@@ -64,19 +73,6 @@ def _put_rows(a, perm, ident):
     else:
         out[perm] = a
     return out
-
-
-@contextlib.contextmanager
-def _one():
-    yield 1
-
-
-def _threaded(B, GH, H):
-    """Context giving the thread count for a kernel call: >1 runs the threaded
-    kernels (only where a step's GEMM is big enough to pay for it)."""
-    if B * GH * H >= PAR_MIN_MACS:
-        return _threads.threaded()
-    return _one()
 
 
 class NumbaCPU:
@@ -118,8 +114,9 @@ class NumbaCPU:
         tb = (lambda shape: _empty(shape, dt)) if training else (lambda shape: dummy)
         Hs = tb((T, B, H))
         c = None
-        with _threaded(B, GH, H) as nth:
-            par = nth > 1
+        with _threads.threaded() as nth:
+            par = nth > 1 and T * B * GH * (I + H) >= PAR_MIN_WORK
+            parts = nth if B * GH * H >= PAR_MIN_MACS else 1
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
             # in BPTT; the forward itself needs the W_hh^T copy only where the
             # one-thread loop hands a step to BLAS (gemm.uses_blas), so
@@ -131,14 +128,14 @@ class NumbaCPU:
             # the threaded loops keep h in two buffers (parallel.py); the last
             # step's holds every row's final state
             hs = np.stack([h, h]) if par else h
-            # the two forms take the same arguments but the last
-            last = nth if par else w_hhT
+            # the two forms take the same arguments but the last one or two
+            last = (nth, parts) if par else (w_hhT,)
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 kern = lstm.lstm_forward_par if par else lstm.lstm_forward
                 kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
-                     y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), last)
+                     y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
                 bx = b_ih.copy()
@@ -146,13 +143,13 @@ class NumbaCPU:
                 Gs, HNs = tb((T, B, GH)), tb((T, B, H))
                 kern = gru.gru_forward_par if par else gru.gru_forward
                 kern(x2, w_ih, xg, w_hh, bx, np.ascontiguousarray(b_hh[2 * H:]), hs, perm, nb, reverse,
-                     training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), last)
+                     training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
                 As = tb((T, B, H))
                 kern = rnn.rnn_forward_par if par else rnn.rnn_forward
                 kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
-                     training, y, Hs, As, gh, last)
+                     training, y, Hs, As, gh, *last)
                 bufs = dict(As=As)
             if par:
                 h = hs[T % 2]
@@ -187,14 +184,15 @@ class NumbaCPU:
         db_ih = _empty(GH, dt)
         db_hh = _empty(GH, dt)
         dc0 = None
-        with _threaded(B, GH, H) as nth:
-            par = nth > 1
+        with _threads.threaded() as nth:
+            par = nth > 1 and T * B * GH * (I + H) >= PAR_MIN_WORK
+            parts = nth if B * GH * H >= PAR_MIN_MACS else 1
             # The threaded BPTT writes one step's sorted-row gate gradients
             # while it reads the previous step's: two buffers (unused when
             # rows keep their order: dG[t] serves).
             dgs = np.empty((2, 1 if ident else B, GH), dt) if par else np.empty((B, GH), dt)
-            # the two forms take the same arguments but the last
-            grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, nth if par else w_hh)
+            # the two forms take the same arguments but the last one or two
+            grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *((nth, parts) if par else (w_hh,)))
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
                 kern = lstm.lstm_backward_par if par else lstm.lstm_backward

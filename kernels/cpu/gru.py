@@ -169,11 +169,34 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
 
 # ---------------------------------------------------------------- threads
 
+@njit(**JIT)
+def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
+    """Step t for block p of `parts` blocks of hidden units (see lstm._fwd_step)."""
+    H = cur.shape[1]
+    k0, k1 = split(H, parts, p, 8)
+    if n > 0:
+        for q in range(3):
+            _cols(cur[:n], w_hh, gh[:n], q * H + k0, q * H + k1)
+    _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+
+
+@njit(**JIT)
+def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
+    """BPTT step t for block p of `parts` blocks of hidden units (see
+    lstm._bwd_step); dh also gets the direct part dhd."""
+    H = dh.shape[1]
+    k0, k1 = split(H, parts, p, 8)
+    if nprev > 0:
+        _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+        _add_units(dh, dhd, nprev, k0, k1)
+    if t >= 0:
+        _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+
+
 @njit(**JIT_PAR)
 def gru_forward_par(x2, w_ih, xg, w_hh, bx, bhn, hbuf, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
-                    gws, hnws, nth):
+                    gws, hnws, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
-    H = hbuf.shape[2]
     input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
     nprev = B
     for s in range(T):
@@ -183,38 +206,37 @@ def gru_forward_par(x2, w_ih, xg, w_hh, bx, bhn, hbuf, perm, nb, reverse, traini
         nxt = hbuf[(s + 1) % 2]
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
-        for p in prange(nth):
-            k0, k1 = split(H, nth, p, 8)
-            if n > 0:
-                for q in range(3):
-                    _cols(cur[:n], w_hh, gh[:n], q * H + k0, q * H + k1)
-            _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+        if parts > 1:
+            for p in prange(parts):
+                _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs,
+                          gws, hnws)
+        else:
+            _fwd_step(0, 1, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
 @njit(**JIT_PAR)
 def gru_backward_par(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
-                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     nprev = 0
     prev = dgs[1]
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        n = nb[t]
-        buf = dGh[t] if ident else dgs[s % 2]
-        for p in prange(nth):
-            k0, k1 = split(H, nth, p, 8)
-            if nprev > 0:   # dh = (previous step's gate gradients) @ W_hh + its direct part
-                _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
-                _add_units(dh, dhd, nprev, k0, k1)
-            _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+    for s in range(T + 1):      # s = T: the last product, dh0
+        t = -1
+        n = 0
+        buf = prev
+        if s < T:
+            t = s if reverse else T - 1 - s
+            n = nb[t]
+            buf = dGh[t] if ident else dgs[s % 2]
+        if parts > 1:
+            for p in prange(parts):
+                _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm,
+                          ident)
+        else:
+            _bwd_step(0, 1, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
         nprev = n
         prev = buf
-    for p in prange(nth):
-        k0, k1 = split(H, nth, p, 8)
-        if nprev > 0:
-            _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
-            _add_units(dh, dhd, nprev, k0, k1)
 
     T_B = T * B
     after_loop_grads_par(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2,

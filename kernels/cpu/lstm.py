@@ -177,11 +177,35 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
 
 # ---------------------------------------------------------------- threads
 
+@njit(**JIT)
+def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
+    """Step t for block p of `parts` blocks of hidden units: its columns of
+    the recurrent GEMM (all four gates), then its pointwise pass."""
+    H = cur.shape[1]
+    k0, k1 = split(H, parts, p, 8)
+    if n > 0:
+        for q in range(4):
+            _cols(cur[:n], w_hh, gh[:n], q * H + k0, q * H + k1)
+    _fwd_units(t, n, k0, k1, cur, nxt, c, xg, gh, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
+
+
+@njit(**JIT)
+def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
+    """BPTT step t for block p of `parts` blocks of hidden units: dh of these
+    units from all of the previous step's gate gradients (prev, nprev rows),
+    then their pointwise pass (none when t < 0: the final dh0 product)."""
+    H = dh.shape[1]
+    k0, k1 = split(H, parts, p, 8)
+    if nprev > 0:
+        _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+    if t >= 0:
+        _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+
+
 @njit(**JIT_PAR)
 def lstm_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
-                     gws, tcws, nth):
+                     gws, tcws, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
-    H = hbuf.shape[2]
     input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
     nprev = B
     for s in range(T):
@@ -191,36 +215,36 @@ def lstm_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, c, perm, nb, reverse, train
         nxt = hbuf[(s + 1) % 2]
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
-        for p in prange(nth):
-            k0, k1 = split(H, nth, p, 8)
-            if n > 0:
-                for q in range(4):
-                    _cols(cur[:n], w_hh, gh[:n], q * H + k0, q * H + k1)
-            _fwd_units(t, n, k0, k1, cur, nxt, c, xg, gh, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
+        if parts > 1:
+            for p in prange(parts):
+                _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs,
+                          gws, tcws)
+        else:
+            _fwd_step(0, 1, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
 
 
 @njit(**JIT_PAR)
 def lstm_backward_par(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
-                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     nprev = 0
     prev = dgs[1]
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        n = nb[t]
-        buf = dG[t] if ident else dgs[s % 2]
-        for p in prange(nth):
-            k0, k1 = split(H, nth, p, 8)
-            if nprev > 0:   # dh = (the previous step's gate gradients) @ W_hh, this block's units
-                _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
-            _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+    for s in range(T + 1):      # s = T: the last product, dh0
+        t = -1
+        n = 0
+        buf = prev
+        if s < T:
+            t = s if reverse else T - 1 - s
+            n = nb[t]
+            buf = dG[t] if ident else dgs[s % 2]
+        if parts > 1:
+            for p in prange(parts):
+                _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+        else:
+            _bwd_step(0, 1, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
         nprev = n
         prev = buf
-    for p in prange(nth):
-        k0, k1 = split(H, nth, p, 8)
-        if nprev > 0:
-            _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
 
     T_B = T * B
     after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,

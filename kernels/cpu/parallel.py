@@ -1,6 +1,7 @@
 """The parts of the threaded kernels that every mode shares.
 
-Scheme (the *_par loops in rnn.py, gru.py, lstm.py).  Per time step, the
+Scheme (the *_par loops in rnn.py, gru.py, lstm.py).  Per time step (when
+the caller asks for more than one part: big enough steps), the
 hidden units are cut into one block per thread; thread p computes its block's
 columns of the recurrent GEMM (for every gate: W_hh's rows of those units,
 with gemm._cols, which needs no packing) and then the pointwise update of

@@ -131,10 +131,30 @@ def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
 
 # ---------------------------------------------------------------- threads
 
+@njit(**JIT)
+def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As):
+    """Step t for block p of `parts` blocks of hidden units (see lstm._fwd_step)."""
+    H = cur.shape[1]
+    k0, k1 = split(H, parts, p, 8)
+    if n > 0:
+        _cols(cur[:n], w_hh, gh[:n], k0, k1)
+    _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bias, perm, relu, training, y, Hs, As)
+
+
+@njit(**JIT)
+def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident):
+    """BPTT step t for block p of `parts` blocks of hidden units (see lstm._bwd_step)."""
+    H = dh.shape[1]
+    k0, k1 = split(H, parts, p, 8)
+    if nprev > 0:
+        _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+    if t >= 0:
+        _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident)
+
+
 @njit(**JIT_PAR)
-def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, training, y, Hs, As, gh, nth):
+def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, training, y, Hs, As, gh, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
-    H = hbuf.shape[2]
     input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
     nprev = B
     for s in range(T):
@@ -144,35 +164,35 @@ def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, tra
         nxt = hbuf[(s + 1) % 2]
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
-        for p in prange(nth):
-            k0, k1 = split(H, nth, p, 8)
-            if n > 0:
-                _cols(cur[:n], w_hh, gh[:n], k0, k1)
-            _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bias, perm, relu, training, y, Hs, As)
+        if parts > 1:
+            for p in prange(parts):
+                _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+        else:
+            _fwd_step(0, 1, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
 
 
 @njit(**JIT_PAR)
 def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
-                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     nprev = 0
     prev = dgs[1]
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        n = nb[t]
-        buf = dG[t] if ident else dgs[s % 2]
-        for p in prange(nth):
-            k0, k1 = split(H, nth, p, 8)
-            if nprev > 0:   # dh = (previous step's gradients) @ W_hh, this block's units
-                _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
-            _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident)
+    for s in range(T + 1):      # s = T: the last product, dh0
+        t = -1
+        n = 0
+        buf = prev
+        if s < T:
+            t = s if reverse else T - 1 - s
+            n = nb[t]
+            buf = dG[t] if ident else dgs[s % 2]
+        if parts > 1:
+            for p in prange(parts):
+                _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+        else:
+            _bwd_step(0, 1, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
         nprev = n
         prev = buf
-    for p in prange(nth):
-        k0, k1 = split(H, nth, p, 8)
-        if nprev > 0:
-            _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
 
     T_B = T * B
     after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
