@@ -17,12 +17,13 @@ vector partial sums.  One thread: measured on the 2-core dev VM
 (benchmarks/bench_gemm.py), (8x128)@(128x512) takes 16-22 us against
 OpenBLAS's 41-59 us, and bigger products go to OpenBLAS (see OWN_MAX_*).
 
-Why one thread: splitting the columns over Numba's threads (prange) doubled
-the rate in isolation (1.5 us per fork/join), but OpenBLAS's idle workers
-spin for a long time after every BLAS call (the input projection, or the
-user's own NumPy work) and on a 2-core machine they take the core the second
-Numba thread needs: a forward at S2 went from 5.3 to 8.0 ms.  A serial
-kernel never fights anyone's thread pool.
+Threads: this kernel itself is serial.  The threaded loops (parallel.py) give
+each Numba thread one block of columns (_cols with n0, n1); there, with
+OpenBLAS held at one thread so that none of its idle workers spins on the
+cores, (64x512)@(512x2048) split in two ran at 137 GFLOP/s against
+OpenBLAS's 37-92 GFLOP/s on both cores (measured, 2-core dev VM).  Without
+holding OpenBLAS, the split lost: its workers spin for tens of ms after
+every multi-threaded call and took the second core (S2 forward 5.3 -> 8.0 ms).
 
 Summation order differs from BLAS, so results agree to float rounding (the
 kernel tests hold them to the float64 oracle).
@@ -32,10 +33,11 @@ from numba import njit
 
 from .common import JIT
 
-# Where this kernel beats OpenBLAS (measured, benchmarks/bench_gemm.py): up to
-# 16 rows at any size (OpenBLAS's packing of W_hh per call dominates), and
-# small products of any shape.  Above that OpenBLAS's blocking and its second
-# thread win (e.g. (64x512)@(512x2048): 1.4-2.1 ms against 2.7 ms).
+# Where this kernel beats OpenBLAS in the one-thread loops (measured,
+# benchmarks/bench_gemm.py): up to 16 rows at any size (OpenBLAS's packing of
+# W_hh per call dominates), and small products of any shape.  Above that
+# OpenBLAS's blocking and its second thread win (e.g. (64x512)@(512x2048):
+# 1.4-2.1 ms against 2.7 ms).  The threaded loops always use this kernel.
 OWN_MAX_ROWS = 16
 OWN_MAX_MACS = 1 << 22
 
