@@ -67,7 +67,7 @@ def machine():
                 numpy=np.__version__, fastrnn=fastrnn.__version__, torch_threads=torch.get_num_threads())
     try:
         import numba
-        info.update(numba=numba.__version__, numba_threads=numba.config.NUMBA_NUM_THREADS)
+        info.update(numba=numba.__version__, numba_threads=numba.get_num_threads())
     except Exception:
         pass
     try:
@@ -93,9 +93,10 @@ def set_threads(n):
         _LIMITS.append(threadpool_limits(n))
     except Exception:
         pass
-    # Not numba.set_num_threads: it starts numba's OpenMP pool, which then
-    # spins against torch's (measured: torch.nn.LSTM backward at S1 went from
-    # 2 ms to 3 s).  fastrnn's kernels are serial; their threads are BLAS's.
+    # fastrnn's threaded kernels use Numba's threads (fastrnn/_threads.py):
+    # give them the same count, so that both sides get n cores.
+    import numba
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def gemm_rate(n=1024, reps=7):

@@ -25,6 +25,7 @@ def kernel_form(request, monkeypatch):
         pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
     else:
         monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)    # the sizes here are all small
+        monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     return request.param
 
 

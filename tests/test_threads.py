@@ -28,16 +28,16 @@ def spy(monkeypatch):
     with SciPy's OpenBLAS thread count as the kernel saw it."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     calls = []
-    for mod in (lstm, gru, rnn):
-        for name in dir(mod):
-            if name.endswith("_par"):
-                kern = getattr(mod, name)
+    for mod, prefix in ((lstm, "lstm"), (gru, "gru"), (rnn, "rnn")):
+        for name in (f"{prefix}_forward_par", f"{prefix}_backward_par"):
+            kern = getattr(mod, name)
 
-                def wrapped(*a, _k=kern, _n=name):
-                    calls.append((_n, _threads._blas[0](), a[-2], a[-1]))
-                    return _k(*a)
-                monkeypatch.setattr(mod, name, wrapped)
+            def wrapped(*a, _k=kern, _n=name):
+                calls.append((_n, _threads._blas[0](), a[-2], a[-1]))
+                return _k(*a)
+            monkeypatch.setattr(mod, name, wrapped)
     return calls
 
 
@@ -91,6 +91,7 @@ def test_threaded_nan_poisoned_buffers(spy, mode, monkeypatch):
 def test_small_problem_keeps_steps_on_one_thread(monkeypatch):
     """Below PAR_MIN_MACS the threaded kernels run, with the steps unsplit."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     calls = []
     kern = lstm.lstm_forward_par
 
@@ -103,7 +104,8 @@ def test_small_problem_keeps_steps_on_one_thread(monkeypatch):
 
 
 def test_tiny_call_runs_one_thread_loops_with_blas_held(monkeypatch):
-    """Below PAR_MIN_WORK the one-thread loops run, OpenBLAS still at one thread."""
+    """Between TINY_WORK and PAR_MIN_WORK the one-thread loops run, OpenBLAS
+    still at one thread."""
     calls = []
     for name in ("lstm_forward", "lstm_backward"):
         kern = getattr(lstm, name)
@@ -112,7 +114,9 @@ def test_tiny_call_runs_one_thread_loops_with_blas_held(monkeypatch):
             calls.append((_n, _threads._blas[0]()))
             return _k(*a)
         monkeypatch.setattr(lstm, name, wrapped)
-    check_backend("lstm", "numba", T=3, B=2, I=3, H=5)
+    T, B, I, H = 20, 8, 16, 32
+    assert numba_cpu.TINY_WORK <= T * B * 4 * H * (I + H) < numba_cpu.PAR_MIN_WORK
+    check_backend("lstm", "numba", T=T, B=B, I=I, H=H)
     assert sorted(c[0] for c in calls) == ["lstm_backward", "lstm_forward", "lstm_forward"], calls
     assert all(c[1] == 1 for c in calls)
 
@@ -145,6 +149,7 @@ def test_concurrent_calls_from_python_threads(monkeypatch):
     on one thread (it finds the threads busy); both give the right answer."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     probs = [make_problem(m, 30, 16, 8, 64, lengths="random", seed=i) for i, m in enumerate(["lstm", "gru"])]
     modes = ["lstm", "gru"]
     expect = [run(m, p, backend="numba", dtype="float64") for m, p in zip(modes, probs)]
@@ -183,6 +188,7 @@ def test_forked_child_after_threaded_kernels(monkeypatch):
     aborts the child.  fastrnn's child runs the one-thread kernels instead."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     prob = make_problem("lstm", 5, 40, 8, 64)
     ref = run("lstm", prob, backend="numba", dtype="float64")     # starts the threads here
     ctx = mp.get_context("fork")

@@ -28,6 +28,8 @@ then only touches them, and padding costs nothing.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .. import _threads
@@ -42,6 +44,19 @@ PAR_MIN_MACS = 1 << 17
 # and the thread hand-off cost more than they save (S1: 0.24 against 0.32 ms),
 # and the one-thread loops run, with OpenBLAS still held at one thread.
 PAR_MIN_WORK = 1 << 23
+# Below this (the same count) OpenBLAS itself runs every GEMM of the call on one
+# thread (its multithreading threshold is M*N*K > 2^18), so there is nothing
+# to hold and the call skips _threads.threaded() (~10 us at the smallest sizes).
+TINY_WORK = 1 << 18
+
+
+@contextlib.contextmanager
+def _one_thread():
+    yield 1
+
+
+def _threaded(work):
+    return _one_thread() if work < TINY_WORK else _threads.threaded()
 
 # Allocation of every array the kernels must write in full (outputs and
 # saved buffers).  Tests replace it with a NaN-filling allocator to prove no
@@ -114,8 +129,9 @@ class NumbaCPU:
         tb = (lambda shape: _empty(shape, dt)) if training else (lambda shape: dummy)
         Hs = tb((T, B, H))
         c = None
-        with _threads.threaded() as nth:
-            par = nth > 1 and T * B * GH * (I + H) >= PAR_MIN_WORK
+        work = T * B * GH * (I + H)
+        with _threaded(work) as nth:
+            par = nth > 1 and work >= PAR_MIN_WORK
             parts = nth if B * GH * H >= PAR_MIN_MACS else 1
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
             # in BPTT; the forward itself needs the W_hh^T copy only where the
@@ -184,8 +200,9 @@ class NumbaCPU:
         db_ih = _empty(GH, dt)
         db_hh = _empty(GH, dt)
         dc0 = None
-        with _threads.threaded() as nth:
-            par = nth > 1 and T * B * GH * (I + H) >= PAR_MIN_WORK
+        work = T * B * GH * (I + H)
+        with _threaded(work) as nth:
+            par = nth > 1 and work >= PAR_MIN_WORK
             parts = nth if B * GH * H >= PAR_MIN_MACS else 1
             # The threaded BPTT writes one step's sorted-row gate gradients
             # while it reads the previous step's: two buffers (unused when
