@@ -40,10 +40,12 @@ from ..cells import MODES
 # (~1.5 us) costs more than the second core saves.
 PAR_MIN_MACS = 1 << 17
 # Forward GEMM multiply-adds of a whole call (T*B x G*H x (I+H)) from which the
-# threaded kernels run at all: below it their few fork/joins (~3 per call)
-# and the thread hand-off cost more than they save (S1: 0.24 against 0.32 ms),
-# and the one-thread loops run, with OpenBLAS still held at one thread.
-PAR_MIN_WORK = 1 << 23
+# threaded kernels run at all: below it their fork/joins and the thread
+# hand-off cost more than they save, and the one-thread loops run, with
+# OpenBLAS still held at one thread.  Measured (fwd+bwd, separate processes,
+# medians of 3): rnn_tanh S2 (26M) one-thread 2.0-2.8 ms, threaded 2.6-3.6;
+# gru S2 (78M) 9.3-9.7 against 5.2-7.3; S1 (< 4M) 0.24 against 0.32.
+PAR_MIN_WORK = 1 << 25
 # Below this (the same count) OpenBLAS itself runs every GEMM of the call on one
 # thread (its multithreading threshold is M*N*K > 2^18), so there is nothing
 # to hold and the call skips _threads.threaded() (~10 us at the smallest sizes).
