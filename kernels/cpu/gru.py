@@ -194,9 +194,28 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf,
 
 
 @njit(**JIT_PAR)
+def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
+    """One fork/join: _fwd_step for every block of units, one block per thread.
+    The parallel regions are these small functions rather than the whole
+    loop, and the one-part calls pass p0, p1 (int64) rather than the
+    literals 0, 1, which Numba would compile as another specialisation of
+    the whole step: both keep the cold compile shorter."""
+    for p in prange(parts):
+        _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+
+
+@njit(**JIT_PAR)
+def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
+    """One fork/join: _bwd_step for every block of units, one block per thread."""
+    for p in prange(parts):
+        _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+
+
+@njit(**JIT)
 def gru_forward_par(x2, w_ih, xg, w_hh, bx, bhn, hbuf, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
                     gws, hnws, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
+    p0, p1 = parts - parts, parts - parts + 1    # not literals: see _fwd_steps
     input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
     nprev = B
     for s in range(T):
@@ -207,34 +226,31 @@ def gru_forward_par(x2, w_ih, xg, w_hh, bx, bhn, hbuf, perm, nb, reverse, traini
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
         if parts > 1:
-            for p in prange(parts):
-                _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs,
-                          gws, hnws)
+            _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
         else:
-            _fwd_step(0, 1, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
-@njit(**JIT_PAR)
+@njit(**JIT)
 def gru_backward_par(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
+    p0, p1 = parts - parts, parts - parts + 1
     H = dh.shape[1]
-    nprev = 0
+    nprev = p0      # p0 rather than 0 (a literal) throughout: see _fwd_steps
     prev = dgs[1]
     for s in range(T + 1):      # s = T: the last product, dh0
-        t = -1
-        n = 0
+        t = p0 - 1
+        n = p0
         buf = prev
         if s < T:
             t = s if reverse else T - 1 - s
             n = nb[t]
             buf = dGh[t] if ident else dgs[s % 2]
         if parts > 1:
-            for p in prange(parts):
-                _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm,
-                          ident)
+            _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
         else:
-            _bwd_step(0, 1, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
         nprev = n
         prev = buf
 

@@ -153,8 +153,27 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, rel
 
 
 @njit(**JIT_PAR)
+def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As):
+    """One fork/join: _fwd_step for every block of units, one block per thread.
+    The parallel regions are these small functions rather than the whole
+    loop, and the one-part calls pass p0, p1 (int64) rather than the
+    literals 0, 1, which Numba would compile as another specialisation of
+    the whole step: both keep the cold compile shorter."""
+    for p in prange(parts):
+        _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+
+
+@njit(**JIT_PAR)
+def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident):
+    """One fork/join: _bwd_step for every block of units, one block per thread."""
+    for p in prange(parts):
+        _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+
+
+@njit(**JIT)
 def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, training, y, Hs, As, gh, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
+    p0, p1 = parts - parts, parts - parts + 1    # not literals: see _fwd_steps
     input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
     nprev = B
     for s in range(T):
@@ -165,32 +184,31 @@ def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, tra
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
         if parts > 1:
-            for p in prange(parts):
-                _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+            _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
         else:
-            _fwd_step(0, 1, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
 
 
-@njit(**JIT_PAR)
+@njit(**JIT)
 def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
+    p0, p1 = parts - parts, parts - parts + 1
     H = dh.shape[1]
-    nprev = 0
+    nprev = p0      # p0 rather than 0 (a literal) throughout: see _fwd_steps
     prev = dgs[1]
     for s in range(T + 1):      # s = T: the last product, dh0
-        t = -1
-        n = 0
+        t = p0 - 1
+        n = p0
         buf = prev
         if s < T:
             t = s if reverse else T - 1 - s
             n = nb[t]
             buf = dG[t] if ident else dgs[s % 2]
         if parts > 1:
-            for p in prange(parts):
-                _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+            _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
         else:
-            _bwd_step(0, 1, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
         nprev = n
         prev = buf
 
