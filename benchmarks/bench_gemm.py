@@ -4,9 +4,13 @@ time loops use, each called T times inside one compiled loop as in a kernel.
 
 Rows (M, K, N) are (batch rows, K, N) of one step: the forward's h @ W_hh^T
 is (B, H, G*H), BPTT's dG @ W_hh is (B, G*H, H).  The table gives us per
-call, GFLOP/s, own/BLAS and which one fastrnn uses (gemm.OWN_MAX_ROWS,
-gemm.OWN_MAX_MACS decide).  Single-threaded own kernel; OpenBLAS with its
-default threads.
+call, GFLOP/s, own/BLAS and which one fastrnn's one-thread loops use
+(gemm.OWN_MAX_ROWS, gemm.OWN_MAX_MACS decide).  Single-threaded own kernel;
+OpenBLAS with its default threads; and "split": the own kernel with the
+columns cut into one block per Numba thread, OpenBLAS held at one thread, as
+the threaded loops run it (kernels/cpu/parallel.py).  The split column is
+measured first for each shape, after a 0.3 s pause: OpenBLAS's workers spin
+for a while after each multi-threaded call and would take its second core.
 
 The second table asks what an LSTM forward+BPTT at S1-S5 can cost at best
 with these GEMMs: the same GEMM calls fastrnn's kernels make (input
@@ -26,8 +30,12 @@ import time
 import numpy as np
 from numba import njit
 
+from numba import prange
+
+from fastrnn import _threads
 from fastrnn._kernels.cpu import gemm
-from fastrnn._kernels.cpu.common import JIT
+from fastrnn._kernels.cpu.blas import split
+from fastrnn._kernels.cpu.common import JIT, JIT_PAR
 
 # (M, K, N): LSTM S1-S5 forward and backward steps, and a few around the switch
 SHAPES = [(1, 64, 256), (1, 256, 64), (8, 128, 512), (8, 512, 128), (16, 256, 1024), (32, 256, 1024),
@@ -39,6 +47,14 @@ STEPS = 20
 def _loop_own(A, Bt, out, steps):
     for _ in range(steps):
         gemm._cols(A, Bt, out, 0, Bt.shape[0])
+
+
+@njit(**JIT_PAR)
+def _loop_split(A, Bt, out, steps, nth):
+    for _ in range(steps):
+        for p in prange(nth):
+            n0, n1 = split(Bt.shape[0], nth, p, 8)
+            gemm._cols(A, Bt, out, n0, n1)
 
 
 @njit(**JIT)
@@ -71,11 +87,22 @@ def measure(M, K, N):
     err = float(np.abs(out - ref).max() / np.abs(ref).max())
     if not err < 1e-5:
         raise AssertionError(f"own kernel ({M}x{K}x{N}) relative error {err:.1e}")
+    split_s = float("nan")
+    time.sleep(0.3)
+    with _threads.threaded() as nth:
+        if nth > 1:
+            out[:] = np.nan
+            _loop_split(A, Bt, out, 1, nth)
+            err = float(np.abs(out - ref).max() / np.abs(ref).max())
+            if not err < 1e-5:
+                raise AssertionError(f"split own kernel ({M}x{K}x{N}) relative error {err:.1e}")
+            split_s = _median_call(lambda: _loop_split(A, Bt, out, STEPS, nth))
     own = _median_call(lambda: _loop_own(A, Bt, out, STEPS))
     blas = _median_call(lambda: _loop_blas(A, BtT, out, STEPS))
     flops = 2 * M * K * N
     return dict(M=M, K=K, N=N, own_us=own * 1e6, blas_us=blas * 1e6, own_gflops=flops / own / 1e9,
                 blas_gflops=flops / blas / 1e9, own_over_blas=own / blas,
+                split_us=split_s * 1e6, split_gflops=flops / split_s / 1e9,
                 used="BLAS" if gemm.uses_blas(M, N, K) else "own")
 
 
@@ -125,12 +152,14 @@ def lstm_gemm_floor(shape):
 
 
 def main():
-    print("| M x K x N | own us | BLAS us | own GFLOP/s | BLAS GFLOP/s | own / BLAS | fastrnn uses |")
-    print("|---|---|---|---|---|---|---|")
+    print("| M x K x N | own us | BLAS us | split us | own GFLOP/s | BLAS GFLOP/s | split GFLOP/s | own / BLAS "
+          "| one-thread loops use |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for M, K, N in SHAPES:
         r = measure(M, K, N)
-        print(f"| {M}x{K}x{N} | {r['own_us']:.1f} | {r['blas_us']:.1f} | {r['own_gflops']:.1f} | "
-              f"{r['blas_gflops']:.1f} | {r['own_over_blas']:.2f} | {r['used']} |", flush=True)
+        print(f"| {M}x{K}x{N} | {r['own_us']:.1f} | {r['blas_us']:.1f} | {r['split_us']:.1f} | "
+              f"{r['own_gflops']:.1f} | {r['blas_gflops']:.1f} | {r['split_gflops']:.1f} | "
+              f"{r['own_over_blas']:.2f} | {r['used']} |", flush=True)
     print()
     print("LSTM forward+BPTT, ms: its GEMMs alone (as fastrnn calls them) beside the whole of it")
     print()
