@@ -11,6 +11,15 @@ from fastrnn.cells import spec
 TOL = {"float64": 1e-10, "float32": 2e-5}
 
 
+def nan_empty(shape, dtype=float):
+    """np.empty that fills with NaN: stands in for the numba backend's
+    allocator (numba_cpu._empty) so that an element the kernels forget to
+    write shows up as NaN."""
+    a = np.empty(shape, dtype)
+    a.fill(np.nan)
+    return a
+
+
 def assert_close(name, actual, expected, tol):
     actual = np.asarray(actual)
     expected = np.asarray(expected)

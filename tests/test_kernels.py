@@ -7,7 +7,7 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import numba_cpu
 
-from .helpers import assert_close, check_backend, make_problem, run
+from .helpers import assert_close, check_backend, make_problem, nan_empty, run
 
 MODES = fastrnn.MODES
 BACKENDS = ["numba", "numpy"]
@@ -74,10 +74,6 @@ def test_saturating_inputs(mode, dtype):
 def test_nan_poisoned_buffers(mode, dtype, monkeypatch):
     """Every output and saved buffer is allocated NaN-filled: an element the
     kernels forget to write shows up as NaN (check_backend asserts finite)."""
-    def nan_empty(shape, dtype=float):
-        a = np.empty(shape, dtype)
-        a.fill(np.nan)
-        return a
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     check_backend(mode, "numba", T=6, B=4, lengths="edges", dtype=dtype)
     check_backend(mode, "numba", T=6, B=4, lengths="edges", reverse=True, dtype=dtype)

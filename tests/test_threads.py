@@ -13,7 +13,7 @@ from fastrnn import _threads
 from fastrnn._backends import numba_cpu
 from fastrnn._kernels.cpu import gru, lstm, rnn
 
-from .helpers import check_backend, make_problem, run
+from .helpers import check_backend, make_problem, nan_empty, run
 
 MODES = fastrnn.MODES
 PAR = {"lstm": (lstm, "lstm"), "gru": (gru, "gru"), "rnn_tanh": (rnn, "rnn"), "rnn_relu": (rnn, "rnn")}
@@ -78,10 +78,6 @@ def test_threaded_no_state_no_bias_all_zero_lengths(spy, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_threaded_nan_poisoned_buffers(spy, mode, monkeypatch):
-    def nan_empty(shape, dtype=float):
-        a = np.empty(shape, dtype)
-        a.fill(np.nan)
-        return a
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", dtype="float32")
     check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", reverse=True, dtype="float32")
