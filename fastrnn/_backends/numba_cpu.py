@@ -58,12 +58,18 @@ TINY_WORK = 1 << 18
 
 
 @contextlib.contextmanager
-def _one_thread():
-    yield 1
-
-
-def _threaded(work):
-    return _one_thread() if work < TINY_WORK else _threads.threaded()
+def _kernel_form(T, B, I, H, GH):
+    """The form one call's kernels take, the same for its forward and its
+    BPTT: yields (nth, par, parts), where par says whether the threaded loops
+    run (on nth threads) and parts how many blocks each time step is cut
+    into.  OpenBLAS is held at one thread inside, except for tiny calls."""
+    work = T * B * GH * (I + H)
+    if work < TINY_WORK:
+        yield 1, False, 1
+        return
+    with _threads.threaded() as nth:
+        par = nth > 1 and work >= PAR_MIN_WORK
+        yield nth, par, nth if B * GH * H >= PAR_MIN_MACS else 1
 
 # Allocation of every array the kernels must write in full (outputs and
 # saved buffers).  Tests replace it with a NaN-filling allocator to prove no
@@ -136,10 +142,7 @@ class NumbaCPU:
         tb = (lambda shape: _empty(shape, dt)) if training else (lambda shape: dummy)
         Hs = tb((T, B, H))
         c = None
-        work = T * B * GH * (I + H)
-        with _threaded(work) as nth:
-            par = nth > 1 and work >= PAR_MIN_WORK
-            parts = nth if B * GH * H >= PAR_MIN_MACS else 1
+        with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
             # in BPTT; the forward itself needs the W_hh^T copy only where the
             # one-thread loop hands a step to BLAS (gemm.uses_blas), so
@@ -207,10 +210,7 @@ class NumbaCPU:
         db_ih = _empty(GH, dt)
         db_hh = _empty(GH, dt)
         dc0 = None
-        work = T * B * GH * (I + H)
-        with _threaded(work) as nth:
-            par = nth > 1 and work >= PAR_MIN_WORK
-            parts = nth if B * GH * H >= PAR_MIN_MACS else 1
+        with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
             # The threaded BPTT writes one step's sorted-row gate gradients
             # while it reads the previous step's: two buffers (unused when
             # rows keep their order: dG[t] serves).

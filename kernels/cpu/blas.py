@@ -43,8 +43,7 @@ def _data(typingctx, arr):
 @njit(**JIT)
 def _ld(a):
     """Leading dimension (row stride in elements) of a row-major 2-D view."""
-    ld = a.strides[0] // a.itemsize
-    return ld if ld > a.shape[1] else max(a.shape[1], 1)
+    return max(a.strides[0] // a.itemsize, a.shape[1], 1)
 
 
 @njit(**JIT)
