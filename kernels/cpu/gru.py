@@ -112,8 +112,11 @@ def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, iden
             dgh[2 * H + k] = dan * r
             dd[k] = dht * z
         if not ident:
+            # element loops, not a slice-to-slice copy (see lstm._bwd_units)
+            dgo = dGh[t, b, k0:]
             for q in range(3):
-                dGh[t, b, q * H + k0:q * H + k1] = buf[j, q * H + k0:q * H + k1]
+                for k in range(m):
+                    dgo[q * H + k] = dgh[q * H + k]
     for j in range(n, B):
         b = perm[j]
         for q in range(3):
@@ -199,16 +202,17 @@ def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, 
     The parallel regions are these small functions rather than the whole
     loop, and the one-part calls pass p0, p1 (int64) rather than the
     literals 0, 1, which Numba would compile as another specialisation of
-    the whole step: both keep the cold compile shorter."""
+    the whole step; for the same reason the block index, which prange makes
+    unsigned, is cast to int64.  All of it keeps the cold compile shorter."""
     for p in prange(parts):
-        _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
 @njit(**JIT_PAR)
 def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):
-        _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
 
 
 @njit(**JIT)

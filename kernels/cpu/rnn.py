@@ -90,7 +90,10 @@ def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
                 a = sa[k]
                 dgr[k] = (dhj[k] + dyr[k]) * (one - a * a)
         if not ident:
-            dG[t, b, k0:k1] = buf[j, k0:k1]
+            # an element loop, not a slice-to-slice copy (see lstm._bwd_units)
+            dgo = dG[t, b, k0:]
+            for k in range(m):
+                dgo[k] = dgr[k]
     for j in range(n, B):
         dG[t, perm[j], k0:k1] = 0
 
@@ -158,16 +161,17 @@ def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, 
     The parallel regions are these small functions rather than the whole
     loop, and the one-part calls pass p0, p1 (int64) rather than the
     literals 0, 1, which Numba would compile as another specialisation of
-    the whole step: both keep the cold compile shorter."""
+    the whole step; for the same reason the block index, which prange makes
+    unsigned, is cast to int64.  All of it keeps the cold compile shorter."""
     for p in prange(parts):
-        _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
 
 
 @njit(**JIT_PAR)
 def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):
-        _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
 
 
 @njit(**JIT)
