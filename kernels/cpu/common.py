@@ -13,12 +13,17 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 # the kernels that fork Numba threads (prange; see parallel.py)
 JIT_PAR = dict(JIT, parallel=True)
+# Helpers only compiled code calls: no CPython or C wrapper to generate,
+# optimise and emit for them (~2 s of a mode's cold compile).  Calling one
+# from Python fails ("no CPython wrapper"); tests go through an @njit shim.
+INNER = dict(JIT, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+INNER_PAR = dict(INNER, parallel=True)
 
 import numpy as np
 from numba import njit
 
 
-@njit(**JIT)
+@njit(**INNER)
 def colsum(a, out, c0=0, c1=-1):
     """out[c0:c1] = a[:, c0:c1].sum(axis=0) for a C-contiguous (R, C) array,
     row by row (vectorised); c1 = -1 means all columns."""
@@ -31,7 +36,7 @@ def colsum(a, out, c0=0, c1=-1):
             out[k] += row[k]
 
 
-@njit(**JIT)
+@njit(**INNER)
 def after_loop_grads(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
     """The big GEMMs after the BPTT loop, over all T*B rows at once:
     dx = dG @ w_ih, dW_ih = dG^T x, dW_hh = dGh^T h_prev, and the bias

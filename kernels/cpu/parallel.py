@@ -23,10 +23,10 @@ two-thread OpenBLAS GEMM).  In this scheme every core is Numba's.
 from numba import njit, prange
 
 from .blas import gemm, split
-from .common import JIT, JIT_PAR, colsum
+from .common import INNER, INNER_PAR, colsum
 
 
-@njit(**JIT_PAR)
+@njit(**INNER_PAR)
 def input_projection(x2, w_ih, xg2, nth):
     """xg2 = x2 @ w_ih.T, one block of rows per thread."""
     R = x2.shape[0]
@@ -36,7 +36,7 @@ def input_projection(x2, w_ih, xg2, nth):
         gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], z)
 
 
-@njit(**JIT)
+@njit(**INNER)
 def copy_rows(src, dst, n, nprev):
     """dst[n:nprev] = src[n:nprev] (no-op when n >= nprev); a plain loop, which
     compiles in a fraction of the time of the slice assignment."""
@@ -45,7 +45,7 @@ def copy_rows(src, dst, n, nprev):
             dst[j, k] = src[j, k]
 
 
-@njit(**JIT_PAR)
+@njit(**INNER_PAR)
 def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
     """common.after_loop_grads split over threads: thread p computes its
     block of rows of dx, of dW_ih and dW_hh, and its block of bias columns."""
