@@ -20,13 +20,19 @@ def nan_empty(shape, dtype=float):
     return a
 
 
+def _rel_err(actual, expected):
+    """max |actual - expected| / max |expected| (the measure TOL bounds)."""
+    expected = np.asarray(expected)
+    scale = max(float(np.abs(expected).max()), 1e-6) if expected.size else 1.0
+    return float(np.abs(np.asarray(actual).astype(np.float64) - expected).max(initial=0.0)) / scale
+
+
 def assert_close(name, actual, expected, tol):
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
-    scale = max(float(np.abs(expected).max()), 1e-6)
-    err = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
+    err = _rel_err(actual, expected)
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
 
 
@@ -94,10 +100,21 @@ def check_backend(mode, backend, *, T=7, B=3, I=5, H=13, dtype="float64", length
     ref = run(mode, prob, backend="numpy", dtype="float64", reverse=reverse)
     got = run(mode, prob, backend=backend, dtype=dtype, reverse=reverse)
     assert set(got) == set(ref)
+    plain = None
     for name in sorted(ref):
         assert got[name].dtype == np.dtype(dtype), f"{name}: dtype {got[name].dtype} != {dtype}"
         expected = ref["y"] if name == "y_inference" else ref[name]
-        assert_close(name, got[name], expected, TOL[dtype])
+        tol = TOL[dtype]
+        if dtype == "float32" and _rel_err(got[name], expected) > tol:
+            # A float32 sum whose terms cancel (a gradient summed over few
+            # steps, say) can miss the float64 value by more than TOL of its
+            # own size through rounding alone.  The yardstick is then the
+            # plain float32 arithmetic of the NumPy oracle on the same
+            # problem: the backend may be off by at most twice what it is.
+            if plain is None:
+                plain = run(mode, prob, backend="numpy", dtype="float32", reverse=reverse)
+            tol = max(tol, 2 * _rel_err(plain[name], expected))
+        assert_close(name, got[name], expected, tol)
     if prob["lengths"] is not None:
         L = np.asarray(prob["lengths"])
         pad = np.arange(T)[:, None] >= L[None, :]
