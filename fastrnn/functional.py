@@ -78,12 +78,15 @@ def _as_array(name, a, xp, xp_name):
 
 
 def _check(name, a, shape, dtype, xp, xp_name):
-    a = _as_array(name, a, xp, xp_name)
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
+    """a as a C-contiguous array of this shape (a tuple) and dtype, or the
+    error that names it."""
+    if type(a) is not np.ndarray or xp_name != "numpy":
+        a = _as_array(name, a, xp, xp_name)
+    if a.shape != shape and tuple(a.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(a.shape)}")
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {a.dtype}")
-    return xp.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
 
 def _lengths(lengths, T, B):
@@ -172,7 +175,7 @@ def rnn_forward(mode, x, weights, h0=None, lengths=None, *, reverse=False, train
         raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x: expected dtype float32 or float64, got {x.dtype}")
-    T, B, I = (int(s) for s in x.shape)
+    T, B, I = map(int, x.shape)
     if min(T, B, I) < 1:
         raise ValueError(f"x: expected T, B, I >= 1, got shape {tuple(x.shape)}")
     dtype = x.dtype
@@ -202,14 +205,29 @@ def rnn_forward(mode, x, weights, h0=None, lengths=None, *, reverse=False, train
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training: expected a bool, got {type(training).__name__}")
 
+    return _forward_checked(mode, x, w_ih, w_hh, b_ih, b_hh, has_bias, h0, c0, lengths, bool(reverse),
+                            bool(training), backend, xp, xp_name)
+
+
+def _forward_checked(mode, x, w_ih, w_hh, b_ih, b_hh, has_bias, h0, c0, lengths, reverse, training,
+                     backend, xp=np, xp_name="numpy"):
+    """rnn_forward after its checks: every argument already has the shape
+    and dtype rnn_forward's validation guarantees (w_ih, w_hh, the biases
+    (zeros where has_bias says none was given), h0 and, for lstm, c0
+    C-contiguous; lengths None or an int64 (B,) array in [0, T]; x (T, B, I)
+    with T, B, I >= 1, any strides).  fastrnn.torch calls it directly for
+    weights it checked once per parameter set (its per-call cost at small
+    sizes is mostly Python); nothing else may."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
     be = dispatch.select(backend, xp_name, mode, dtype)
     x = xp.ascontiguousarray(x)
-    y, h_n, c_n, payload = be.forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths,
-                                      bool(reverse), bool(training))
+    y, h_n, c_n, payload = be.forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training)
     saved = None
     if training:
         saved = Saved(mode, be, (T, B, I, H), dtype, xp_name, has_bias, payload)
-    return y, ((h_n, c_n) if sp.has_cell else h_n), saved
+    return y, (h_n if c0 is None else (h_n, c_n)), saved
 
 
 def rnn_backward(saved, dy, dh_n=None):

@@ -57,19 +57,40 @@ PAR_MIN_WORK = 1 << 25
 TINY_WORK = 1 << 18
 
 
-@contextlib.contextmanager
 def _kernel_form(T, B, I, H, GH):
     """The form one call's kernels take, the same for its forward and its
-    BPTT: yields (nth, par, parts), where par says whether the threaded loops
-    run (on nth threads) and parts how many blocks each time step is cut
-    into.  OpenBLAS is held at one thread inside, except for tiny calls."""
+    BPTT: a context that yields (nth, par, parts), where par says whether
+    the threaded loops run (on nth threads) and parts how many blocks each
+    time step is cut into.  OpenBLAS is held at one thread inside, except
+    for tiny calls, which get a ready-made context (no generator per call)."""
     work = T * B * GH * (I + H)
     if work < TINY_WORK:
-        yield 1, False, 1
-        return
+        return _TINY_FORM
+    return _held_form(work, B * GH * H)
+
+
+_TINY_FORM = contextlib.nullcontext((1, False, 1))
+
+
+@contextlib.contextmanager
+def _held_form(work, step_macs):
     with _threads.threaded() as nth:
         par = nth > 1 and work >= PAR_MIN_WORK
-        yield nth, par, nth if B * GH * H >= PAR_MIN_MACS else 1
+        yield nth, par, nth if step_macs >= PAR_MIN_MACS else 1
+
+
+_KERNELS = None
+
+
+def _kernels():
+    """The kernel modules (gemm, gru, lstm, rnn), imported on first use:
+    this module must import without Numba (the probe reports why), and an
+    import statement per call cost ~5 us at the smallest sizes."""
+    global _KERNELS
+    if _KERNELS is None:
+        from .._kernels.cpu import gemm, gru, lstm, rnn
+        _KERNELS = gemm, gru, lstm, rnn
+    return _KERNELS
 
 # Allocation of every array the kernels must write in full (outputs and
 # saved buffers).  Tests replace it with a NaN-filling allocator to prove no
@@ -79,9 +100,15 @@ _empty = np.empty
 
 def _schedule(lengths, T, B):
     """(perm, nb, ident): sorted-row order, rows active per step, and whether
-    the order is the identity."""
+    the order is the identity.  The full-length schedule of each (T, B) is
+    built once and shared (the kernels only read perm and nb)."""
     if lengths is None:
-        return np.arange(B, dtype=np.int64), np.full(T, B, dtype=np.int64), True
+        sch = _FULL.get((T, B))
+        if sch is None:
+            if len(_FULL) >= 256:
+                _FULL.clear()
+            sch = _FULL[T, B] = (np.arange(B, dtype=np.int64), np.full(T, B, dtype=np.int64), True)
+        return sch
     perm = np.argsort(-lengths, kind="stable").astype(np.int64)
     sorted_desc = lengths[perm]
     # rows active at step t: how many lengths exceed t
@@ -90,16 +117,21 @@ def _schedule(lengths, T, B):
     return perm, nb, ident
 
 
+_FULL = {}
+
+
 def _take_rows(a, perm, ident):
     return a.copy() if ident else np.ascontiguousarray(a[perm])
 
 
 def _put_rows(a, perm, ident):
-    out = _empty(a.shape, a.dtype)
+    """a's rows back in the caller's order.  a is the call's own working
+    state (a fresh array or a view of one), handed out as is when the
+    order is the identity."""
     if ident:
-        out[...] = a
-    else:
-        out[perm] = a
+        return a
+    out = _empty(a.shape, a.dtype)
+    out[perm] = a
     return out
 
 
@@ -126,7 +158,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ forward
     def forward(self, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
-        from .._kernels.cpu import gemm, gru, lstm, rnn
+        gemm, gru, lstm, rnn = _kernels()
         T, B, I = x.shape
         H = w_hh.shape[1]
         GH = w_hh.shape[0]
@@ -194,7 +226,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ backward
     def backward(self, p, dy, dh_n, dc_n):
-        from .._kernels.cpu import gru, lstm, rnn
+        _, gru, lstm, rnn = _kernels()
         mode = p["mode"]
         T, B, I, H = p["shape"]
         perm, nb, ident, reverse = p["perm"], p["nb"], p["ident"], p["reverse"]
