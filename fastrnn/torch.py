@@ -37,8 +37,10 @@ import torch.nn.utils.parametrize  # noqa: F401  (from_torch checks for parametr
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+import numpy as np
+
 from . import dispatch as _dispatch
-from .functional import rnn_backward, rnn_forward
+from .functional import _forward_checked, _lengths, rnn_backward, rnn_forward
 
 __all__ = ["RNN", "GRU", "LSTM", "from_torch", "swap_rnns", "RNNFunction"]
 
@@ -142,11 +144,24 @@ def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
                                        reverse=reverse, training=training, backend=backend)
             ten = s.ten
     else:
-        if warr is None:
-            warr = (_arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh))
-        hx = None if h0 is None else (_bh(h0.numpy()) if c0 is None else (_bh(h0.numpy()), _bh(c0.numpy())))
-        y, hn, saved = rnn_forward(mode, x.numpy(), warr, hx, lengths,
-                                   reverse=reverse, training=training, backend=backend)
+        xa = x.numpy()
+        if warr is not None and min(xa.shape) > 0:
+            # weights the module checked once (_FastRNNMixin._plan); x and
+            # the states it checks each call: skip rnn_forward's checks
+            w_ih, w_hh, b_ih, b_hh, has_bias = warr
+            B, H = xa.shape[1], w_hh.shape[1]
+            h = np.zeros((B, H), xa.dtype) if h0 is None else _bh(h0.numpy())
+            c = None
+            if mode == "lstm":
+                c = np.zeros((B, H), xa.dtype) if c0 is None else _bh(c0.numpy())
+            if lengths is not None:
+                lengths = _lengths(lengths, xa.shape[0], B)
+            y, hn, saved = _forward_checked(mode, xa, w_ih, w_hh, b_ih, b_hh, has_bias, h, c, lengths,
+                                            reverse, training, backend)
+        else:
+            hx = None if h0 is None else (_bh(h0.numpy()) if c0 is None else (_bh(h0.numpy()), _bh(c0.numpy())))
+            y, hn, saved = rnn_forward(mode, xa, (_arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh)), hx, lengths,
+                                       reverse=reverse, training=training, backend=backend)
         ten = torch.from_numpy
     if mode == "lstm":
         return saved, ten(y), ten(_bh3(hn[0])), ten(_bh3(hn[1]))
@@ -164,8 +179,9 @@ class RNNFunction(torch.autograd.Function):
         w_ih     (G*H, I), w_hh (G*H, H), b_ih / b_hh (G*H,) or None
         lengths  None or a (B,) int64 NumPy array (packed-sequence semantics)
 
-    (cfg's last entry may instead be the CPU weights as NumPy arrays, which
-    the modules cache to skip four conversions per call.)
+    (cfg's last entry may instead be what the modules cache per parameter
+    set: the CPU weights as checked NumPy arrays, (w_ih, w_hh, b_ih, b_hh,
+    has_bias), see _FastRNNMixin._plan.)
 
     Returns ``(y, h_n)`` or, for lstm, ``(y, h_n, c_n)``; y is (T, B, H),
     h_n and c_n are (1, B, H).  The forward is
@@ -263,23 +279,41 @@ class _FastRNNMixin:
         return ws
 
     def _plan(self, weights):
-        """Per layer-direction (reverse, NumPy views of its four CPU weights or
-        None on CUDA), cached while the parameters keep their memory (in-place
-        optimizer updates are seen through the views; .data assignment, .to(),
-        functional_call with new tensors give new memory: rebuilt).  Only
-        memory is cached: the tensors autograd sees are taken fresh each call."""
-        ptrs = [w.data_ptr() for w in weights]
+        """Per layer-direction (reverse, arrays), cached while the parameters
+        keep their memory and shapes (in-place optimizer updates are seen
+        through the views; .data assignment, .to(), functional_call with new
+        tensors give new memory: rebuilt).  arrays: on the CPU, NumPy views
+        of the four weights checked here once, as rnn_forward would check
+        them each call (shape, dtype, C order), with zeros for absent biases
+        and the has_bias pair; None on CUDA, or where a check fails (the call
+        then goes through rnn_forward, which raises the error that names
+        it).  Only memory is cached: the tensors autograd sees are taken
+        fresh each call."""
+        key = [(w.data_ptr(), w.shape) for w in weights]
         c = self._fr_plan
-        if c is not None and c[0] == ptrs:
+        if c is not None and c[0] == key:
             return c[1]
         k = 4 if self.bias else 2
         cpu = not weights[0].is_cuda
+        G = {"lstm": 4, "gru": 3}.get(self._fr_mode, 1)
+        H, D = self.hidden_size, 2 if self.bidirectional else 1
         plan = []
+        dt = None
         for j in range(len(weights) // k):
             w = list(weights[j * k:(j + 1) * k]) + [None] * (4 - k)
-            arrs = tuple(None if t is None else t.detach().numpy() for t in w) if cpu else None
+            arrs = None
+            if cpu:
+                a = [None if t is None else t.detach().numpy() for t in w]
+                I = self.input_size if j < D else D * H
+                shapes = ((G * H, I), (G * H, H), (G * H,), (G * H,))
+                dt = a[0].dtype if dt is None else dt      # every layer in layer 0's dtype (the input's)
+                if dt in (np.float32, np.float64) and all(
+                        v is None or (v.shape == shp and v.dtype == dt and v.flags.c_contiguous)
+                        for v, shp in zip(a, shapes)):
+                    has_bias = (a[2] is not None, a[3] is not None)
+                    arrs = (a[0], a[1], *(np.zeros(G * H, dt) if v is None else v for v in a[2:]), has_bias)
             plan.append((j % 2 == 1 and self.bidirectional, arrs))
-        self.__dict__["_fr_plan"] = (ptrs, plan)
+        self.__dict__["_fr_plan"] = (key, plan)
         return plan
 
     def __getstate__(self):
