@@ -485,6 +485,28 @@ def test_parameter_replaced_after_forward_is_used():
     assert_close("output after .float()", fast(x.float())[0], ref(x.float())[0], **TOL[torch.float32])
 
 
+def test_weights_checked_once_per_parameter_set():
+    # the modules check the weights when their memory or shape changes, then
+    # skip rnn_forward's per-call checks: a wrong shape must still be a clear
+    # error, and a non-contiguous weight (a transposed view) must still work
+    ref, fast = make_pair("gru", torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    fast(x)
+    with torch.no_grad():
+        w = torch.randn(H, 3 * H, dtype=torch.float64)
+        ref.weight_hh_l0.copy_(w.t())
+    fast.weight_hh_l0 = torch.nn.Parameter(w.t())                     # same values, transposed strides
+    assert not fast.weight_hh_l0.is_contiguous()
+    assert_close("output with a non-contiguous weight", fast(x)[0], ref(x)[0], **TOL[torch.float64])
+    fast.weight_hh_l0 = torch.nn.Parameter(torch.randn(3 * H, H + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"weights\[1\] \(w_hh\)"):
+        fast(x)
+    fast.bias_ih_l0 = torch.nn.Parameter(torch.randn(3 * H, dtype=torch.float32))
+    fast.weight_hh_l0 = torch.nn.Parameter(torch.randn(3 * H, H, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"weights\[2\] \(b_ih\)"):
+        fast(x)
+
+
 def test_functional_call_uses_given_parameters():
     ref, fast = make_pair("lstm", torch.float64)
     params = {n: torch.randn_like(p) * 0.3 for n, p in ref.named_parameters()}
