@@ -174,31 +174,40 @@ def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True
     return row
 
 
-def startup_times(modes):
-    """import time, cold first call (empty Numba cache) and warm start (cache on disk),
-    each in a fresh process."""
+def startup_times(modes, threaded=False):
+    """import time, cold first call (empty Numba cache) and warm start (cache on
+    disk), each in a fresh process, at a tiny size (the one-thread kernels).
+    threaded=True adds the same at S3, whose first call compiles the threaded
+    kernels (in a cache of its own, as a user's first large call would)."""
     code = r"""
 import time, sys
 t0 = time.perf_counter(); import fastrnn; t_imp = time.perf_counter() - t0
 import numpy as np
-mode = sys.argv[1]
+mode, size = sys.argv[1], sys.argv[2]
 G = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}[mode]
-x = np.zeros((3, 2, 4), np.float32); w = [np.zeros(s, np.float32) for s in ((G*5, 4), (G*5, 5), (G*5,), (G*5,))]
+T, B, I, H = (3, 2, 4, 5) if size == "tiny" else (64, 32, 128, 256)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((T, B, I)).astype(np.float32)
+w = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in ((G*H, I), (G*H, H), (G*H,), (G*H,))]
 t0 = time.perf_counter()
 y, h, s = fastrnn.rnn_forward(mode, x, w, training=True, backend="numba"); fastrnn.rnn_backward(s, y)
 print(t_imp, time.perf_counter() - t0)
 """
     out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for mode in modes:
-            res = []
-            for _ in range(2):   # cold, then warm
-                p = subprocess.run([sys.executable, "-c", code, mode], env=env, capture_output=True,
-                                   text=True, check=True)
-                res.append([float(v) for v in p.stdout.split()])
-            out[mode] = {"import_s": res[1][0], "cold_first_call_s": res[0][1],
-                         "warm_first_call_s": res[1][1]}
+    for mode in modes:
+        out[mode] = {}
+        for size in ("tiny", "S3") if threaded else ("tiny",):
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+                res = []
+                for _ in range(2):   # cold, then warm
+                    p = subprocess.run([sys.executable, "-c", code, mode, size], env=env, capture_output=True,
+                                       text=True, check=True)
+                    res.append([float(v) for v in p.stdout.split()])
+            if size == "tiny":
+                out[mode].update(import_s=res[1][0], cold_first_call_s=res[0][1], warm_first_call_s=res[1][1])
+            else:
+                out[mode].update(cold_threaded_call_s=res[0][1], warm_threaded_call_s=res[1][1])
     return out
 
 
@@ -226,10 +235,13 @@ def render(result):
         lines += ["", "Random lengths in [1, T] relative to full length (fastrnn fwd+bwd): " + ", ".join(
             f"{k} {v:.2f}x" for k, v in result["lengths_cost"].items())]
     if result.get("startup"):
-        lines += ["", "| mode | import s | cold first call s | warm first call s |", "|---|---|---|---|"]
+        lines += ["", "| mode | import s | cold first call s | warm first call s | cold threaded call s (S3) "
+                  "| warm threaded call s (S3) |", "|---|---|---|---|---|---|"]
         for m, s in result["startup"].items():
+            thr = (f"{s['cold_threaded_call_s']:.1f} | {s['warm_threaded_call_s']:.2f}"
+                   if "cold_threaded_call_s" in s else "- | -")
             lines.append(f"| {m} | {s['import_s']:.2f} | {s['cold_first_call_s']:.1f} | "
-                         f"{s['warm_first_call_s']:.2f} |")
+                         f"{s['warm_first_call_s']:.2f} | {thr} |")
     return "\n".join(lines)
 
 
@@ -260,7 +272,7 @@ def run(modes=MODES, shapes=tuple(SHAPES), *, full=False, quick=False, reference
                 lengths_cost[f"{mode}/{sh}"] = lrow["fastrnn_train_s"] / row["fastrnn_train_s"]
     result["lengths_cost"] = lengths_cost
     if startup:
-        result["startup"] = startup_times(modes if full else ("lstm",))
+        result["startup"] = startup_times(modes if full else ("lstm",), threaded=full)
     text = render(result)
     out("")
     out(text)
