@@ -6,7 +6,7 @@ Correctness is checked before anything is timed; JIT compile time is kept
 out by a warm-up call.  Reported per row: median times, the ratio
 torch / fastrnn (> 1 means fastrnn is faster), and the fraction of the GEMM
 floor: FLOPs = 6*T*B*G*H*(I+H) for forward+BPTT (2*... forward) divided by
-an sgemm rate measured in the same run.
+an sgemm rate measured in the same run, just before each mode's rows.
 
 Shapes (B, T, I, H), from the core issue:
     S1 (1,100,64,64)  S2 (8,100,128,128)  S3 (32,64,128,256)
@@ -216,16 +216,19 @@ def _fmt_ms(s):
 
 
 def render(result):
-    rate = result["gemm_gflops"]
+    rates = [r.get("gemm_gflops", result["gemm_gflops"]) for r in result["rows"]] or [result["gemm_gflops"]]
+    lo, hi = min(rates), max(rates)
+    span = f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}"
     lines = [f"Machine: {result['machine'].get('cpu', '?')}, {result['machine']['cpus']} cores; "
              f"numpy {result['machine']['numpy']}, numba {result['machine']['numba']}, "
-             f"torch {result['machine'].get('torch')}; sgemm floor rate {rate:.0f} GFLOP/s (measured now).",
+             f"torch {result['machine'].get('torch')}; sgemm floor rate {span} GFLOP/s "
+             "(measured before each mode's rows).",
              "",
              "| mode | shape | lengths | fastrnn fwd+bwd ms | torch fwd+bwd ms | ratio | floor frac | "
              "fastrnn fwd ms | torch fwd ms | fwd ratio | numpy ref ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        floor = r["flops_train"] / (rate * 1e9) / r["fastrnn_train_s"]
+        floor = r["flops_train"] / (r.get("gemm_gflops", result["gemm_gflops"]) * 1e9) / r["fastrnn_train_s"]
         lines.append(
             f"| {r['mode']} | {r['shape']} | {r['lengths']} | {_fmt_ms(r['fastrnn_train_s'])} | "
             f"{_fmt_ms(r.get('torch_train_s'))} | {r.get('ratio_train', float('nan')):.2f} | {floor:.2f} | "
@@ -258,16 +261,22 @@ def run(modes=MODES, shapes=tuple(SHAPES), *, full=False, quick=False, reference
               "rows": [], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     len_shapes = shapes if full else [s for s in shapes if s in ("S2", "S3")]
     lengths_cost = {}
-    for mode in modes:
+    for k, mode in enumerate(modes):
+        # The machine's speed drifts (a shared VM: by 2x within minutes here),
+        # so each mode's rows get their floor from a GEMM rate measured just
+        # before them.
+        rate = result["gemm_gflops"] if k == 0 else gemm_rate(512 if quick else 1024)
         for sh in shapes:
             row = bench_case(mode, sh, reference=reference,
                              torch_ok=torch_ok, quick=quick)
+            row["gemm_gflops"] = rate
             result["rows"].append(row)
             out(f"  {mode:8s} {sh}: fastrnn {row['fastrnn_train_s'] * 1e3:8.2f} ms"
                 + (f"  torch {row['torch_train_s'] * 1e3:8.2f} ms  ratio {row['ratio_train']:.2f}"
                    if torch_ok else ""))
             if sh in len_shapes:
                 lrow = bench_case(mode, sh, lengths=True, reference=False, torch_ok=torch_ok, quick=quick)
+                lrow["gemm_gflops"] = rate
                 result["rows"].append(lrow)
                 lengths_cost[f"{mode}/{sh}"] = lrow["fastrnn_train_s"] / row["fastrnn_train_s"]
     result["lengths_cost"] = lengths_cost
