@@ -1,0 +1,72 @@
+"""`fastrnn bench`, the package's main command: a quick end-to-end run of one
+mode and shape (JSON and table), the table's arithmetic from a result of
+known numbers, and the command line."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastrnn import bench
+
+
+def test_quick_run_writes_the_table_and_json(tmp_path):
+    lines = []
+    path = tmp_path / "b.json"
+    res = bench.run(modes=("rnn_tanh",), shapes=("S1", "S2"), quick=True, reference=True, startup=False,
+                    json_path=path, out=lines.append)
+    saved = json.loads(path.read_text())
+    assert [(r["mode"], r["shape"], r["lengths"]) for r in saved["rows"]] == [
+        ("rnn_tanh", "S1", "full"), ("rnn_tanh", "S2", "full"), ("rnn_tanh", "S2", "random")]
+    for r in saved["rows"]:
+        assert r["fastrnn_train_s"] > 0 and r["fastrnn_fwd_s"] > 0, r
+        assert r["gemm_gflops"] > 0, "each row carries the GEMM rate its floor fraction uses"
+        assert r["flops_train"] == 6 * r["T"] * r["B"] * r["H"] * (r["I"] + r["H"])   # G = 1
+    assert saved["rows"][0]["numpy_train_s"] > 0, "the NumPy reference column ran"
+    assert "rnn_tanh/S2" in saved["lengths_cost"]
+    text = "\n".join(lines)
+    assert "| rnn_tanh | S1 | full |" in text and "| rnn_tanh | S2 | random |" in text, text
+    assert res["rows"] == saved["rows"]
+
+
+def _row(mode, shape, train_s, rate, torch_s=None):
+    B, T, I, H = bench.SHAPES[shape]
+    r = dict(mode=mode, shape=shape, lengths="full", B=B, T=T, I=I, H=H, fastrnn_train_s=train_s,
+             fastrnn_fwd_s=train_s / 3, flops_train=6 * T * B * H * (I + H), gemm_gflops=rate)
+    if torch_s is not None:
+        r.update(torch_train_s=torch_s, ratio_train=torch_s / train_s, torch_fwd_s=torch_s / 3,
+                 ratio_fwd=1.0)
+    return r
+
+
+def test_render_uses_each_rows_gemm_rate():
+    rows = [_row("rnn_tanh", "S4", 0.1, 100.0, torch_s=0.2), _row("gru", "S4", 0.1, 200.0)]
+    result = dict(machine=dict(cpu="x", cpus=2, numpy="n", numba="m", torch="t"), gemm_gflops=100.0,
+                  rows=rows)
+    text = bench.render(result)
+    assert "sgemm floor rate 100-200 GFLOP/s" in text, text
+    want = [r["flops_train"] / (r["gemm_gflops"] * 1e9) / r["fastrnn_train_s"] for r in rows]
+    got = []
+    for line in text.splitlines():
+        if line.startswith("| rnn_tanh | S4") or line.startswith("| gru | S4"):
+            got.append(float(line.split("|")[7]))
+    assert got == pytest.approx(want, abs=0.006), (got, want)
+    assert "| rnn_tanh | S4 | full | 100.00 | 200.00 | 2.00 |" in text
+
+
+def test_render_startup_table_with_and_without_the_threaded_columns():
+    base = dict(machine=dict(cpu="x", cpus=2, numpy="n", numba="m", torch=None), gemm_gflops=100.0, rows=[])
+    tiny = dict(import_s=0.1, cold_first_call_s=12.0, warm_first_call_s=0.7)
+    text = bench.render(dict(base, startup={"lstm": tiny}))
+    assert "| lstm | 0.10 | 12.0 | 0.70 | - | - |" in text, text
+    text = bench.render(dict(base, startup={"gru": dict(tiny, cold_threaded_call_s=25.0,
+                                                         warm_threaded_call_s=0.9)}))
+    assert "| gru | 0.10 | 12.0 | 0.70 | 25.0 | 0.90 |" in text, text
+
+
+def test_command_line_help_and_info():
+    out = subprocess.run([sys.executable, "-m", "fastrnn", "bench", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--full" in out.stdout and "--quick" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "fastrnn", "info"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "numba" in out.stdout and "numpy" in out.stdout, out.stdout
