@@ -40,6 +40,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 import numpy as np
 
 from . import dispatch as _dispatch
+from .cells import spec
 from .functional import _forward_checked, _lengths, rnn_backward, rnn_forward
 
 __all__ = ["RNN", "GRU", "LSTM", "from_torch", "swap_rnns", "RNNFunction"]
@@ -295,7 +296,7 @@ class _FastRNNMixin:
             return c[1]
         k = 4 if self.bias else 2
         cpu = not weights[0].is_cuda
-        G = {"lstm": 4, "gru": 3}.get(self._fr_mode, 1)
+        G = spec(self._fr_mode).gates
         H, D = self.hidden_size, 2 if self.bidirectional else 1
         plan = []
         dt = None
