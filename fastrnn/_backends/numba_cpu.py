@@ -37,20 +37,25 @@ from ..cells import MODES
 
 # Per-step recurrent MACs (rows x G*H x H) from which the time loop is split
 # over the threads (kernels/cpu/parallel.py): below it one fork/join per step
-# (~1.5 us) costs more than the second core saves.
-PAR_MIN_MACS = 1 << 17
+# (~1.5 us) costs more than the second core saves.  Measured at 2^17 (rnn_tanh
+# S2, fwd+bwd, separate processes): split steps 3.42-3.93 ms, unsplit steps in
+# the threaded kernels 2.70-3.76 ms; at 3 * 2^17 (gru S2) splitting wins.
+PAR_MIN_MACS = 1 << 18
 # Forward GEMM multiply-adds of a whole call (T*B x G*H x (I+H)) from which the
-# threaded kernels run at all: below it their fork/joins and the thread
-# hand-off cost more than they save, and the one-thread loops run, with
-# OpenBLAS still held at one thread.  Measured (fwd+bwd, separate processes,
-# medians of 3): rnn_tanh S2 (26M) one-thread 2.0-2.8 ms, threaded 2.6-3.6;
-# gru S2 (78M) 9.3-9.7 against 5.2-7.3; S1 (< 4M) 0.24 against 0.32.
-PAR_MIN_WORK = 1 << 25
+# threaded kernels run at all (with the steps split or not, by PAR_MIN_MACS):
+# below it their fork/joins and the thread hand-off cost more than they save,
+# and the one-thread loops run, with OpenBLAS still held at one thread.
+# Measured (fwd+bwd, separate processes, alternating): rnn_tanh S2 (26M) in the
+# threaded kernels with unsplit steps, whose big GEMMs use both cores, median
+# 2.96-3.38 ms against 3.04-4.05 one-thread over two rounds of five;
+# rnn_relu S2 3.18 against 3.62; S1 (< 4M) one-thread 0.24 against 0.32.
+PAR_MIN_WORK = 1 << 24
 # Below this (the same count) OpenBLAS itself runs every GEMM of the call on one
 # thread (its multithreading threshold is M*N*K > 2^18), so there is nothing
 # to hold and the call skips _threads.threaded() (~10 us at the smallest sizes).
-# Between TINY_WORK and PAR_MIN_WORK the hold is a trade-off, measured: alone,
-# rnn_tanh S2 runs 10-30 % faster with OpenBLAS on two threads (2.9-3.2 against
+# Between TINY_WORK and PAR_MIN_WORK the hold is a trade-off, measured (when
+# PAR_MIN_WORK was 2^25 and rnn_tanh S2 ran the one-thread loops): alone,
+# rnn_tanh S2 ran 10-30 % faster with OpenBLAS on two threads (2.9-3.2 against
 # 3.2-4.7 ms); in a real model, where such calls sit between threaded ones,
 # `fastrnn train sentiment` took 38-48 s with the hold and 46-53 s without,
 # because OpenBLAS's spinning workers slow the threaded calls that follow.
