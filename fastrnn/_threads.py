@@ -86,24 +86,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _state():
+    """(threads the threaded kernels would use now, or 1; why 1, or None)."""
+    if _forked_after_use:
+        return 1, "this process was forked from one that had started Numba threads (GNU OpenMP is not fork-safe)"
+    if not _blas_control():
+        return 1, "SciPy's BLAS is not an OpenBLAS whose thread count fastrnn can set"
+    import numba
+    n = numba.get_num_threads()
+    if n < 2:
+        return 1, "Numba has one thread (numba.set_num_threads / NUMBA_NUM_THREADS)"
+    return n, None
+
+
 def available_threads():
     """How many threads the threaded kernels would use now (1: they would not run)."""
-    if _forked_after_use or not _blas_control():
-        return 1
-    import numba
-    return numba.get_num_threads()
+    return _state()[0]
 
 
 def why_single():
     """A sentence on why the kernels run on one thread, or None."""
-    if _forked_after_use:
-        return "this process was forked from one that had started Numba threads (GNU OpenMP is not fork-safe)"
-    if not _blas_control():
-        return "SciPy's BLAS is not an OpenBLAS whose thread count fastrnn can set"
-    import numba
-    if numba.get_num_threads() < 2:
-        return "Numba has one thread (numba.set_num_threads / NUMBA_NUM_THREADS)"
-    return None
+    return _state()[1]
 
 
 @contextlib.contextmanager
