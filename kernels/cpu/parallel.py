@@ -20,6 +20,7 @@ cores for a long time after a multi-threaded call and take the core a
 Numba thread needs (measured: a step loop ran 1.9x slower right after one
 two-thread OpenBLAS GEMM).  In this scheme every core is Numba's.
 """
+import numpy as np
 from numba import njit, prange
 
 from .blas import gemm, split
@@ -32,7 +33,9 @@ def input_projection(x2, w_ih, xg2, nth):
     R = x2.shape[0]
     z = xg2.dtype.type(0)
     for p in prange(nth):
-        r0, r1 = split(R, nth, p, 1)
+        # int64, like the step regions' block index (prange's is unsigned):
+        # one specialisation of split for every caller
+        r0, r1 = split(R, nth, np.int64(p), 1)
         gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], z)
 
 
@@ -53,9 +56,10 @@ def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_
     GH = dG2.shape[1]
     z = dx2.dtype.type(0)
     for p in prange(nth):
-        r0, r1 = split(R, nth, p, 1)
+        i = np.int64(p)     # see input_projection
+        r0, r1 = split(R, nth, i, 1)
         gemm(dG2[r0:r1], False, w_ih, False, dx2[r0:r1], z)
-        g0, g1 = split(GH, nth, p, 8)
+        g0, g1 = split(GH, nth, i, 8)
         gemm(dG2[:, g0:g1], True, x2, False, dw_ih[g0:g1], z)
         gemm(dGh2[:, g0:g1], True, Hs2, False, dw_hh[g0:g1], z)
         colsum(dG2, db_ih, g0, g1)

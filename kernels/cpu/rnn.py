@@ -157,12 +157,8 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, rel
 
 @njit(**INNER_PAR)
 def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As):
-    """One fork/join: _fwd_step for every block of units, one block per thread.
-    The parallel regions are these small functions rather than the whole
-    loop, and the one-part calls pass p0, p1 (int64) rather than the
-    literals 0, 1, which Numba would compile as another specialisation of
-    the whole step; for the same reason the block index, which prange makes
-    unsigned, is cast to int64.  All of it keeps the cold compile shorter."""
+    """One fork/join: _fwd_step for every block of units, one block per
+    thread (see lstm._fwd_steps for why the regions and indices look so)."""
     for p in prange(parts):
         _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
 
