@@ -22,13 +22,18 @@ pytestmark = pytest.mark.skipif(_threads.available_threads() < 2,
                                 reason=f"threaded kernels cannot run here: {_threads.why_single()}")
 
 
+def _force_split(monkeypatch):
+    """The threaded kernels, with every step split, at any size."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+
+
 @pytest.fixture
 def spy(monkeypatch):
     """Force the threaded kernels at every size and record each call to them,
     with SciPy's OpenBLAS thread count as the kernel saw it."""
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    _force_split(monkeypatch)
     calls = []
     for mod, prefix in ((lstm, "lstm"), (gru, "gru"), (rnn, "rnn")):
         for name in (f"{prefix}_forward_par", f"{prefix}_backward_par"):
@@ -143,9 +148,7 @@ def test_single_numba_thread_runs_one_thread_kernels(spy):
 def test_concurrent_calls_from_python_threads(monkeypatch):
     """Two Python threads in the kernels at once: one runs threaded, the other
     on one thread (it finds the threads busy); both give the right answer."""
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    _force_split(monkeypatch)
     probs = [make_problem(m, 30, 16, 8, 64, lengths="random", seed=i) for i, m in enumerate(["lstm", "gru"])]
     modes = ["lstm", "gru"]
     expect = [run(m, p, backend="numba", dtype="float64") for m, p in zip(modes, probs)]
@@ -182,9 +185,7 @@ def _child(q):
 def test_forked_child_after_threaded_kernels(monkeypatch):
     """GNU OpenMP cannot run in a child forked after it started; Numba then
     aborts the child.  fastrnn's child runs the one-thread kernels instead."""
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    _force_split(monkeypatch)
     prob = make_problem("lstm", 5, 40, 8, 64)
     ref = run("lstm", prob, backend="numba", dtype="float64")     # starts the threads here
     ctx = mp.get_context("fork")
