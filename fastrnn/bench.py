@@ -211,6 +211,42 @@ print(t_imp, time.perf_counter() - t0)
     return out
 
 
+_FLOOR_MODULE = """
+from numba import njit
+@njit(cache=True)
+def total(a):
+    return a.sum()
+"""
+_FLOOR_CODE = r"""
+import sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+a = np.ones(3)
+t0 = time.perf_counter()
+import fastrnn_floor_probe
+fastrnn_floor_probe.total(a)
+dt = time.perf_counter() - t0
+print(dt, sum(fastrnn_floor_probe.total.stats.cache_hits.values()))
+"""
+
+
+def numba_floor():
+    """Numba's own start-up floor: the first call of a one-line cached @njit
+    function in a fresh process, cold (empty cache) then warm, counted like
+    the startup rows (from after `import numpy`, so `import numba` and the
+    loading of Numba's typing and lowering registries, which imports
+    scipy.linalg, are in it).  No package built on Numba starts faster."""
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "fastrnn_floor_probe.py").write_text(_FLOOR_MODULE)
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(Path(d, "cache")))
+        res = [subprocess.run([sys.executable, "-c", _FLOOR_CODE, d], env=env, capture_output=True,
+                              text=True, check=True).stdout.split() for _ in range(2)]
+    (cold, cold_hits), (warm, warm_hits) = res
+    if int(cold_hits) != 0 or int(warm_hits) != 1:
+        raise RuntimeError(f"Numba floor: expected a cache miss then a hit, got {cold_hits} and {warm_hits} hits")
+    return {"cold_first_call_s": float(cold), "warm_first_call_s": float(warm)}
+
+
 def _fmt_ms(s):
     return f"{s * 1e3:.2f}" if s is not None else "-"
 
@@ -245,6 +281,11 @@ def render(result):
                    if "cold_threaded_call_s" in s else "- | -")
             lines.append(f"| {m} | {s['import_s']:.2f} | {s['cold_first_call_s']:.1f} | "
                          f"{s['warm_first_call_s']:.2f} | {thr} |")
+        fl = result.get("numba_floor")
+        if fl:
+            lines += ["", f"Numba's floor (a one-line cached @njit function's first call in a fresh process, "
+                          f"timed the same way): cold {fl['cold_first_call_s']:.2f} s, "
+                          f"warm {fl['warm_first_call_s']:.2f} s."]
     return "\n".join(lines)
 
 
@@ -282,6 +323,7 @@ def run(modes=MODES, shapes=tuple(SHAPES), *, full=False, quick=False, reference
     result["lengths_cost"] = lengths_cost
     if startup:
         result["startup"] = startup_times(modes if full else ("lstm",), threaded=full)
+        result["numba_floor"] = numba_floor()
     text = render(result)
     out("")
     out(text)

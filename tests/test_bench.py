@@ -64,6 +64,16 @@ def test_render_startup_table_with_and_without_the_threaded_columns():
     assert "| gru | 0.10 | 12.0 | 0.70 | 25.0 | 0.90 |" in text, text
 
 
+def test_numba_floor_is_a_cold_then_a_cached_call():
+    fl = bench.numba_floor()     # raises unless the second process loaded the cache
+    assert fl["cold_first_call_s"] > 0 and fl["warm_first_call_s"] > 0, fl
+    base = dict(machine=dict(cpu="x", cpus=2, numpy="n", numba="m", torch=None), gemm_gflops=100.0, rows=[])
+    text = bench.render(dict(base, startup={"lstm": dict(import_s=0.1, cold_first_call_s=12.0,
+                                                         warm_first_call_s=0.7)},
+                             numba_floor=dict(cold_first_call_s=1.5, warm_first_call_s=0.9)))
+    assert "cold 1.50 s, warm 0.90 s" in text, text
+
+
 def test_command_line_help_and_info():
     out = subprocess.run([sys.executable, "-m", "fastrnn", "bench", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--full" in out.stdout and "--quick" in out.stdout, out.stderr
