@@ -120,3 +120,18 @@ def check_backend(mode, backend, *, T=7, B=3, I=5, H=13, dtype="float64", length
         pad = np.arange(T)[:, None] >= L[None, :]
         assert np.all(got["y"][pad] == 0), "y: padding positions must be exactly zero"
     return got, ref
+
+
+def poison_free_cached_buffers():
+    """Fill every buffer the Numba backend's cache holds free with NaN bytes
+    (0xFF: NaN in float32 and float64); returns how many.  A kernel that
+    reuses one and leaves an element unwritten then shows NaN."""
+    from fastrnn._backends import bufpool
+    c = bufpool.CACHE
+    n = 0
+    with c._lock:
+        for i in range(len(c._bufs)):
+            if bufpool._refs(c._bufs, i) == bufpool._FREE_REFS:
+                c._bufs[i].fill(255)
+                n += 1
+    return n

@@ -5,9 +5,9 @@ import pytest
 
 import fastrnn
 from fastrnn import _threads
-from fastrnn._backends import numba_cpu
+from fastrnn._backends import bufpool, numba_cpu
 
-from .helpers import assert_close, check_backend, make_problem, nan_empty, run
+from .helpers import assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers, run
 
 MODES = fastrnn.MODES
 BACKENDS = ["numba", "numpy"]
@@ -77,6 +77,23 @@ def test_nan_poisoned_buffers(mode, dtype, monkeypatch):
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     check_backend(mode, "numba", T=6, B=4, lengths="edges", dtype=dtype)
     check_backend(mode, "numba", T=6, B=4, lengths="edges", reverse=True, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_reused_cached_buffers_are_written_in_full(mode, dtype, monkeypatch):
+    """The buffer cache (bufpool.py) hands out memory of earlier calls: every
+    array goes through it here, the free ones are NaN-filled between calls,
+    and the second and third calls, which reuse them, must match the oracle."""
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 0)
+    monkeypatch.setattr(bufpool, "CACHE", bufpool.BufferCache(1 << 30))
+    monkeypatch.setattr(numba_cpu, "_empty", bufpool.CACHE.empty)
+    check_backend(mode, "numba", T=6, B=4, lengths="edges", dtype=dtype)
+    for reverse in (False, True):
+        assert poison_free_cached_buffers() > 0
+        hits = bufpool.CACHE.hits
+        check_backend(mode, "numba", T=6, B=4, lengths="edges", reverse=reverse, dtype=dtype)
+        assert bufpool.CACHE.hits > hits, "the call reused no cached buffer"
 
 
 @pytest.mark.parametrize("mode", MODES)

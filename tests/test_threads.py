@@ -10,10 +10,10 @@ import pytest
 
 import fastrnn
 from fastrnn import _threads
-from fastrnn._backends import numba_cpu
+from fastrnn._backends import bufpool, numba_cpu
 from fastrnn._kernels.cpu import gru, lstm, rnn
 
-from .helpers import check_backend, make_problem, nan_empty, run
+from .helpers import check_backend, make_problem, nan_empty, poison_free_cached_buffers, run
 
 MODES = fastrnn.MODES
 PAR = {"lstm": (lstm, "lstm"), "gru": (gru, "gru"), "rnn_tanh": (rnn, "rnn"), "rnn_relu": (rnn, "rnn")}
@@ -86,6 +86,19 @@ def test_threaded_nan_poisoned_buffers(spy, mode, monkeypatch):
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", dtype="float32")
     check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", reverse=True, dtype="float32")
+    _assert_threaded(spy, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_threaded_reused_cached_buffers_are_written_in_full(spy, mode, monkeypatch):
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 0)
+    monkeypatch.setattr(bufpool, "CACHE", bufpool.BufferCache(1 << 30))
+    monkeypatch.setattr(numba_cpu, "_empty", bufpool.CACHE.empty)
+    check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", dtype="float32")
+    assert poison_free_cached_buffers() > 0
+    hits = bufpool.CACHE.hits
+    check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", reverse=True, dtype="float32")
+    assert bufpool.CACHE.hits > hits, "the call reused no cached buffer"
     _assert_threaded(spy, mode)
 
 

@@ -33,6 +33,7 @@ import contextlib
 import numpy as np
 
 from .. import _threads
+from .bufpool import CACHE
 from ..cells import MODES
 
 # Per-step recurrent MACs (rows x G*H x H) from which the time loop is split
@@ -97,10 +98,12 @@ def _kernels():
         _KERNELS = gemm, gru, lstm, rnn
     return _KERNELS
 
-# Allocation of every array the kernels must write in full (outputs and
-# saved buffers).  Tests replace it with a NaN-filling allocator to prove no
+# Allocation of every array the kernels must write in full (outputs, saved
+# buffers, the input projection): big ones come from the buffer cache
+# (bufpool.py: no page faults on reused memory).  Tests replace it with a
+# NaN-filling allocator, and poison the cache's free buffers, to prove no
 # element is left unwritten.
-_empty = np.empty
+_empty = CACHE.empty
 
 
 def _schedule(lengths, T, B):
@@ -170,7 +173,7 @@ class NumbaCPU:
         dt = x.dtype
         perm, nb, ident = _schedule(lengths, T, B)
         x2 = x.reshape(T * B, I)
-        xg = np.empty((T, B, GH), dt)
+        xg = _empty((T, B, GH), dt)
         w_hh = np.ascontiguousarray(w_hh)
         h = _take_rows(h0, perm, ident)
         y = _empty((T, B, H), dt)

@@ -1,0 +1,138 @@
+"""A cache of the big arrays the Numba backend allocates each call.
+
+Why.  A training step allocates, per layer and direction, the saved
+activations (LSTM: gates, cell states, tanh(c), previous h: 7*T*B*H
+values), the input projection, the output, and in the backward the gate
+gradients and dx: 24 MB for one LSTM forward at S3 (B=32, T=64, I=128,
+H=256).  glibc hands arrays that big out as fresh pages, and every page is
+faulted in and zeroed by the kernel on first touch: measured on the 2-core
+dev VM, 540 000 page faults over 137 training forwards at S3 (3 900 per
+call, 15 MB), and the training forward took 34 ms against 20 ms for the
+inference forward, whose arrays are fewer.  A loop of the same 24 MB of
+arrays, allocated and touched each iteration with the previous set still
+alive, cost 6 ms per iteration in page faults alone.
+
+How.  `empty(shape, dtype)` for arrays of at least MIN_BYTES returns a view
+of a cached 1-D byte buffer of exactly that size that nothing uses any
+more, or of a new one.  "Nothing uses it" is read from the buffer's
+reference count: every view of a buffer (the array handed out, its
+reshapes and slices, a torch tensor made with torch.from_numpy, a DLPack
+capsule, a memoryview) holds a reference to it, so a buffer whose only
+references are the cache's own is free, whoever held it before.  No call
+has to give memory back; a buffer comes back to use when the last array
+on it dies.  Arrays are handed out uninitialised, like np.empty: a reused
+buffer holds the values of its last use (the kernel tests poison cached
+buffers with NaN to show that no element is left unwritten).
+
+Bounds.  Buffers in use are never dropped.  Free ones are dropped, oldest
+first, when free bytes exceed the cap (FASTRNN_BUFFER_CACHE_MB, default
+1024; 0 turns the cache off: every array comes from np.empty).
+`release()` (fastrnn.release_cached_buffers) drops every free buffer now.
+The cache keeps what the last steps used at their peak, as PyTorch's CUDA
+caching allocator does; it is per process (a fork's child starts empty).
+
+The reference count test needs CPython with the GIL; on a free-threaded
+build the cache is off.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+
+MIN_BYTES = 1 << 18     # below this glibc reuses freed heap memory without page faults
+
+
+def _cap_from_env():
+    v = os.environ.get("FASTRNN_BUFFER_CACHE_MB", "1024")
+    try:
+        mb = float(v)
+    except ValueError:
+        raise ValueError(f"FASTRNN_BUFFER_CACHE_MB: expected a number of megabytes (0 turns the "
+                         f"cache off), got {v!r}") from None
+    if mb < 0:
+        raise ValueError(f"FASTRNN_BUFFER_CACHE_MB: expected >= 0 megabytes, got {v!r}")
+    return int(mb * (1 << 20))
+
+
+def _refs(bufs, i):
+    return sys.getrefcount(bufs[i])
+
+
+# what _refs reads for a buffer only the cache's list holds (measured, not
+# assumed: the count an expression adds differs between CPython versions)
+_FREE_REFS = _refs([np.empty(1)], 0)
+
+
+class BufferCache:
+    def __init__(self, cap_bytes):
+        self.cap = cap_bytes
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        self.enabled = cap_bytes > 0 and gil
+        self._lock = threading.Lock()
+        self._bufs = []          # 1-D uint8 arrays, oldest first
+        self.hits = self.misses = 0
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        n = dtype.itemsize
+        for s in (shape if isinstance(shape, tuple) else (shape,)):
+            n *= s
+        if not self.enabled or n < MIN_BYTES:
+            return np.empty(shape, dtype)
+        with self._lock:
+            bufs = self._bufs
+            for i in range(len(bufs)):
+                if bufs[i].nbytes == n and _refs(bufs, i) == _FREE_REFS:
+                    buf = bufs.pop(i)
+                    bufs.append(buf)      # most recently used last: the eviction drops the oldest
+                    self.hits += 1
+                    return buf.view(dtype).reshape(shape)
+            self.misses += 1
+            self._trim(self.cap - n)
+            buf = np.empty(n, np.uint8)
+            bufs.append(buf)
+            return buf.view(dtype).reshape(shape)
+
+    def _trim(self, keep):
+        """Drop free buffers, oldest first, until free bytes <= keep (lock held)."""
+        bufs = self._bufs
+        free = [i for i in range(len(bufs)) if _refs(bufs, i) == _FREE_REFS]
+        total = sum(bufs[i].nbytes for i in free)
+        drop = set()
+        for i in free:
+            if total <= keep:
+                break
+            drop.add(i)
+            total -= bufs[i].nbytes
+        if drop:
+            self._bufs = [bufs[i] for i in range(len(bufs)) if i not in drop]
+
+    def release(self):
+        """Drop every free buffer; returns the bytes released."""
+        with self._lock:
+            before = sum(b.nbytes for b in self._bufs)
+            self._trim(0)
+            return before - sum(b.nbytes for b in self._bufs)
+
+    def stats(self):
+        with self._lock:
+            bufs = self._bufs
+            used = sum(bufs[i].nbytes for i in range(len(bufs)) if _refs(bufs, i) != _FREE_REFS)
+            total = sum(b.nbytes for b in self._bufs)
+        return dict(enabled=self.enabled, buffers=len(self._bufs), bytes=total, bytes_in_use=used,
+                    bytes_free=total - used, cap_bytes=self.cap, hits=self.hits, misses=self.misses)
+
+
+CACHE = BufferCache(_cap_from_env())
+
+
+def _after_fork_in_child():
+    # the child's copies of the buffers are its own; start with a fresh lock
+    CACHE._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,121 @@
+"""The Numba backend's buffer cache (fastrnn/_backends/bufpool.py): a buffer
+is handed out again only when nothing refers to it any more."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastrnn._backends import bufpool
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def cache(monkeypatch):
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 1024)
+    return bufpool.BufferCache(64 * MB)
+
+
+def _buf(a):
+    """The cached buffer an array is a view of."""
+    while a.base is not None:
+        a = a.base
+    return a
+
+
+def test_a_buffer_in_use_is_not_handed_out_again(cache):
+    a = cache.empty((256, 256), np.float32)
+    b = cache.empty((256, 256), np.float32)
+    assert _buf(a) is not _buf(b)
+    view = a[3:7]                           # a view keeps the buffer in use
+    del a
+    c = cache.empty((256, 256), np.float32)
+    assert _buf(c) is not _buf(view) and cache.hits == 0
+    base = id(_buf(view))        # an id: a reference would keep the buffer in use
+    del view
+    d = cache.empty((128, 512), np.float32)   # same bytes, other shape: reused
+    assert id(_buf(d)) == base and cache.hits == 1
+    assert d.shape == (128, 512) and d.dtype == np.float32 and d.flags.c_contiguous
+    e = cache.empty((32768,), np.float64)     # nothing free: a new buffer
+    assert cache.misses == 4 and len({id(_buf(x)) for x in (b, c, d, e)}) == 4
+
+
+def test_other_sizes_and_small_arrays(cache):
+    a = cache.empty((1000,), np.float32)
+    del a
+    cache.empty((999,), np.float32)                                # exact sizes only
+    assert cache.hits == 0
+    small = cache.empty((10,), np.float64)                         # under MIN_BYTES: np.empty
+    assert small.base is None and cache.stats()["buffers"] == 2
+
+
+def test_a_torch_tensor_keeps_its_buffer(cache):
+    torch = pytest.importorskip("torch")
+    a = cache.empty((64, 64), np.float32)
+    a[:] = 1
+    t = torch.from_numpy(a.reshape(-1))
+    ids = {id(_buf(a))}
+    del a
+    b = cache.empty((64, 64), np.float32)
+    b[:] = 2
+    assert float(t.sum()) == 64 * 64, "the tensor's memory was handed out again"
+    ids.add(id(_buf(b)))
+    del t, b
+    assert id(_buf(cache.empty((4096,), np.float32))) in ids and cache.hits == 1
+
+
+def test_free_bytes_stay_under_the_cap(monkeypatch):
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 1024)
+    cache = bufpool.BufferCache(3 * MB)
+    held = [cache.empty((MB,), np.uint8) for _ in range(5)]     # in use: never dropped
+    assert cache.stats()["bytes"] == 5 * MB
+    del held
+    cache.empty((2 * MB,), np.uint8)        # 5 MB free + 2 MB new: drop the oldest down to 1 MB free
+    st = cache.stats()
+    assert st["bytes_free"] <= 3 * MB - 2 * MB and st["bytes_in_use"] == 0, st
+    assert cache.release() == st["bytes"] and cache.stats()["buffers"] == 0
+
+
+def test_release_keeps_buffers_in_use(cache):
+    a = cache.empty((512,), np.float64)
+    b = cache.empty((1024,), np.float64)
+    del b
+    assert cache.release() == 1024 * 8
+    a[:] = 3
+    assert cache.stats()["bytes_in_use"] == 512 * 8 and float(a.sum()) == 3 * 512
+
+
+def test_cap_zero_turns_the_cache_off(monkeypatch):
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 0)
+    cache = bufpool.BufferCache(0)
+    a = cache.empty((100, 100), np.float32)
+    assert a.base is None and not cache.enabled and cache.stats()["buffers"] == 0
+
+
+@pytest.mark.parametrize("value,msg", [("lots", "expected a number"), ("-5", ">= 0")])
+def test_bad_environment_setting_is_a_clear_error(value, msg):
+    out = subprocess.run([sys.executable, "-c", "import fastrnn._backends.bufpool"], capture_output=True,
+                         text=True, env={"FASTRNN_BUFFER_CACHE_MB": value, "PATH": ""})
+    assert out.returncode != 0 and "FASTRNN_BUFFER_CACHE_MB" in out.stderr and msg in out.stderr, out.stderr
+
+
+def test_the_backend_allocates_big_arrays_from_the_cache_and_release_frees_them():
+    import fastrnn
+    T, B, I, H = 16, 8, 32, 256             # LSTM: saved gates (T, B, 4H) are 512 KB
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    w = [(0.1 * rng.standard_normal(s)).astype(np.float32) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
+    y, _, saved = fastrnn.rnn_forward("lstm", x, w, training=True, backend="numba")
+    first = np.array(y)
+    st = bufpool.CACHE.stats()
+    if not st["enabled"]:
+        pytest.skip("the buffer cache is off here (FASTRNN_BUFFER_CACHE_MB=0 or a free-threaded Python)")
+    assert st["bytes_in_use"] >= T * B * 4 * H * 4, st
+    del saved, y
+    hits = bufpool.CACHE.hits
+    y, _, saved = fastrnn.rnn_forward("lstm", x, w, training=True, backend="numba")
+    assert bufpool.CACHE.hits > hits and np.array_equal(y, first)
+    del saved, y
+    assert fastrnn.release_cached_buffers() >= T * B * 4 * H * 4
+    assert bufpool.CACHE.stats()["bytes_free"] == 0
