@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from math import prod
 
 import numpy as np
 
@@ -76,11 +77,11 @@ class BufferCache:
         self.hits = self.misses = 0
 
     def empty(self, shape, dtype):
-        dtype = np.dtype(dtype)
-        n = dtype.itemsize
-        for s in (shape if isinstance(shape, tuple) else (shape,)):
-            n *= s
-        if not self.enabled or n < MIN_BYTES:
+        # on every call's path, tiny ones included: kept to a few C calls
+        if type(dtype) is type or isinstance(dtype, str):
+            dtype = np.dtype(dtype)
+        n = (prod(shape) if type(shape) is tuple else shape) * dtype.itemsize
+        if n < MIN_BYTES or not self.enabled:
             return np.empty(shape, dtype)
         with self._lock:
             bufs = self._bufs

@@ -33,6 +33,7 @@ import contextlib
 import numpy as np
 
 from .. import _threads
+from . import bufpool
 from .bufpool import CACHE
 from ..cells import MODES
 
@@ -106,6 +107,16 @@ def _kernels():
 _empty = CACHE.empty
 
 
+def _allocator(T, B, GH, dt):
+    """What a call allocates with: _empty, or plain np.empty where the
+    call's biggest array, (T, B, GH), is under the cache's size floor (the
+    cache's own size check costs ~1 us an array, a tenth of a tiny call)."""
+    e = _empty
+    if e is CACHE.empty and T * B * GH * dt.itemsize < bufpool.MIN_BYTES:
+        return np.empty
+    return e
+
+
 def _schedule(lengths, T, B):
     """(perm, nb, ident): sorted-row order, rows active per step, and whether
     the order is the identity.  The full-length schedule of each (T, B) is
@@ -173,13 +184,14 @@ class NumbaCPU:
         dt = x.dtype
         perm, nb, ident = _schedule(lengths, T, B)
         x2 = x.reshape(T * B, I)
-        xg = _empty((T, B, GH), dt)
+        alloc = _allocator(T, B, GH, dt)
+        xg = alloc((T, B, GH), dt)
         w_hh = np.ascontiguousarray(w_hh)
         h = _take_rows(h0, perm, ident)
-        y = _empty((T, B, H), dt)
+        y = alloc((T, B, H), dt)
         gh = np.empty((B, GH), dt)
         dummy = np.empty((1, 1, 1), dt)
-        tb = (lambda shape: _empty(shape, dt)) if training else (lambda shape: dummy)
+        tb = (lambda shape: alloc(shape, dt)) if training else (lambda shape: dummy)
         Hs = tb((T, B, H))
         c = None
         with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
@@ -243,12 +255,13 @@ class NumbaCPU:
         w_hhT = p["w_hhT"]
         dt = dy.dtype
         dh = _take_rows(dh_n, perm, ident)
-        dG = _empty((T, B, GH), dt)
-        dx = _empty((T, B, I), dt)
-        dw_ih = _empty((GH, I), dt)
-        dw_hh = _empty((GH, H), dt)
-        db_ih = _empty(GH, dt)
-        db_hh = _empty(GH, dt)
+        alloc = _allocator(T, B, GH, dt)
+        dG = alloc((T, B, GH), dt)
+        dx = alloc((T, B, I), dt)
+        dw_ih = alloc((GH, I), dt)
+        dw_hh = alloc((GH, H), dt)
+        db_ih = alloc(GH, dt)
+        db_hh = alloc(GH, dt)
         dc0 = None
         with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
             # The threaded BPTT writes one step's sorted-row gate gradients
@@ -266,7 +279,7 @@ class NumbaCPU:
             elif mode == "gru":
                 kern = gru.gru_backward_par if par else gru.gru_backward
                 kern(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
-                     dG, _empty((T, B, GH), dt), dgs, np.empty((B, H), dt), *grads)
+                     dG, alloc((T, B, GH), dt), dgs, np.empty((B, H), dt), *grads)
             else:
                 kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                 kern(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
