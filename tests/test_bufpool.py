@@ -43,11 +43,23 @@ def test_a_buffer_in_use_is_not_handed_out_again(cache):
 
 def test_other_sizes_and_small_arrays(cache):
     a = cache.empty((1000,), np.float32)
+    big = id(_buf(a))
     del a
-    cache.empty((999,), np.float32)                                # exact sizes only
+    b = cache.empty((3000,), np.float32)                          # more than the free one: new
     assert cache.hits == 0
+    mid = id(_buf(b))
+    del b
+    c = cache.empty((900,), np.float32)                           # the smallest free one that fits
+    assert cache.hits == 1 and id(_buf(c)) == big and c.shape == (900,)
+    d = cache.empty((1000,), np.float32)                          # 3000 > 2 x 1000: not reused
+    assert cache.hits == 1 and id(_buf(d)) not in (big, mid)
+    e = cache.empty((1600,), np.float32)                          # 3000 <= 2 x 1600: reused
+    assert cache.hits == 2 and id(_buf(e)) == mid
+    c[:] = 1
+    e[:] = 2
+    assert float(c.sum()) == 900, "two arrays on one buffer"
     small = cache.empty((10,), np.float64)                         # under MIN_BYTES: np.empty
-    assert small.base is None and cache.stats()["buffers"] == 2
+    assert small.base is None and cache.stats()["buffers"] == 3
 
 
 def test_a_torch_tensor_keeps_its_buffer(cache):

@@ -13,8 +13,10 @@ arrays, allocated and touched each iteration with the previous set still
 alive, cost 6 ms per iteration in page faults alone.
 
 How.  `empty(shape, dtype)` for arrays of at least MIN_BYTES returns a view
-of a cached 1-D byte buffer of exactly that size that nothing uses any
-more, or of a new one.  "Nothing uses it" is read from the buffer's
+of a cached 1-D byte buffer that nothing uses any more, the smallest one
+of at least that size and at most twice it (so that a loop over batches of
+varying length, whose arrays differ in size from step to step, still
+reuses memory), or of a new one.  "Nothing uses it" is read from the buffer's
 reference count: every view of a buffer (the array handed out, its
 reshapes and slices, a torch tensor made with torch.from_numpy, a DLPack
 capsule, a memoryview) holds a reference to it, so a buffer whose only
@@ -85,12 +87,18 @@ class BufferCache:
             return np.empty(shape, dtype)
         with self._lock:
             bufs = self._bufs
+            best, size = -1, 2 * n + 1
             for i in range(len(bufs)):
-                if bufs[i].nbytes == n and _refs(bufs, i) == _FREE_REFS:
-                    buf = bufs.pop(i)
-                    bufs.append(buf)      # most recently used last: the eviction drops the oldest
-                    self.hits += 1
-                    return buf.view(dtype).reshape(shape)
+                b = bufs[i].nbytes
+                if n <= b < size and _refs(bufs, i) == _FREE_REFS:
+                    best, size = i, b
+                    if b == n:
+                        break
+            if best >= 0:
+                buf = bufs.pop(best)
+                bufs.append(buf)      # most recently used last: the eviction drops the oldest
+                self.hits += 1
+                return buf[:n].view(dtype).reshape(shape)
             self.misses += 1
             self._trim(self.cap - n)
             buf = np.empty(n, np.uint8)
