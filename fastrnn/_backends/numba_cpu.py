@@ -173,7 +173,9 @@ class NumbaCPU:
         from .._kernels.cpu import lstm  # noqa: F401  (fails loudly if the kernels are missing)
         why = _threads.why_single()
         threads = f"{_threads.available_threads()} threads" if why is None else f"one thread: {why}"
-        return True, f"numba {numba.__version__}, fused CPU kernels, {threads}"
+        cache = (f"buffer cache up to {CACHE.cap >> 20} MB idle" if CACHE.enabled
+                 else "buffer cache off")
+        return True, f"numba {numba.__version__}, fused CPU kernels, {threads}, {cache}"
 
     # ------------------------------------------------------------ forward
     def forward(self, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
