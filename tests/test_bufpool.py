@@ -131,3 +131,50 @@ def test_the_backend_allocates_big_arrays_from_the_cache_and_release_frees_them(
     del saved, y
     assert fastrnn.release_cached_buffers() >= T * B * 4 * H * 4
     assert bufpool.CACHE.stats()["bytes_free"] == 0
+
+
+def test_threads_never_share_a_buffer(monkeypatch):
+    """Four Python threads take and drop arrays of a few sizes as fast as they
+    can; each fills its array with its own tag and checks it is still there
+    after the others have had time to take buffers."""
+    import threading
+    import time
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 1024)
+    cache = bufpool.BufferCache(64 * MB)
+    errors = []
+
+    def work(tag):
+        rng = np.random.default_rng(tag)
+        held = []
+        for _ in range(300):
+            a = cache.empty((int(rng.choice([1000, 1500, 4000])),), np.float64)
+            a[:] = tag
+            held.append(a)
+            time.sleep(0)
+            if len(held) > 3:
+                b = held.pop(0)
+                if not np.all(b == tag):
+                    errors.append(f"thread {tag}: its array was handed to another thread")
+                    return
+    ths = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert not errors, errors[:3]
+    assert cache.hits > 100, cache.stats()
+
+
+def test_varying_lengths_keep_the_cache_bounded(monkeypatch):
+    """A loop over batches whose arrays change size every step: the cache
+    holds at most the cap's worth of free buffers besides the ones in use."""
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 1024)
+    cache = bufpool.BufferCache(2 * MB)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = cache.empty((int(rng.integers(10_000, 60_000)),), np.float32)   # 40-240 KB
+        b = cache.empty((int(rng.integers(10_000, 60_000)),), np.float32)
+        st = cache.stats()
+        assert st["bytes_free"] <= 2 * MB, st
+        del a, b
+    assert cache.hits > 50, cache.stats()
