@@ -58,8 +58,9 @@ def test_other_sizes_and_small_arrays(cache):
     c[:] = 1
     e[:] = 2
     assert float(c.sum()) == 900, "two arrays on one buffer"
+    assert cache.empty([2, 600], "float32").shape == (2, 600)        # a list, a dtype name
     small = cache.empty((10,), np.float64)                         # under MIN_BYTES: np.empty
-    assert small.base is None and cache.stats()["buffers"] == 3
+    assert small.base is None and cache.stats()["buffers"] == 4
 
 
 def test_a_torch_tensor_keeps_its_buffer(cache):

@@ -82,7 +82,7 @@ class BufferCache:
         # on every call's path, tiny ones included: kept to a few C calls
         if type(dtype) is type or isinstance(dtype, str):
             dtype = np.dtype(dtype)
-        n = (prod(shape) if type(shape) is tuple else shape) * dtype.itemsize
+        n = (shape if type(shape) is int else prod(shape)) * dtype.itemsize
         if n < MIN_BYTES or not self.enabled:
             return np.empty(shape, dtype)
         with self._lock:
