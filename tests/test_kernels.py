@@ -13,12 +13,14 @@ MODES = fastrnn.MODES
 BACKENDS = ["numba", "numpy"]
 
 
-@pytest.fixture(autouse=True, params=["threaded kernels", "one-thread kernels"])
+@pytest.fixture(autouse=True, params=["threaded by units", "threaded by rows", "one-thread kernels"])
 def kernel_form(request, monkeypatch):
-    """Every test here runs both forms of the Numba loops: the threaded ones
-    (the default where threads can run; tests/test_threads.py also forces
-    the per-step split) and the one-thread ones (forked children, one Numba
-    thread, a BLAS fastrnn cannot set)."""
+    """Every test here runs every form of the Numba loops: the threaded ones
+    (the default where threads can run), with the time loop split by hidden
+    units (per step; tests/test_threads.py also forces every step split) or
+    by batch rows (each thread its own rows; the modes in ROWS_MODES, where
+    a call has at least two rows), and the one-thread ones (forked children,
+    one Numba thread, a BLAS fastrnn cannot set)."""
     if request.param == "one-thread kernels":
         monkeypatch.setattr(_threads, "available_threads", lambda: 1)
     elif _threads.available_threads() < 2:
@@ -26,6 +28,11 @@ def kernel_form(request, monkeypatch):
     else:
         monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)    # the sizes here are all small
         monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+        if request.param == "threaded by units":
+            monkeypatch.setattr(numba_cpu, "ROWS_MODES", ())
+        else:
+            monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
+            monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
     return request.param
 
 

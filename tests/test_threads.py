@@ -23,10 +23,44 @@ pytestmark = pytest.mark.skipif(_threads.available_threads() < 2,
 
 
 def _force_split(monkeypatch):
-    """The threaded kernels, with every step split, at any size."""
+    """The threaded kernels by units, with every step split, at any size."""
     monkeypatch.setattr(numba_cpu, "PAR_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
     monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "ROWS_MODES", ())
+
+
+@pytest.fixture
+def rows_spy(monkeypatch):
+    """Force the threaded loops by rows at every size (from one row a
+    thread) and record each part that runs: (name, part, nth, thread id,
+    SciPy's OpenBLAS thread count as the part saw it)."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
+    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
+    calls = []
+    for mod in (lstm, gru, rnn):
+        for name in [n for n in dir(mod) if n.endswith("_rows_part")]:
+            kern = getattr(mod, name)
+
+            def wrapped(i, nth, *a, _k=kern, _n=name):
+                calls.append((_n, i, nth, threading.get_ident(), _threads._blas[0]()))
+                return _k(i, nth, *a)
+            monkeypatch.setattr(mod, name, wrapped)
+    return calls
+
+
+def _assert_by_rows(calls, mode):
+    prefix = PAR[mode][1]
+    names = {c[0] for c in calls}
+    assert {f"{prefix}_forward_rows_part", f"{prefix}_backward_rows_part"} <= names, names
+    for name in names:
+        mine = [c for c in calls if c[0] == name]
+        nth = mine[0][2]
+        assert nth >= 2 and sorted({c[1] for c in mine}) == list(range(nth)), mine
+    assert len({c[3] for c in calls}) >= 2, "the parts ran on one thread"
+    assert all(c[4] == 1 for c in calls), "SciPy's OpenBLAS must run one thread inside a threaded kernel"
 
 
 @pytest.fixture
@@ -100,6 +134,48 @@ def test_threaded_reused_cached_buffers_are_written_in_full(spy, mode, monkeypat
     check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", reverse=True, dtype="float32")
     assert bufpool.CACHE.hits > hits, "the call reused no cached buffer"
     _assert_threaded(spy, mode)
+
+
+ROWS = MODES
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", ROWS)
+@pytest.mark.parametrize("T,B,I,H", [(1, 2, 3, 5), (7, 3, 5, 13), (5, 9, 4, 37), (3, 20, 6, 70)])
+def test_by_rows_odd_sizes(rows_spy, mode, dtype, T, B, I, H):
+    # B = 3, 9: the threads get different numbers of rows
+    check_backend(mode, "numba", T=T, B=B, I=I, H=H, dtype=dtype)
+    _assert_by_rows(rows_spy, mode)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", ["edges", "random"])
+@pytest.mark.parametrize("mode", ROWS)
+def test_by_rows_lengths_and_reverse(rows_spy, mode, lengths, reverse, dtype):
+    check_backend(mode, "numba", T=9, B=7, I=4, H=27, lengths=lengths, reverse=reverse, dtype=dtype)
+    _assert_by_rows(rows_spy, mode)
+
+
+@pytest.mark.parametrize("mode", ROWS)
+def test_by_rows_no_state_no_bias_zero_lengths_poisoned_buffers(rows_spy, mode, monkeypatch):
+    check_backend(mode, "numba", H=21, B=5, h0=False, reverse=True, lengths="edges")
+    check_backend(mode, "numba", H=21, B=5, bias=False)
+    got, _ = check_backend(mode, "numba", T=4, B=3, H=21, lengths=np.zeros(3, int))
+    assert np.all(got["y"] == 0), "y: all-zero lengths give zero output"
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", dtype="float32")
+    _assert_by_rows(rows_spy, mode)
+
+
+def test_by_rows_is_the_default_only_where_w_hh_fits_in_cache(monkeypatch):
+    """The form chosen for real shapes: by rows at S2/S3 (W_hh 256 KB, 1 MB),
+    by units at S4/S5 (4 MB, 16 MB) and for too few rows."""
+    f = numba_cpu._by_rows
+    f32 = np.dtype(np.float32)
+    assert f("lstm", 8, 128, 512, f32, 2) and f("lstm", 32, 256, 1024, f32, 2)
+    assert not f("lstm", 64, 512, 2048, f32, 2) and not f("lstm", 32, 1024, 4096, f32, 2)
+    assert not f("lstm", 3, 128, 512, f32, 2)
 
 
 def test_small_problem_keeps_steps_on_one_thread(monkeypatch):

@@ -12,10 +12,12 @@ no per-step packing of W_hh).
 Two forms of every loop.  Where fastrnn/_threads.py allows threads (the
 usual case), OpenBLAS is held at one thread for the call, and, from
 PAR_MIN_WORK up, the threaded kernels run (kernels/cpu/parallel.py): the
-big GEMMs split by rows over Numba's threads, and, where
-a step's recurrent GEMM has at least PAR_MIN_MACS multiply-adds, each time
-step split too (the hidden units cut into one block per thread, one
-fork/join per step); below that the steps run on one thread.  Every core is
+big GEMMs split by rows over the threads, and the time loop either by
+batch rows (each thread the whole sequence for its own rows, on threads
+of fastrnn's own; where W_hh fits in cache, ROWS_*) or by hidden units:
+where a step's recurrent GEMM has at least PAR_MIN_MACS multiply-adds,
+each time step split (the hidden units cut into one block per Numba
+thread, one fork/join per step); below that the steps run on one thread.  Every core is
 then Numba's, so nothing spins against the kernel.  Tiny calls run the
 one-thread loops (with OpenBLAS at one thread).  Where threads cannot run
 (a forked child, a BLAS fastrnn cannot set, one Numba thread), the
@@ -29,6 +31,7 @@ then only touches them, and padding costs nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 
@@ -62,6 +65,19 @@ PAR_MIN_WORK = 1 << 24
 # `fastrnn train sentiment` took 38-48 s with the hold and 46-53 s without,
 # because OpenBLAS's spinning workers slow the threaded calls that follow.
 TINY_WORK = 1 << 18
+# The threaded kernels have two schemes (kernels/cpu/parallel.py): each time
+# step split over the threads by hidden units (one fork/join per step), or
+# the batch rows split (each thread runs the whole sequence on its own rows:
+# one fork/join per call, whole rows for the pointwise pass, but every
+# thread reads all of W_hh each step).  By rows wins while W_hh stays in
+# cache: measured, LSTM forward time loop on both cores, by rows over by
+# units, median of alternating runs: S2 0.80, S3 0.78 (W_hh 1 MB), S4 1.01
+# (4 MB), S5 1.22 (16 MB); whole LSTM calls, fwd+bwd, S2 12.4 against 14.0
+# ms, S3 62.3 against 68.3 ms.  It needs ROWS_MIN_PER_THREAD rows a thread.
+# By rows also compiles in half the time (no prange: see _in_threads).
+ROWS_MAX_WHH_BYTES = 1 << 21
+ROWS_MIN_PER_THREAD = 2
+ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
 
 def _kernel_form(T, B, I, H, GH):
@@ -77,6 +93,12 @@ def _kernel_form(T, B, I, H, GH):
 
 
 _TINY_FORM = contextlib.nullcontext((1, False, 1))
+
+
+def _by_rows(mode, B, H, GH, dt, nth):
+    """Whether a threaded call runs its time loops by rows (see ROWS_*)."""
+    return (mode in ROWS_MODES and B >= ROWS_MIN_PER_THREAD * nth
+            and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES)
 
 
 @contextlib.contextmanager
@@ -95,9 +117,42 @@ def _kernels():
     import statement per call cost ~5 us at the smallest sizes."""
     global _KERNELS
     if _KERNELS is None:
-        from .._kernels.cpu import gemm, gru, lstm, rnn
-        _KERNELS = gemm, gru, lstm, rnn
+        from .._kernels.cpu import gemm, gru, lstm, parallel, rnn
+        _KERNELS = gemm, gru, lstm, rnn, parallel
     return _KERNELS
+
+
+# Threads of fastrnn's own for the loops by rows (ROWS_*): those kernels are
+# plain compiled functions, one per part, that release the GIL; the calling
+# thread runs part 0 and a pool the others.  Not Numba's prange: a parallel
+# region compiles the code under it several times over (see
+# kernels/cpu/lstm.py, _fwd_steps), and under a by-rows region is the whole
+# time loop (measured: the LSTM's by-rows kernels as prange regions took
+# 50 s to compile cold against 37 s for the by-units ones).
+_POOL = None
+
+
+def _in_threads(fn, nth, *args):
+    """fn(i, nth, *args) for i in range(nth), at once, on nth threads."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < nth - 1:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=nth - 1, thread_name_prefix="fastrnn")
+    futs = [_POOL.submit(fn, i, nth, *args) for i in range(1, nth)]
+    try:
+        fn(0, nth, *args)
+    finally:
+        for f in futs:
+            f.result()
+
+
+def _drop_pool_in_child():
+    global _POOL
+    _POOL = None        # its threads do not exist in a forked child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_pool_in_child)
 
 # Allocation of every array the kernels must write in full (outputs, saved
 # buffers, the input projection): big ones come from the buffer cache
@@ -179,7 +234,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ forward
     def forward(self, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
-        gemm, gru, lstm, rnn = _kernels()
+        gemm, gru, lstm, rnn, parallel = _kernels()
         T, B, I = x.shape
         H = w_hh.shape[1]
         GH = w_hh.shape[0]
@@ -205,33 +260,50 @@ class NumbaCPU:
                 w_hhT = np.ascontiguousarray(w_hh.T)
             else:
                 w_hhT = np.empty((0, 0), dt)
-            # the threaded loops keep h in two buffers (parallel.py); the last
-            # step's holds every row's final state
-            hs = np.stack([h, h]) if par else h
-            # the two forms take the same arguments but the last one or two
-            last = (nth, parts) if par else (w_hhT,)
+            rows = par and _by_rows(mode, B, H, GH, dt, nth)
+            # the threaded loops by units keep h in two buffers (parallel.py);
+            # the last step's holds every row's final state
+            hs = np.stack([h, h]) if par and not rows else h
+            # the forms take the same arguments but the last one or two
+            last = (nth,) if rows else (nth, parts) if par else (w_hhT,)
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
-                kern = lstm.lstm_forward_par if par else lstm.lstm_forward
-                kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
-                     y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
+                if rows:
+                    _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
+                    _in_threads(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
+                                training, y, Hs, Gs, Cs, TCs)
+                else:
+                    kern = lstm.lstm_forward_par if par else lstm.lstm_forward
+                    kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
+                         y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
                 bx = b_ih.copy()
                 bx[:2 * H] += b_hh[:2 * H]
                 Gs, HNs = tb((T, B, GH)), tb((T, B, H))
-                kern = gru.gru_forward_par if par else gru.gru_forward
-                kern(x2, w_ih, xg, w_hh, bx, np.ascontiguousarray(b_hh[2 * H:]), hs, perm, nb, reverse,
-                     training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
+                bhn = np.ascontiguousarray(b_hh[2 * H:])
+                if rows:
+                    _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
+                    _in_threads(gru.gru_forward_rows_part, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse,
+                                training, y, Hs, Gs, HNs)
+                else:
+                    kern = gru.gru_forward_par if par else gru.gru_forward
+                    kern(x2, w_ih, xg, w_hh, bx, bhn, hs, perm, nb, reverse,
+                         training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
                 As = tb((T, B, H))
-                kern = rnn.rnn_forward_par if par else rnn.rnn_forward
-                kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
-                     training, y, Hs, As, gh, *last)
+                if rows:
+                    _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
+                    _in_threads(rnn.rnn_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse,
+                                mode == "rnn_relu", training, y, Hs, As)
+                else:
+                    kern = rnn.rnn_forward_par if par else rnn.rnn_forward
+                    kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
+                         training, y, Hs, As, gh, *last)
                 bufs = dict(As=As)
-            if par:
+            if par and not rows:
                 h = hs[T % 2]
         h_n = _put_rows(h, perm, ident)
         c_n = _put_rows(c, perm, ident) if c is not None else None
@@ -248,7 +320,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ backward
     def backward(self, p, dy, dh_n, dc_n):
-        _, gru, lstm, rnn = _kernels()
+        _, gru, lstm, rnn, parallel = _kernels()
         mode = p["mode"]
         T, B, I, H = p["shape"]
         perm, nb, ident, reverse = p["perm"], p["nb"], p["ident"], p["reverse"]
@@ -269,23 +341,47 @@ class NumbaCPU:
             # The threaded BPTT writes one step's sorted-row gate gradients
             # while it reads the previous step's: two buffers (unused when
             # rows keep their order: dG[t] serves).
-            dgs = np.empty((2, 1 if ident else B, GH), dt) if par else np.empty((B, GH), dt)
-            # the two forms take the same arguments but the last one or two
-            grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *((nth, parts) if par else (w_hh,)))
+            rows = par and _by_rows(mode, B, H, GH, dt, nth)
+            dgs = np.empty((2, 1 if ident else B, GH), dt) if par and not rows else np.empty((B, GH), dt)
+            # the forms take the same arguments but the last one or two
+            last = (nth,) if rows else (nth, parts) if par else (w_hh,)
+            grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
-                kern = lstm.lstm_backward_par if par else lstm.lstm_backward
-                kern(dy, w_hhT, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
-                     dG, dgs, *grads)
+                if rows:
+                    _in_threads(lstm.lstm_backward_rows_part, nth, w_hhT, dy, dh, dc, perm, nb, reverse,
+                                p["Gs"], p["Cs"], p["TCs"], dG)
+                    dG2 = dG.reshape(T * B, GH)
+                    _in_threads(parallel.after_loop_part, nth, dG2, dG2, p["x2"], p["Hs"].reshape(T * B, H),
+                                w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh)
+                else:
+                    kern = lstm.lstm_backward_par if par else lstm.lstm_backward
+                    kern(dy, w_hhT, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
+                         dG, dgs, *grads)
                 dc0 = _put_rows(dc, perm, ident)
             elif mode == "gru":
-                kern = gru.gru_backward_par if par else gru.gru_backward
-                kern(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
-                     dG, alloc((T, B, GH), dt), dgs, np.empty((B, H), dt), *grads)
+                dGh = alloc((T, B, GH), dt)
+                if rows:
+                    _in_threads(gru.gru_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
+                                p["Hs"], p["Gs"], p["HNs"], dG, dGh)
+                    _in_threads(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
+                                p["x2"], p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
+                                dw_ih, dw_hh, db_ih, db_hh)
+                else:
+                    kern = gru.gru_backward_par if par else gru.gru_backward
+                    kern(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
+                         dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
-                kern = rnn.rnn_backward_par if par else rnn.rnn_backward
-                kern(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
-                     p["Hs"], p["As"], dG, dgs, *grads)
+                if rows:
+                    _in_threads(rnn.rnn_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
+                                mode == "rnn_relu", p["As"], dG)
+                    dG2 = dG.reshape(T * B, GH)
+                    _in_threads(parallel.after_loop_part, nth, dG2, dG2, p["x2"], p["Hs"].reshape(T * B, H),
+                                w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh)
+                else:
+                    kern = rnn.rnn_backward_par if par else rnn.rnn_backward
+                    kern(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
+                         p["Hs"], p["As"], dG, dgs, *grads)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 

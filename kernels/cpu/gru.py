@@ -31,7 +31,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
     """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
     gh holds h_prev @ W_hh^T.  Row views start at k0 and the H <= 0 exit
     lets LLVM vectorise (see lstm._fwd_units)."""
-    B = y.shape[1]
+    B = perm.shape[0]       # the rows perm covers (see lstm._fwd_units)
     H = hin.shape[1]
     m = k1 - k0
     bxs = bx[k0:]
@@ -80,7 +80,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, iden
     gradients to dGi[t] (input side) and buf (recurrent side, sorted rows;
     dGh[t] itself when ident, else also copied to dGh[t] in original order),
     and dhd = the direct part of dh_prev (dht * z).  Rows [n, B) get zero."""
-    B = dy.shape[1]
+    B = perm.shape[0]       # the rows perm covers (see lstm._fwd_units)
     H = dh.shape[1]
     m = k1 - k0
     one = dy.dtype.type(1)
@@ -257,3 +257,64 @@ def gru_backward_par(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, 
     T_B = T * B
     after_loop_grads_par(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2,
                          Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth)
+
+
+# ---------------------------------------------------------------- threads, by rows
+
+@njit(**JIT)
+def gru_forward_rows_part(i, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs):
+    """Part i of nth of the forward time loop by rows (see
+    lstm.lstm_forward_rows_part)."""
+    T, B = xg.shape[0], xg.shape[1]
+    H = h.shape[1]
+    GH = w_hh.shape[0]
+    m = (B - i + nth - 1) // nth
+    hp = np.empty((m, H), h.dtype)
+    gp = np.empty((m, GH), h.dtype)
+    gws = np.empty((m, GH), h.dtype)
+    hnws = np.empty((m, H), h.dtype)
+    pp = np.empty(m, perm.dtype)
+    for r in range(m):
+        j = i + r * nth
+        pp[r] = perm[j]
+        for k in range(H):
+            hp[r, k] = h[j, k]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        n = (nb[t] - i + nth - 1) // nth
+        if n > 0:
+            _cols(hp[:n], w_hh, gp[:n], 0, GH)
+        _fwd_units(t, n, 0, H, hp, hp, xg, gp, bx, bhn, pp, training, y, Hs, Gs, HNs, gws, hnws)
+    for r in range(m):
+        j = i + r * nth
+        for k in range(H):
+            h[j, k] = hp[r, k]
+
+
+@njit(**JIT)
+def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh):
+    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
+    T, B = dy.shape[0], dy.shape[1]
+    H = dh.shape[1]
+    GH = dGh.shape[2]
+    m = (B - i + nth - 1) // nth
+    dhp = np.empty((m, H), dh.dtype)
+    dhd = np.empty((m, H), dh.dtype)
+    buf = np.empty((m, GH), dh.dtype)
+    pp = np.empty(m, perm.dtype)
+    for r in range(m):
+        j = i + r * nth
+        pp[r] = perm[j]
+        for k in range(H):
+            dhp[r, k] = dh[j, k]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        n = (nb[t] - i + nth - 1) // nth
+        _bwd_units(t, n, 0, H, dy, dhp, Gs, HNs, Hs, dGi, buf, dGh, dhd, pp, False)
+        if n > 0:
+            _cols(buf[:n], w_hhT, dhp[:n], 0, H)
+            _add_units(dhp, dhd, n, 0, H)
+    for r in range(m):
+        j = i + r * nth
+        for k in range(H):
+            dh[j, k] = dhp[r, k]

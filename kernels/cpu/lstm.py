@@ -46,7 +46,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
     the gate offsets H + k need the `H <= 0` exit in front of the loop:
     without it this pass ran 4-6x slower (47-67 against 12 ns per unit).
     _bwd_units and the other modes' pointwise code do the same."""
-    B = y.shape[1]
+    B = perm.shape[0]       # the rows perm covers: the batch, or one thread's rows (_fwd_rows)
     H = hin.shape[1]
     m = k1 - k0
     bs = bias[k0:]
@@ -103,7 +103,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
     gradients of these units to buf (sorted rows; dG[t] itself when ident)
     and to dG[t] in original order, zero for rows [n, B).  Row views start
     at k0 (see _fwd_units for why, and for the H <= 0 exit)."""
-    B = dG.shape[1]
+    B = perm.shape[0]       # the rows perm covers (see _fwd_units)
     H = dh.shape[1]
     m = k1 - k0
     one = dy.dtype.type(1)
@@ -271,3 +271,75 @@ def lstm_backward_par(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, T
     T_B = T * B
     after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
                          Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth)
+
+
+
+# ---------------------------------------------------------------- threads, by rows
+
+@njit(**JIT)
+def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs):
+    """Part i of nth of the forward time loop by rows (parallel.py, "by
+    rows"): sorted rows i, i + nth, ... into a working state of its own, the
+    whole loop on them (its recurrent GEMM against all of W_hh, its
+    pointwise pass over whole rows), the final state back into h, c.  The
+    caller runs the nth parts at once, one per thread, after the input
+    projection (xg) is complete."""
+    T, B = xg.shape[0], xg.shape[1]
+    H = h.shape[1]
+    GH = w_hh.shape[0]
+    m = (B - i + nth - 1) // nth
+    hp = np.empty((m, H), h.dtype)
+    cp = np.empty((m, H), h.dtype)
+    gp = np.empty((m, GH), h.dtype)
+    gws = np.empty((m, GH), h.dtype)
+    tcws = np.empty((m, H), h.dtype)
+    pp = np.empty(m, perm.dtype)
+    for r in range(m):
+        j = i + r * nth
+        pp[r] = perm[j]
+        for k in range(H):
+            hp[r, k] = h[j, k]
+            cp[r, k] = c[j, k]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        # its rows still running: sorted rows run longest first, so a prefix
+        n = (nb[t] - i + nth - 1) // nth
+        if n > 0:
+            _cols(hp[:n], w_hh, gp[:n], 0, GH)
+        _fwd_units(t, n, 0, H, hp, hp, cp, xg, gp, bias, pp, training, y, Hs, Gs, Cs, TCs, gws, tcws)
+    for r in range(m):
+        j = i + r * nth
+        for k in range(H):
+            h[j, k] = hp[r, k]
+            c[j, k] = cp[r, k]
+
+
+@njit(**JIT)
+def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG):
+    """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part);
+    the caller then runs the after-the-loop GEMMs (parallel.after_loop_part)."""
+    T, B = dy.shape[0], dy.shape[1]
+    H = dh.shape[1]
+    GH = dG.shape[2]
+    m = (B - i + nth - 1) // nth
+    dhp = np.empty((m, H), dh.dtype)
+    dcp = np.empty((m, H), dh.dtype)
+    buf = np.empty((m, GH), dh.dtype)
+    pp = np.empty(m, perm.dtype)
+    for r in range(m):
+        j = i + r * nth
+        pp[r] = perm[j]
+        for k in range(H):
+            dhp[r, k] = dh[j, k]
+            dcp[r, k] = dc[j, k]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        n = (nb[t] - i + nth - 1) // nth
+        _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, False)
+        if n > 0:
+            _cols(buf[:n], w_hhT, dhp[:n], 0, H)
+    for r in range(m):
+        j = i + r * nth
+        for k in range(H):
+            dh[j, k] = dhp[r, k]
+            dc[j, k] = dcp[r, k]

@@ -24,19 +24,25 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm, split
-from .common import INNER, INNER_PAR, colsum
+from .common import JIT, INNER, INNER_PAR, colsum
+
+
+@njit(**JIT)
+def project_part(i, nth, x2, w_ih, xg2):
+    """Block i of nth of xg2 = x2 @ w_ih.T (rows [r0, r1)): one thread's
+    share, for input_projection and for callers running the parts on
+    threads of their own (the loops by rows)."""
+    r0, r1 = split(x2.shape[0], nth, i, 1)
+    gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], xg2.dtype.type(0))
 
 
 @njit(**INNER_PAR)
 def input_projection(x2, w_ih, xg2, nth):
     """xg2 = x2 @ w_ih.T, one block of rows per thread."""
-    R = x2.shape[0]
-    z = xg2.dtype.type(0)
     for p in prange(nth):
         # int64, like the step regions' block index (prange's is unsigned):
-        # one specialisation of split for every caller
-        r0, r1 = split(R, nth, np.int64(p), 1)
-        gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], z)
+        # one specialisation for every caller
+        project_part(np.int64(p), nth, x2, w_ih, xg2)
 
 
 @njit(**INNER)
@@ -48,19 +54,24 @@ def copy_rows(src, dst, n, nprev):
             dst[j, k] = src[j, k]
 
 
-@njit(**INNER_PAR)
-def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
-    """common.after_loop_grads split over threads: thread p computes its
-    block of rows of dx, of dW_ih and dW_hh, and its block of bias columns."""
+@njit(**JIT)
+def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+    """Block i of nth of common.after_loop_grads: its block of rows of dx,
+    of rows of dW_ih and dW_hh, and of bias columns."""
     R = dG2.shape[0]
     GH = dG2.shape[1]
     z = dx2.dtype.type(0)
+    r0, r1 = split(R, nth, i, 1)
+    gemm(dG2[r0:r1], False, w_ih, False, dx2[r0:r1], z)
+    g0, g1 = split(GH, nth, i, 8)
+    gemm(dG2[:, g0:g1], True, x2, False, dw_ih[g0:g1], z)
+    gemm(dGh2[:, g0:g1], True, Hs2, False, dw_hh[g0:g1], z)
+    colsum(dG2, db_ih, g0, g1)
+    colsum(dGh2, db_hh, g0, g1)
+
+
+@njit(**INNER_PAR)
+def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+    """common.after_loop_grads split over threads, one block per thread."""
     for p in prange(nth):
-        i = np.int64(p)     # see input_projection
-        r0, r1 = split(R, nth, i, 1)
-        gemm(dG2[r0:r1], False, w_ih, False, dx2[r0:r1], z)
-        g0, g1 = split(GH, nth, i, 8)
-        gemm(dG2[:, g0:g1], True, x2, False, dw_ih[g0:g1], z)
-        gemm(dGh2[:, g0:g1], True, Hs2, False, dw_hh[g0:g1], z)
-        colsum(dG2, db_ih, g0, g1)
-        colsum(dGh2, db_hh, g0, g1)
+        after_loop_part(np.int64(p), nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)

@@ -26,7 +26,7 @@ from .parallel import after_loop_grads_par, copy_rows, input_projection
 def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, Hs, As):
     """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
     gh holds h_prev @ W_hh^T.  Row views start at k0 (see lstm._fwd_units)."""
-    B = y.shape[1]
+    B = perm.shape[0]       # the rows perm covers (see lstm._fwd_units)
     H = hin.shape[1]
     m = k1 - k0
     bs = bias[k0:]
@@ -69,7 +69,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): the
     pre-activation gradient to buf (sorted rows; dG[t] itself when ident,
     else also copied to dG[t] in original order); rows [n, B) get zero."""
-    B = dy.shape[1]
+    B = perm.shape[0]       # the rows perm covers (see lstm._fwd_units)
     H = dh.shape[1]
     m = k1 - k0
     one = dy.dtype.type(1)
@@ -215,3 +215,58 @@ def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, 
     T_B = T * B
     after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
                          Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth)
+
+
+# ---------------------------------------------------------------- threads, by rows
+
+@njit(**JIT)
+def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As):
+    """Part i of nth of the forward time loop by rows (see
+    lstm.lstm_forward_rows_part)."""
+    T, B = xg.shape[0], xg.shape[1]
+    H = h.shape[1]
+    m = (B - i + nth - 1) // nth
+    hp = np.empty((m, H), h.dtype)
+    gp = np.empty((m, H), h.dtype)
+    pp = np.empty(m, perm.dtype)
+    for r in range(m):
+        j = i + r * nth
+        pp[r] = perm[j]
+        for k in range(H):
+            hp[r, k] = h[j, k]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        n = (nb[t] - i + nth - 1) // nth
+        if n > 0:
+            _cols(hp[:n], w_hh, gp[:n], 0, H)
+        _fwd_units(t, n, 0, H, hp, hp, xg, gp, bias, pp, relu, training, y, Hs, As)
+    for r in range(m):
+        j = i + r * nth
+        for k in range(H):
+            h[j, k] = hp[r, k]
+
+
+@njit(**JIT)
+def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, dG):
+    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
+    T, B = dy.shape[0], dy.shape[1]
+    H = dh.shape[1]
+    m = (B - i + nth - 1) // nth
+    dhp = np.empty((m, H), dh.dtype)
+    buf = np.empty((m, H), dh.dtype)
+    pp = np.empty(m, perm.dtype)
+    for r in range(m):
+        j = i + r * nth
+        pp[r] = perm[j]
+        for k in range(H):
+            dhp[r, k] = dh[j, k]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        n = (nb[t] - i + nth - 1) // nth
+        _bwd_units(t, n, 0, H, dy, dhp, As, buf, dG, pp, relu, False)
+        if n > 0:
+            _cols(buf[:n], w_hhT, dhp[:n], 0, H)
+    for r in range(m):
+        j = i + r * nth
+        for k in range(H):
+            dh[j, k] = dhp[r, k]
