@@ -39,6 +39,7 @@ def rows_spy(monkeypatch):
     monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
     monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
+    monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)     # the GRU's too (not its default)
     calls = []
     for mod in (lstm, gru, rnn):
         for name in [n for n in dir(mod) if n.endswith("_rows_part")]:
@@ -176,6 +177,7 @@ def test_by_rows_is_the_default_only_where_w_hh_fits_in_cache(monkeypatch):
     assert f("lstm", 8, 128, 512, f32, 2) and f("lstm", 32, 256, 1024, f32, 2)
     assert not f("lstm", 64, 512, 2048, f32, 2) and not f("lstm", 32, 1024, 4096, f32, 2)
     assert not f("lstm", 3, 128, 512, f32, 2)
+    assert not f("gru", 32, 256, 768, f32, 2) and f("rnn_tanh", 32, 256, 256, f32, 2)
 
 
 def test_small_problem_keeps_steps_on_one_thread(monkeypatch):

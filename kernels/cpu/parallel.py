@@ -12,6 +12,17 @@ forward keeps h in two buffers and alternates.  BPTT is the same with the
 roles turned round: thread p computes dh for its units from all of the
 previous step's gate gradients, then its units' gate gradients.
 
+By rows (the *_rows_part functions in rnn.py, gru.py, lstm.py; chosen
+where W_hh fits in cache, see numba_cpu.ROWS_*): thread i takes the sorted
+batch rows i, i + nth, ... and runs the whole time loop on them, with a
+working state of its own, its recurrent GEMM against all of W_hh and its
+pointwise pass over whole rows.  Rows never depend on other rows, so
+there is one fork/join per call instead of one per step.  Those parts are
+plain compiled functions that the backend runs on threads of its own (the
+GIL released), not a prange region: Numba compiles the code under a region
+several times over, and under this one would be the whole loop.  Sorted
+rows run longest first, so each thread's running rows stay a prefix.
+
 The big GEMMs before and after the loop (input projection, dx, dW_ih, dW_hh)
 are split into one block of rows per thread, each a one-thread BLAS call
 (blas.gemm); the caller holds SciPy's OpenBLAS at one thread for the whole
