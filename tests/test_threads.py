@@ -40,6 +40,7 @@ def rows_spy(monkeypatch):
     monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
     monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
     monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)     # the GRU's too (not its default)
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)   # by rows even with torch imported
     calls = []
     for mod in (lstm, gru, rnn):
         for name in [n for n in dir(mod) if n.endswith("_rows_part")]:
@@ -171,13 +172,17 @@ def test_by_rows_no_state_no_bias_zero_lengths_poisoned_buffers(rows_spy, mode, 
 
 def test_by_rows_is_the_default_only_where_w_hh_fits_in_cache(monkeypatch):
     """The form chosen for real shapes: by rows at S2/S3 (W_hh 256 KB, 1 MB),
-    by units at S4/S5 (4 MB, 16 MB) and for too few rows."""
+    by units at S4/S5 (4 MB, 16 MB), for too few rows, and while torch runs
+    more than one thread."""
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
     f = numba_cpu._by_rows
     f32 = np.dtype(np.float32)
     assert f("lstm", 8, 128, 512, f32, 2) and f("lstm", 32, 256, 1024, f32, 2)
     assert not f("lstm", 64, 512, 2048, f32, 2) and not f("lstm", 32, 1024, 4096, f32, 2)
     assert not f("lstm", 3, 128, 512, f32, 2)
     assert not f("gru", 32, 256, 768, f32, 2) and f("rnn_tanh", 32, 256, 256, f32, 2)
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)     # torch's workers would spin
+    assert not f("lstm", 32, 256, 1024, f32, 2)
 
 
 def test_small_problem_keeps_steps_on_one_thread(monkeypatch):

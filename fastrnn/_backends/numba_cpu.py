@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -99,10 +100,25 @@ def _kernel_form(T, B, I, H, GH):
 _TINY_FORM = contextlib.nullcontext((1, False, 1))
 
 
+def _torch_threads():
+    """torch's intra-op thread count where torch is imported, else 1."""
+    torch = sys.modules.get("torch")
+    try:
+        return torch.get_num_threads() if torch is not None else 1
+    except Exception:       # a partly imported or unusual torch
+        return 1
+
+
 def _by_rows(mode, B, H, GH, dt, nth):
-    """Whether a threaded call runs its time loops by rows (see ROWS_*)."""
+    """Whether a threaded call runs its time loops by rows (see ROWS_*).
+    Not while torch runs more than one thread in this process: its OpenMP
+    workers spin for a while after each of its ops and take the core a
+    by-rows thread (one of fastrnn's own, not Numba's) needs.  Measured,
+    fastrnn.torch.LSTM fwd+bwd with torch at 2 threads, alternating: S2
+    19.9 ms by rows against 11.9 by units, S3 77.4 against 66.0; with torch
+    at 1 thread, S2 10.3 against 10.7."""
     return (mode in ROWS_MODES and B >= ROWS_MIN_PER_THREAD * nth
-            and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES)
+            and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES and _torch_threads() <= 1)
 
 
 @contextlib.contextmanager
