@@ -31,7 +31,7 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, INNER, INNER_PAR, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import after_loop_grads_par, copy_rows, input_projection
+from .parallel import after_loop_grads_par, copy_rows, input_projection, put_rows, rows_of, take_rows
 
 
 @njit(**INNER)
@@ -284,62 +284,41 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, trai
     pointwise pass over whole rows), the final state back into h, c.  The
     caller runs the nth parts at once, one per thread, after the input
     projection (xg) is complete."""
-    T, B = xg.shape[0], xg.shape[1]
+    T = xg.shape[0]
     H = h.shape[1]
     GH = w_hh.shape[0]
-    m = (B - i + nth - 1) // nth
-    hp = np.empty((m, H), h.dtype)
-    cp = np.empty((m, H), h.dtype)
+    hp = take_rows(h, i, nth)
+    cp = take_rows(c, i, nth)
+    pp = take_rows(perm, i, nth)
+    m = pp.shape[0]
     gp = np.empty((m, GH), h.dtype)
     gws = np.empty((m, GH), h.dtype)
     tcws = np.empty((m, H), h.dtype)
-    pp = np.empty(m, perm.dtype)
-    for r in range(m):
-        j = i + r * nth
-        pp[r] = perm[j]
-        for k in range(H):
-            hp[r, k] = h[j, k]
-            cp[r, k] = c[j, k]
     for s in range(T):
         t = T - 1 - s if reverse else s
-        # its rows still running: sorted rows run longest first, so a prefix
-        n = (nb[t] - i + nth - 1) // nth
+        n = rows_of(nb[t], i, nth)      # sorted rows run longest first: a prefix
         if n > 0:
             _cols(hp[:n], w_hh, gp[:n], 0, GH)
         _fwd_units(t, n, 0, H, hp, hp, cp, xg, gp, bias, pp, training, y, Hs, Gs, Cs, TCs, gws, tcws)
-    for r in range(m):
-        j = i + r * nth
-        for k in range(H):
-            h[j, k] = hp[r, k]
-            c[j, k] = cp[r, k]
+    put_rows(hp, h, i, nth)
+    put_rows(cp, c, i, nth)
 
 
 @njit(**JIT)
 def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG):
     """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part);
     the caller then runs the after-the-loop GEMMs (parallel.after_loop_part)."""
-    T, B = dy.shape[0], dy.shape[1]
+    T = dy.shape[0]
     H = dh.shape[1]
-    GH = dG.shape[2]
-    m = (B - i + nth - 1) // nth
-    dhp = np.empty((m, H), dh.dtype)
-    dcp = np.empty((m, H), dh.dtype)
-    buf = np.empty((m, GH), dh.dtype)
-    pp = np.empty(m, perm.dtype)
-    for r in range(m):
-        j = i + r * nth
-        pp[r] = perm[j]
-        for k in range(H):
-            dhp[r, k] = dh[j, k]
-            dcp[r, k] = dc[j, k]
+    dhp = take_rows(dh, i, nth)
+    dcp = take_rows(dc, i, nth)
+    pp = take_rows(perm, i, nth)
+    buf = np.empty((pp.shape[0], dG.shape[2]), dh.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
-        n = (nb[t] - i + nth - 1) // nth
+        n = rows_of(nb[t], i, nth)
         _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, False)
         if n > 0:
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
-    for r in range(m):
-        j = i + r * nth
-        for k in range(H):
-            dh[j, k] = dhp[r, k]
-            dc[j, k] = dcp[r, k]
+    put_rows(dhp, dh, i, nth)
+    put_rows(dcp, dc, i, nth)

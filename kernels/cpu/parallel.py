@@ -81,6 +81,36 @@ def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, 
     colsum(dGh2, db_hh, g0, g1)
 
 
+@njit(**INNER)
+def rows_of(n, i, nth):
+    """How many of the sorted rows [0, n) are part i's when rows i, i + nth,
+    ... go to part i (the loops by rows): for n = B, all of its rows; for
+    n = nb[t], its rows still running, a prefix of them."""
+    return (n - i + nth - 1) // nth
+
+
+@njit(**INNER)
+def take_rows(src, i, nth):
+    """Rows i, i + nth, ... of src (1-D or 2-D) as a C-contiguous array of
+    their own: a part's working state (element loops: see copy_rows)."""
+    m = rows_of(src.shape[0], i, nth)
+    out = np.empty((m,) + src.shape[1:], src.dtype)
+    o = out.reshape((m, -1))
+    a = src.reshape((src.shape[0], -1))
+    for r in range(m):
+        for k in range(o.shape[1]):
+            o[r, k] = a[i + r * nth, k]
+    return out
+
+
+@njit(**INNER)
+def put_rows(part, dst, i, nth):
+    """dst's rows i, i + nth, ... = part's rows (take_rows turned round)."""
+    for r in range(part.shape[0]):
+        for k in range(part.shape[1]):
+            dst[i + r * nth, k] = part[r, k]
+
+
 @njit(**INNER_PAR)
 def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
     """common.after_loop_grads split over threads, one block per thread."""

@@ -19,7 +19,7 @@ from .activations import tanh_
 from .blas import split
 from .common import JIT, INNER, INNER_PAR, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import after_loop_grads_par, copy_rows, input_projection
+from .parallel import after_loop_grads_par, copy_rows, input_projection, put_rows, rows_of, take_rows
 
 
 @njit(**INNER)
@@ -223,50 +223,32 @@ def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, 
 def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As):
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part)."""
-    T, B = xg.shape[0], xg.shape[1]
+    T = xg.shape[0]
     H = h.shape[1]
-    m = (B - i + nth - 1) // nth
-    hp = np.empty((m, H), h.dtype)
-    gp = np.empty((m, H), h.dtype)
-    pp = np.empty(m, perm.dtype)
-    for r in range(m):
-        j = i + r * nth
-        pp[r] = perm[j]
-        for k in range(H):
-            hp[r, k] = h[j, k]
+    hp = take_rows(h, i, nth)
+    pp = take_rows(perm, i, nth)
+    gp = np.empty((pp.shape[0], H), h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        n = (nb[t] - i + nth - 1) // nth
+        n = rows_of(nb[t], i, nth)
         if n > 0:
             _cols(hp[:n], w_hh, gp[:n], 0, H)
         _fwd_units(t, n, 0, H, hp, hp, xg, gp, bias, pp, relu, training, y, Hs, As)
-    for r in range(m):
-        j = i + r * nth
-        for k in range(H):
-            h[j, k] = hp[r, k]
+    put_rows(hp, h, i, nth)
 
 
 @njit(**JIT)
 def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, dG):
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
-    T, B = dy.shape[0], dy.shape[1]
+    T = dy.shape[0]
     H = dh.shape[1]
-    m = (B - i + nth - 1) // nth
-    dhp = np.empty((m, H), dh.dtype)
-    buf = np.empty((m, H), dh.dtype)
-    pp = np.empty(m, perm.dtype)
-    for r in range(m):
-        j = i + r * nth
-        pp[r] = perm[j]
-        for k in range(H):
-            dhp[r, k] = dh[j, k]
+    dhp = take_rows(dh, i, nth)
+    pp = take_rows(perm, i, nth)
+    buf = np.empty((pp.shape[0], H), dh.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
-        n = (nb[t] - i + nth - 1) // nth
+        n = rows_of(nb[t], i, nth)
         _bwd_units(t, n, 0, H, dy, dhp, As, buf, dG, pp, relu, False)
         if n > 0:
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
-    for r in range(m):
-        j = i + r * nth
-        for k in range(H):
-            dh[j, k] = dhp[r, k]
+    put_rows(dhp, dh, i, nth)
