@@ -286,11 +286,12 @@ class NumbaCPU:
             hs = np.stack([h, h]) if par and not rows else h
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts) if par else (w_hhT,)
+            if rows:    # the input projection, before any part's loop reads it
+                _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if rows:
-                    _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
                     _in_threads(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
                                 training, y, Hs, Gs, Cs, TCs)
                 else:
@@ -304,7 +305,6 @@ class NumbaCPU:
                 Gs, HNs = tb((T, B, GH)), tb((T, B, H))
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
-                    _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
                     _in_threads(gru.gru_forward_rows_part, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse,
                                 training, y, Hs, Gs, HNs)
                 else:
@@ -315,7 +315,6 @@ class NumbaCPU:
             else:
                 As = tb((T, B, H))
                 if rows:
-                    _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
                     _in_threads(rnn.rnn_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse,
                                 mode == "rnn_relu", training, y, Hs, As)
                 else:
@@ -366,14 +365,12 @@ class NumbaCPU:
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts) if par else (w_hh,)
             grads = (p["x2"], w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
+            dGh = dG    # the gate gradients the dW_hh GEMM reads (the GRU's differ)
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
                 if rows:
                     _in_threads(lstm.lstm_backward_rows_part, nth, w_hhT, dy, dh, dc, perm, nb, reverse,
                                 p["Gs"], p["Cs"], p["TCs"], dG)
-                    dG2 = dG.reshape(T * B, GH)
-                    _in_threads(parallel.after_loop_part, nth, dG2, dG2, p["x2"], p["Hs"].reshape(T * B, H),
-                                w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
                     kern(dy, w_hhT, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
@@ -384,9 +381,6 @@ class NumbaCPU:
                 if rows:
                     _in_threads(gru.gru_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
                                 p["Hs"], p["Gs"], p["HNs"], dG, dGh)
-                    _in_threads(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
-                                p["x2"], p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
-                                dw_ih, dw_hh, db_ih, db_hh)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
                     kern(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
@@ -395,13 +389,14 @@ class NumbaCPU:
                 if rows:
                     _in_threads(rnn.rnn_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
                                 mode == "rnn_relu", p["As"], dG)
-                    dG2 = dG.reshape(T * B, GH)
-                    _in_threads(parallel.after_loop_part, nth, dG2, dG2, p["x2"], p["Hs"].reshape(T * B, H),
-                                w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                     kern(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          p["Hs"], p["As"], dG, dgs, *grads)
+            if rows:    # the GEMMs after the loop, once every part's gate gradients are in
+                _in_threads(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
+                            p["x2"], p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
+                            dw_ih, dw_hh, db_ih, db_hh)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
