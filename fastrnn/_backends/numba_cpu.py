@@ -14,7 +14,8 @@ usual case), OpenBLAS is held at one thread for the call, and, from
 PAR_MIN_WORK up, the threaded kernels run (kernels/cpu/parallel.py): the
 big GEMMs split by rows over the threads, and the time loop either by
 batch rows (each thread the whole sequence for its own rows, on threads
-of fastrnn's own; where W_hh fits in cache, ROWS_*) or by hidden units:
+of fastrnn's own, or on torch's OpenMP team where torch runs several
+threads: see _by_rows; where W_hh fits in cache, ROWS_*) or by hidden units:
 where a step's recurrent GEMM has at least PAR_MIN_MACS multiply-adds,
 each time step split (the hidden units cut into one block per Numba
 thread, one fork/join per step); below that the steps run on one thread.  Every core is
@@ -37,7 +38,7 @@ import sys
 import numpy as np
 
 from .. import _threads
-from . import bufpool
+from . import bufpool, torch_team
 from .bufpool import CACHE
 from ..cells import MODES
 
@@ -110,15 +111,21 @@ def _torch_threads():
 
 
 def _by_rows(mode, B, H, GH, dt, nth):
-    """Whether a threaded call runs its time loops by rows (see ROWS_*).
-    Not while torch runs more than one thread in this process: its OpenMP
-    workers spin for a while after each of its ops and take the core a
-    by-rows thread (one of fastrnn's own, not Numba's) needs.  Measured,
+    """Whether a threaded call runs its time loops by rows (see ROWS_*):
+    None if not, else the function that runs the parts, run(fn, nth, *args).
+    That is fastrnn's own threads (_in_threads), except while torch runs
+    more than one thread in this process: its OpenMP workers spin for a
+    while after each of its ops and would take the core a by-rows thread
+    needs, so the parts run on those workers (torch_team.py), and where
+    that cannot be done, by units (Numba's threads).  Measured,
     fastrnn.torch.LSTM fwd+bwd with torch at 2 threads, alternating: S2
-    19.9 ms by rows against 11.9 by units, S3 77.4 against 66.0; with torch
-    at 1 thread, S2 10.3 against 10.7."""
-    return (mode in ROWS_MODES and B >= ROWS_MIN_PER_THREAD * nth
-            and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES and _torch_threads() <= 1)
+    19.9 ms by rows on fastrnn's threads against 11.9 by units, S3 77.4
+    against 66.0; with torch at 1 thread, S2 10.3 against 10.7; on torch's
+    team, S2 10.1 against 11.6 by units, S3 52.3 against 55.1."""
+    if not (mode in ROWS_MODES and B >= ROWS_MIN_PER_THREAD * nth
+            and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES):
+        return None
+    return _in_threads if _torch_threads() <= 1 else torch_team.runner()
 
 
 @contextlib.contextmanager
@@ -287,13 +294,13 @@ class NumbaCPU:
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts) if par else (w_hhT,)
             if rows:    # the input projection, before any part's loop reads it
-                _in_threads(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
+                rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if rows:
-                    _in_threads(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
-                                training, y, Hs, Gs, Cs, TCs)
+                    rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
+                         training, y, Hs, Gs, Cs, TCs)
                 else:
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
                     kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
@@ -305,8 +312,8 @@ class NumbaCPU:
                 Gs, HNs = tb((T, B, GH)), tb((T, B, H))
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
-                    _in_threads(gru.gru_forward_rows_part, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse,
-                                training, y, Hs, Gs, HNs)
+                    rows(gru.gru_forward_rows_part, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse,
+                         training, y, Hs, Gs, HNs)
                 else:
                     kern = gru.gru_forward_par if par else gru.gru_forward
                     kern(x2, w_ih, xg, w_hh, bx, bhn, hs, perm, nb, reverse,
@@ -315,8 +322,8 @@ class NumbaCPU:
             else:
                 As = tb((T, B, H))
                 if rows:
-                    _in_threads(rnn.rnn_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse,
-                                mode == "rnn_relu", training, y, Hs, As)
+                    rows(rnn.rnn_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse,
+                         mode == "rnn_relu", training, y, Hs, As)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
                     kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
@@ -369,8 +376,8 @@ class NumbaCPU:
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
                 if rows:
-                    _in_threads(lstm.lstm_backward_rows_part, nth, w_hhT, dy, dh, dc, perm, nb, reverse,
-                                p["Gs"], p["Cs"], p["TCs"], dG)
+                    rows(lstm.lstm_backward_rows_part, nth, w_hhT, dy, dh, dc, perm, nb, reverse,
+                         p["Gs"], p["Cs"], p["TCs"], dG)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
                     kern(dy, w_hhT, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
@@ -379,24 +386,24 @@ class NumbaCPU:
             elif mode == "gru":
                 dGh = alloc((T, B, GH), dt)
                 if rows:
-                    _in_threads(gru.gru_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
-                                p["Hs"], p["Gs"], p["HNs"], dG, dGh)
+                    rows(gru.gru_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
+                         p["Hs"], p["Gs"], p["HNs"], dG, dGh)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
                     kern(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
-                    _in_threads(rnn.rnn_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
-                                mode == "rnn_relu", p["As"], dG)
+                    rows(rnn.rnn_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
+                         mode == "rnn_relu", p["As"], dG)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                     kern(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          p["Hs"], p["As"], dG, dgs, *grads)
             if rows:    # the GEMMs after the loop, once every part's gate gradients are in
-                _in_threads(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
-                            p["x2"], p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
-                            dw_ih, dw_hh, db_ih, db_hh)
+                rows(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
+                     p["x2"], p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
+                     dw_ih, dw_hh, db_ih, db_hh)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 

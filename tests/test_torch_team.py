@@ -1,0 +1,185 @@
+"""The by-rows parts on torch's own OpenMP team (fastrnn/_backends/torch_team.py):
+the runner itself (every part once, on several threads, a team smaller than
+asked, errors, fork), and the kernels run that way against the float64 oracle."""
+import multiprocessing as mp
+import os
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch_team runs parts on torch's OpenMP threads")
+
+import fastrnn  # noqa: E402
+from fastrnn import _threads  # noqa: E402
+from fastrnn._backends import numba_cpu, torch_team  # noqa: E402
+from fastrnn._kernels.cpu import gru, lstm, rnn  # noqa: E402
+
+from .helpers import check_backend, nan_empty  # noqa: E402
+
+RUN = torch_team.runner()
+pytestmark = pytest.mark.skipif(
+    RUN is None, reason="no libgomp that torch runs on is mapped in this process (torch not built with "
+                        "GNU OpenMP, or not Linux): fastrnn keeps to its own threads there")
+
+
+@pytest.fixture
+def torch_two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _record(calls):
+    def part(i, nth, tag):
+        calls.append((tag, i, nth, threading.get_native_id(), threading.current_thread().name))
+    return part
+
+
+def test_every_part_runs_once_on_a_team_of_threads():
+    for nth in (1, 2, 3, 5):
+        calls = []
+        RUN(_record(calls), nth, "x")
+        assert sorted(c[1] for c in calls) == list(range(nth)), calls
+        assert all(c[2] == nth and c[0] == "x" for c in calls)
+        if nth >= 2:
+            assert len({c[3] for c in calls}) >= 2, "the parts ran on one thread"
+        main = [c for c in calls if c[1] == 0]
+        assert main[0][3] == threading.get_native_id(), "part 0 runs on the calling thread"
+
+
+def test_a_team_smaller_than_asked_still_runs_every_part():
+    # Inside a region (nested parallelism is off by default) a team has one
+    # thread: its member must run all the parts itself.
+    inner = []
+
+    def outer(i, nth):
+        RUN(_record(inner), 3, i)
+    RUN(outer, 2)
+    for tag in (0, 1):
+        assert sorted(c[1] for c in inner if c[0] == tag) == [0, 1, 2], inner
+
+
+def test_an_error_in_a_part_reaches_the_caller_and_the_team_still_works():
+    def part(i, nth):
+        if i == 1:
+            raise ValueError("part 1 failed")
+    with pytest.raises(ValueError, match="part 1 failed"):
+        RUN(part, 2)
+    assert torch_team._JOBS == {}
+    calls = []
+    RUN(_record(calls), 2, "again")
+    assert sorted(c[1] for c in calls) == [0, 1]
+
+
+def test_concurrent_callers_each_get_their_own_parts():
+    results, errors = {}, []
+
+    def caller(k):
+        try:
+            for _ in range(20):
+                calls = []
+                RUN(_record(calls), 2, k)
+                assert sorted((c[0], c[1]) for c in calls) == [(k, 0), (k, 1)], calls
+            results[k] = True
+        except BaseException as e:      # reported below
+            errors.append(e)
+    ts = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(results) == [0, 1, 2, 3]
+
+
+def _child(q):
+    q.put(torch_team.runner() is None)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_no_team_in_a_forked_child():
+    """libgomp's team does not survive fork: the child gets no runner."""
+    RUN(lambda i, nth: None, 2)      # the team exists in the parent
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert q.get(timeout=5) is True
+
+
+_WHICH_GOMP = r'''
+import ctypes, os, sys
+if sys.argv[1] == "numba-first":      # Numba's OpenMP layer loads its libgomp first
+    import numpy as np
+    from numba import njit, prange
+    @njit(parallel=True)
+    def bump(a):
+        for i in prange(a.size):
+            a[i] += 1
+    bump(np.zeros(64))
+import torch
+from fastrnn._backends import torch_team
+run = torch_team.runner()
+if run is None:
+    print("none")
+else:
+    # the libgomp torch's libtorch bound to: the first one loaded of soname libgomp.so.1
+    bound = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD)
+    same = (ctypes.cast(bound.GOMP_parallel, ctypes.c_void_p).value
+            == ctypes.cast(run.gomp.GOMP_parallel, ctypes.c_void_p).value)
+    print("same" if same else "other")
+'''
+
+
+@pytest.mark.parametrize("order", ["torch-first", "numba-first"])
+def test_the_team_is_the_libgomp_torch_runs_on_in_either_import_order(order):
+    """torch ships a libgomp.so.1, but where Numba's OpenMP layer loaded the
+    system one first, libtorch binds to that: the runner must use the same."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _WHICH_GOMP, order], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "same"
+
+
+# ------------------------------------------------------------ the kernels on the team
+
+@pytest.fixture
+def team_spy(monkeypatch, torch_two_threads):
+    """By rows at every size with torch at two threads (so on torch's team),
+    recording each part: (name, part, thread id, thread name)."""
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
+    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
+    monkeypatch.setattr(numba_cpu, "ROWS_MODES", fastrnn.MODES)
+    calls = []
+    for mod in (lstm, gru, rnn):
+        for name in [n for n in dir(mod) if n.endswith("_rows_part")]:
+            kern = getattr(mod, name)
+
+            def wrapped(i, nth, *a, _k=kern, _n=name):
+                calls.append((_n, i, threading.get_native_id(), threading.current_thread().name))
+                return _k(i, nth, *a)
+            monkeypatch.setattr(mod, name, wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", fastrnn.MODES)
+def test_kernels_by_rows_on_torchs_team_match_the_oracle(team_spy, mode, dtype, monkeypatch):
+    assert numba_cpu._by_rows(mode, 4, 8, 32, np.dtype(dtype), 2) is RUN
+    check_backend(mode, "numba", T=9, B=7, I=4, H=27, lengths="random", reverse=True, dtype=dtype)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    check_backend(mode, "numba", T=6, B=5, H=19, lengths="edges", dtype=dtype)
+    names = {c[0] for c in team_spy}
+    assert any("forward" in n for n in names) and any("backward" in n for n in names), names
+    assert len({c[2] for c in team_spy}) >= 2, "the parts ran on one thread"
+    assert not any(c[3].startswith("fastrnn") for c in team_spy), "a part ran on fastrnn's own pool"
