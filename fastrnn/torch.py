@@ -30,6 +30,7 @@ torch is optional for fastrnn: ``import fastrnn`` never imports this module.
 from __future__ import annotations
 
 import warnings
+from operator import is_ as _is
 
 import torch
 import torch.nn.functional as F
@@ -117,11 +118,6 @@ def _bh(a):
     return a if a is None or a.ndim == 2 else a.reshape(a.shape[-2:])
 
 
-def _bh3(a):
-    """(1, B, H) view of a (B, H) state array (what the module stacks)."""
-    return None if a is None else a.reshape((1,) + a.shape)
-
-
 # ------------------------------------------------------------ autograd
 
 # Whether the backward running now keeps its graph (retain_graph=True).  The
@@ -146,7 +142,7 @@ def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
             ten = s.ten
     else:
         xa = x.numpy()
-        if warr is not None and min(xa.shape) > 0:
+        if warr is not None and xa.size:
             # weights the module checked once (_FastRNNMixin._plan); x and
             # the states it checks each call: skip rnn_forward's checks
             w_ih, w_hh, b_ih, b_hh, has_bias = warr
@@ -165,8 +161,9 @@ def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
                                        reverse=reverse, training=training, backend=backend)
         ten = torch.from_numpy
     if mode == "lstm":
-        return saved, ten(y), ten(_bh3(hn[0])), ten(_bh3(hn[1]))
-    return saved, ten(y), ten(_bh3(hn))
+        h, c = hn
+        return saved, ten(y), ten(h.reshape((1,) + h.shape)), ten(c.reshape((1,) + c.shape))
+    return saved, ten(y), ten(hn.reshape((1,) + hn.shape))
 
 
 class RNNFunction(torch.autograd.Function):
@@ -273,11 +270,11 @@ class _FastRNNMixin:
         """self._flat_weights, refreshed if a parameter was replaced behind
         RNNBase.__setattr__'s back (torch.func.functional_call, parametrizations)."""
         ws = self._flat_weights
-        params = self._parameters
-        for n, w in zip(self._flat_weights_names, ws):
-            if params.get(n) is not w:
-                return [getattr(self, n) for n in self._flat_weights_names]
-        return ws
+        names = self._flat_weights_names
+        # all(...) over C iterators: a third of the cost of a Python loop
+        if all(map(_is, map(self._parameters.get, names), ws)):
+            return ws
+        return [getattr(self, n) for n in names]
 
     def _plan(self, weights):
         """Per layer-direction (reverse, arrays), cached while the parameters
@@ -361,7 +358,7 @@ class _FastRNNMixin:
             h0, c0 = self._initial_state(hx, x, B, batched, sorted_indices)
 
         grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(w.requires_grad for w in weights)
+            x.requires_grad or w0.requires_grad or any(w.requires_grad for w in weights)
             or (h0 is not None and (h0.requires_grad or (c0 is not None and c0.requires_grad))))
         plan = self._plan(weights)
         backend = self.backend
