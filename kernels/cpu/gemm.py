@@ -98,11 +98,14 @@ def _cols(A, Bt, out, n0, n1):
     M, K = A.shape
     z = A.dtype.type(0)
     m4 = M - M % 4
+    # n0 is a literal 0 for some callers: as an int64 both calls of
+    # _cols_thin share one compiled form (a literal made a second one,
+    # ~0.7 s of a cold first call)
+    n = np.int64(n0)
     if m4 < M:
-        _cols_thin(A[m4:], Bt, out[m4:], n0, n1)
+        _cols_thin(A[m4:], Bt, out[m4:], n, n1)
     if m4 == 0:
         return
-    n = n0
     while n + 3 <= n1:
         b0 = Bt[n]
         b1 = Bt[n + 1]
