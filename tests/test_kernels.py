@@ -33,7 +33,7 @@ def kernel_form(request, monkeypatch):
         else:
             monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
             monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
-            monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)     # the GRU's too (not its default)
+            monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)
             monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)   # by rows even with torch imported
     return request.param
 

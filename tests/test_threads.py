@@ -39,7 +39,7 @@ def rows_spy(monkeypatch):
     monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
     monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
-    monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)     # the GRU's too (not its default)
+    monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)   # by rows even with torch imported
     calls = []
     for mod in (lstm, gru, rnn):
@@ -180,7 +180,8 @@ def test_by_rows_is_the_default_only_where_w_hh_fits_in_cache(monkeypatch):
     assert f("lstm", 8, 128, 512, f32, 2) and f("lstm", 32, 256, 1024, f32, 2)
     assert not f("lstm", 64, 512, 2048, f32, 2) and not f("lstm", 32, 1024, 4096, f32, 2)
     assert not f("lstm", 3, 128, 512, f32, 2)
-    assert not f("gru", 32, 256, 768, f32, 2) and f("rnn_tanh", 32, 256, 256, f32, 2)
+    assert f("gru", 32, 256, 768, f32, 2) and f("rnn_tanh", 32, 256, 256, f32, 2)
+    assert not f("gru", 32, 1024, 3072, f32, 2)
     assert f("lstm", 32, 256, 1024, f32, 2) is numba_cpu._in_threads     # fastrnn's own threads
     # torch's workers would spin against fastrnn's: by rows on torch's team
     # where there is one, else by units

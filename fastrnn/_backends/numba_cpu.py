@@ -79,11 +79,16 @@ TINY_WORK = 1 << 18
 # By rows also compiles in half the time (no prange: see _in_threads).
 ROWS_MAX_WHH_BYTES = 1 << 21
 ROWS_MIN_PER_THREAD = 2
-# The GRU has the by-rows parts too (tested), but not as the default: its
-# forward by rows was slower (S3 21.1 and 24.1 against 17.9 and 18.9 ms by
-# units, two runs; fwd+bwd even), while the vanilla RNN's was level or
-# faster (S2 fwd+bwd 3.22 against 3.64 ms relu, 4.09 against 4.14 tanh).
-ROWS_MODES = ("rnn_tanh", "rnn_relu", "lstm")
+# Every mode.  The GRU's forward by rows was slower (S3 21.1 and 24.1
+# against 17.9 and 18.9 ms by units) until its pointwise pass stopped reading
+# h_prev from the array it writes h to (gru._fwd_units: the loop had run
+# scalar); since then, medians of 9 alternating (float32, rnn_forward and
+# rnn_backward, no torch imported): S2 fwd+bwd 7.12 against 8.25 ms,
+# forward 2.44 against 2.99; S3 41.2 against 42.1, forward 12.7 against
+# 13.7 (and on torch's team, torch at 2 threads: S3 39.4 against 41.4).  The vanilla RNN's
+# was level or faster (S2 fwd+bwd 3.22 against 3.64 ms relu, 4.09 against
+# 4.14 tanh).
+ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
 
 def _kernel_form(T, B, I, H, GH):
