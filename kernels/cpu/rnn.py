@@ -47,12 +47,14 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, H
         if relu:
             for k in range(m):
                 a = xr[k] + gr[k] + bs[k]
-                ho[k] = a if a > zero else zero
+                v = a if a > zero else zero
+                ho[k] = v
+                yr[k] = v
         else:
             for k in range(m):
-                ho[k] = tanh_(xr[k] + gr[k] + bs[k])
-        for k in range(m):
-            yr[k] = ho[k]
+                v = tanh_(xr[k] + gr[k] + bs[k])
+                ho[k] = v
+                yr[k] = v
         if training:
             sa = As[t, b, k0:]
             for k in range(m):
