@@ -171,17 +171,19 @@ def test_by_rows_no_state_no_bias_zero_lengths_poisoned_buffers(rows_spy, mode, 
 
 
 def test_by_rows_is_the_default_only_where_w_hh_fits_in_cache(monkeypatch):
-    """The form chosen for real shapes: by rows at S2/S3 (W_hh 256 KB, 1 MB),
-    by units at S4/S5 (4 MB, 16 MB), for too few rows, and while torch runs
-    more than one thread, unless its OpenMP team can run the parts."""
+    """The form chosen for real shapes: by rows at S2-S4 (W_hh 256 KB to
+    4 MB), by units at S5 beyond 4 MB (GRU 12 MB, LSTM 16 MB), for too few
+    rows, and while torch runs more than one thread, unless its OpenMP team
+    can run the parts."""
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
     f = numba_cpu._by_rows
     f32 = np.dtype(np.float32)
     assert f("lstm", 8, 128, 512, f32, 2) and f("lstm", 32, 256, 1024, f32, 2)
-    assert not f("lstm", 64, 512, 2048, f32, 2) and not f("lstm", 32, 1024, 4096, f32, 2)
+    assert f("lstm", 64, 512, 2048, f32, 2) and f("gru", 64, 512, 1536, f32, 2)
+    assert not f("lstm", 32, 1024, 4096, f32, 2) and not f("gru", 32, 1024, 3072, f32, 2)
+    assert not f("lstm", 64, 512, 2048, np.dtype(np.float64), 2)     # 8 MB in float64
     assert not f("lstm", 3, 128, 512, f32, 2)
     assert f("gru", 32, 256, 768, f32, 2) and f("rnn_tanh", 32, 256, 256, f32, 2)
-    assert not f("gru", 32, 1024, 3072, f32, 2)
     assert f("lstm", 32, 256, 1024, f32, 2) is numba_cpu._in_threads     # fastrnn's own threads
     # torch's workers would spin against fastrnn's: by rows on torch's team
     # where there is one, else by units
@@ -189,7 +191,7 @@ def test_by_rows_is_the_default_only_where_w_hh_fits_in_cache(monkeypatch):
     team = object()
     monkeypatch.setattr(numba_cpu.torch_team, "runner", lambda: team)
     assert f("lstm", 32, 256, 1024, f32, 2) is team
-    assert not f("lstm", 64, 512, 2048, f32, 2)
+    assert not f("lstm", 32, 1024, 4096, f32, 2)
     monkeypatch.setattr(numba_cpu.torch_team, "runner", lambda: None)
     assert not f("lstm", 32, 256, 1024, f32, 2)
 

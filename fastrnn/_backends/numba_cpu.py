@@ -77,7 +77,13 @@ TINY_WORK = 1 << 18
 # (4 MB), S5 1.22 (16 MB); whole LSTM calls, fwd+bwd, S2 12.4 against 14.0
 # ms, S3 62.3 against 68.3 ms.  It needs ROWS_MIN_PER_THREAD rows a thread.
 # By rows also compiles in half the time (no prange: see _in_threads).
-ROWS_MAX_WHH_BYTES = 1 << 21
+# The bound was 2 MB until whole calls at S4 were measured
+# (benchmarks/bench_forms.py, rows/units, medians of 5-7, four runs with
+# and without torch at 2 threads): LSTM (W_hh 4 MB) fwd+bwd 0.91-1.04,
+# median 0.96, forward 0.85-0.92; GRU (3 MB) 0.90-1.00, forward 0.82-0.93;
+# and at S5 level or worse: rnn_tanh (4 MB) 1.01, forward 0.93; GRU (12 MB)
+# 1.13; LSTM (16 MB) 1.01, forward 1.05.
+ROWS_MAX_WHH_BYTES = 1 << 22
 ROWS_MIN_PER_THREAD = 2
 # Every mode.  The GRU's forward by rows was slower (S3 21.1 and 24.1
 # against 17.9 and 18.9 ms by units) until its pointwise pass stopped reading
