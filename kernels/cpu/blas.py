@@ -14,11 +14,11 @@ element) and whose row stride is a whole number of elements: any slice
 such views; nothing here checks it (the Python wrappers validate shapes).
 """
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .common import INNER
+from .common import inner
 
 _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char,             # kind, transa, transb
@@ -40,13 +40,13 @@ def _data(typingctx, arr):
     return types.voidptr(arr), codegen
 
 
-@njit(**INNER)
+@inner
 def _ld(a):
     """Leading dimension (row stride in elements) of a row-major 2-D view."""
     return max(a.strides[0] // a.itemsize, a.shape[1], 1)
 
 
-@njit(**INNER)
+@inner
 def gemm(A, trans_a, B, trans_b, C, beta):
     """C = op(A) @ op(B) + beta * C for row-major 2-D views (see module
     docstring); op(X) = X.T when trans_x.  C is (M, N); op(A) (M, K);
@@ -71,7 +71,7 @@ def gemm(A, trans_a, B, trans_b, C, beta):
             _data(ab[1:2]), _data(C), _ld(C))
 
 
-@njit(**INNER)
+@inner
 def split(n, parts, i, align):
     """Bounds [lo, hi) of part i of range(n) cut into `parts` near-equal
     pieces whose inner bounds are multiples of `align` (when n allows)."""

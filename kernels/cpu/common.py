@@ -14,16 +14,44 @@ JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 # the kernels that fork Numba threads (prange; see parallel.py)
 JIT_PAR = dict(JIT, parallel=True)
 # Helpers only compiled code calls: no CPython or C wrapper to generate,
-# optimise and emit for them (~2 s of a mode's cold compile).  Calling one
-# from Python fails ("no CPython wrapper"); tests go through an @njit shim.
+# optimise and emit for them (~2 s of a mode's cold compile).  Declared with
+# @inner / @inner_par below, so that a call from Python raises TypeError;
+# tests go through an @njit shim.
 INNER = dict(JIT, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 INNER_PAR = dict(INNER, parallel=True)
 
 import numpy as np
 from numba import njit
+from numba.core.registry import CPUDispatcher
 
 
-@njit(**INNER)
+class InnerDispatcher(CPUDispatcher):
+    """A helper compiled without a CPython wrapper (INNER).  Numba calls
+    such a function from Python through a null pointer and the process
+    dies (numba/numba#2541); this raises instead.  Compiled callers do not
+    go through __call__, so nothing else changes."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"{self.py_func.__module__}.{self.py_func.__qualname__} is an inner kernel "
+                        "helper compiled without a Python wrapper: only compiled kernels can call it "
+                        "(from Python, call it through an @njit function)")
+
+
+def inner(fn):
+    """@njit(**INNER), callable from compiled code only (see InnerDispatcher)."""
+    d = njit(**INNER)(fn)
+    d.__class__ = InnerDispatcher
+    return d
+
+
+def inner_par(fn):
+    """@njit(**INNER_PAR), callable from compiled code only."""
+    d = njit(**INNER_PAR)(fn)
+    d.__class__ = InnerDispatcher
+    return d
+
+
+@inner
 def colsum(a, out, c0=0, c1=-1):
     """out[c0:c1] = a[:, c0:c1].sum(axis=0) for a C-contiguous (R, C) array,
     row by row (vectorised); c1 = -1 means all columns."""
@@ -36,7 +64,7 @@ def colsum(a, out, c0=0, c1=-1):
             out[k] += row[k]
 
 
-@njit(**INNER)
+@inner
 def after_loop_grads(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
     """The big GEMMs after the BPTT loop, over all T*B rows at once:
     dx = dG @ w_ih, dW_ih = dG^T x, dW_hh = dGh^T h_prev, and the bias

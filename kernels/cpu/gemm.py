@@ -31,7 +31,7 @@ kernel tests hold them to the float64 oracle).
 import numpy as np
 from numba import njit
 
-from .common import JIT, INNER
+from .common import JIT, inner
 
 # Where this kernel beats OpenBLAS in the one-thread loops (measured,
 # benchmarks/bench_gemm.py): up to 16 rows at any size (OpenBLAS's packing of
@@ -42,7 +42,7 @@ OWN_MAX_ROWS = 16
 OWN_MAX_MACS = 1 << 22
 
 
-@njit(**INNER)
+@inner
 def _cols_thin(A, Bt, out, n0, n1):
     """out[:, n0:n1] = A @ Bt[n0:n1].T one row of A at a time against 6 rows of
     Bt (7 loads per 6 FMAs): for 1-3 rows, where a 4-row block cannot form
@@ -91,7 +91,7 @@ def _cols_thin(A, Bt, out, n0, n1):
         n += 1
 
 
-@njit(**INNER)
+@inner
 def _cols(A, Bt, out, n0, n1):
     """out[:, n0:n1] = A @ Bt[n0:n1].T: 4x3 blocks over the first M - M % 4
     rows; the remaining rows and columns go to _cols_thin."""

@@ -21,12 +21,12 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, INNER, INNER_PAR, after_loop_grads
+from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
 from .parallel import after_loop_grads_par, copy_rows, input_projection, put_rows, rows_of, take_rows
 
 
-@njit(**INNER)
+@inner
 def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
     """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
     gh holds h_prev @ W_hh^T.  Row views start at k0 and the H <= 0 exit
@@ -80,7 +80,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
             Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dGh = 0: keep it finite
 
 
-@njit(**INNER)
+@inner
 def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): gate
     gradients to dGi[t] (input side) and buf (recurrent side, sorted rows;
@@ -130,7 +130,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, iden
             dGh[t, b, q * H + k0:q * H + k1] = 0
 
 
-@njit(**INNER)
+@inner
 def _add_units(dh, dhd, n, k0, k1):
     """dh[:n, k0:k1] += dhd[:n, k0:k1]."""
     for j in range(n):
@@ -178,7 +178,7 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
 
 # ---------------------------------------------------------------- threads
 
-@njit(**INNER)
+@inner
 def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
     """Step t for block p of `parts` blocks of hidden units (see lstm._fwd_step)."""
     H = cur.shape[1]
@@ -189,7 +189,7 @@ def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y
     _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
-@njit(**INNER)
+@inner
 def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
     """BPTT step t for block p of `parts` blocks of hidden units (see
     lstm._bwd_step); dh also gets the direct part dhd."""
@@ -202,7 +202,7 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf,
         _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
 
 
-@njit(**INNER_PAR)
+@inner_par
 def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
     """One fork/join: _fwd_step for every block of units, one block per
     thread (see lstm._fwd_steps for why the regions and indices look so)."""
@@ -210,7 +210,7 @@ def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, 
         _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
-@njit(**INNER_PAR)
+@inner_par
 def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):

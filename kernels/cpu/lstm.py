@@ -29,12 +29,12 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, INNER, INNER_PAR, after_loop_grads
+from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
 from .parallel import after_loop_grads_par, copy_rows, input_projection, put_rows, rows_of, take_rows
 
 
-@njit(**INNER)
+@inner
 def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
     """Pointwise forward of step t for sorted rows [0, n) and units [k0, k1):
     gh holds h_prev @ W_hh^T; reads h_prev from hin, writes h to hout (may be
@@ -96,7 +96,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
             Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
 
 
-@njit(**INNER)
+@inner
 def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
     """Pointwise BPTT of step t for sorted rows [0, n) and units [k0, k1):
     dh holds the gradient from step t+1's recurrence; writes the four gate
@@ -181,7 +181,7 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
 
 # ---------------------------------------------------------------- threads
 
-@njit(**INNER)
+@inner
 def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
     """Step t for block p of `parts` blocks of hidden units: its columns of
     the recurrent GEMM (all four gates), then its pointwise pass."""
@@ -193,7 +193,7 @@ def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y
     _fwd_units(t, n, k0, k1, cur, nxt, c, xg, gh, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
 
 
-@njit(**INNER)
+@inner
 def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
     """BPTT step t for block p of `parts` blocks of hidden units: dh of these
     units from all of the previous step's gate gradients (prev, nprev rows),
@@ -206,7 +206,7 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, 
         _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
 
 
-@njit(**INNER_PAR)
+@inner_par
 def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
     """One fork/join: _fwd_step for every block of units, one block per thread.
     The parallel regions are these small functions rather than the whole
@@ -218,7 +218,7 @@ def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, 
         _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
 
 
-@njit(**INNER_PAR)
+@inner_par
 def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):

@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm, split
-from .common import JIT, INNER, INNER_PAR, colsum
+from .common import JIT, inner, inner_par, colsum
 
 
 @njit(**JIT)
@@ -47,7 +47,7 @@ def project_part(i, nth, x2, w_ih, xg2):
     gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], xg2.dtype.type(0))
 
 
-@njit(**INNER_PAR)
+@inner_par
 def input_projection(x2, w_ih, xg2, nth):
     """xg2 = x2 @ w_ih.T, one block of rows per thread."""
     for p in prange(nth):
@@ -56,7 +56,7 @@ def input_projection(x2, w_ih, xg2, nth):
         project_part(np.int64(p), nth, x2, w_ih, xg2)
 
 
-@njit(**INNER)
+@inner
 def copy_rows(src, dst, n, nprev):
     """dst[n:nprev] = src[n:nprev] (no-op when n >= nprev); a plain loop, which
     compiles in a fraction of the time of the slice assignment."""
@@ -81,7 +81,7 @@ def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, 
     colsum(dGh2, db_hh, g0, g1)
 
 
-@njit(**INNER)
+@inner
 def rows_of(n, i, nth):
     """How many of the sorted rows [0, n) are part i's when rows i, i + nth,
     ... go to part i (the loops by rows): for n = B, all of its rows; for
@@ -89,7 +89,7 @@ def rows_of(n, i, nth):
     return (n - i + nth - 1) // nth
 
 
-@njit(**INNER)
+@inner
 def take_rows(src, i, nth):
     """Rows i, i + nth, ... of src (1-D or 2-D) as a C-contiguous array of
     their own: a part's working state (element loops: see copy_rows)."""
@@ -103,7 +103,7 @@ def take_rows(src, i, nth):
     return out
 
 
-@njit(**INNER)
+@inner
 def put_rows(part, dst, i, nth):
     """dst's rows i, i + nth, ... = part's rows (take_rows turned round)."""
     for r in range(part.shape[0]):
@@ -111,7 +111,7 @@ def put_rows(part, dst, i, nth):
             dst[i + r * nth, k] = part[r, k]
 
 
-@njit(**INNER_PAR)
+@inner_par
 def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
     """common.after_loop_grads split over threads, one block per thread."""
     for p in prange(nth):

@@ -17,12 +17,12 @@ from numba import njit, prange
 
 from .activations import tanh_
 from .blas import split
-from .common import JIT, INNER, INNER_PAR, after_loop_grads
+from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
 from .parallel import after_loop_grads_par, copy_rows, input_projection, put_rows, rows_of, take_rows
 
 
-@njit(**INNER)
+@inner
 def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, Hs, As):
     """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
     gh holds h_prev @ W_hh^T.  Row views start at k0 (see lstm._fwd_units)."""
@@ -66,7 +66,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, H
             Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
 
 
-@njit(**INNER)
+@inner
 def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): the
     pre-activation gradient to buf (sorted rows; dG[t] itself when ident,
@@ -136,7 +136,7 @@ def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
 
 # ---------------------------------------------------------------- threads
 
-@njit(**INNER)
+@inner
 def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As):
     """Step t for block p of `parts` blocks of hidden units (see lstm._fwd_step)."""
     H = cur.shape[1]
@@ -146,7 +146,7 @@ def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training
     _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bias, perm, relu, training, y, Hs, As)
 
 
-@njit(**INNER)
+@inner
 def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident):
     """BPTT step t for block p of `parts` blocks of hidden units (see lstm._bwd_step)."""
     H = dh.shape[1]
@@ -157,7 +157,7 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, rel
         _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident)
 
 
-@njit(**INNER_PAR)
+@inner_par
 def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As):
     """One fork/join: _fwd_step for every block of units, one block per
     thread (see lstm._fwd_steps for why the regions and indices look so)."""
@@ -165,7 +165,7 @@ def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, 
         _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
 
 
-@njit(**INNER_PAR)
+@inner_par
 def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):
