@@ -11,10 +11,10 @@ so that where N > 1 the by-rows parts run on torch's OpenMP team
     PYTHONPATH=. python3 benchmarks/bench_forms.py --modes gru --shapes S2,S3,S4 --reps 9
     PYTHONPATH=. python3 benchmarks/bench_forms.py --torch-threads 2    # by rows on torch's team
 
-Columns: medians over the repetitions of the best of 3 calls, in ms, for
+Columns: medians over the repetitions of the median of 3 calls, in ms, for
 forward+BPTT (rnn_forward(training=True) + rnn_backward) and the inference
 forward; "rows/units" < 1 means by rows is faster.  The shapes are the
-benchmark's (fastrnn.bench.SHAPES); the forms are forced by setting
+benchmark's (fastrnn.bench.SHAPES, with its problem data); the forms are forced by setting
 ROWS_MODES and ROWS_MAX_WHH_BYTES for the call, so a shape whose W_hh is
 over the cache bound (S4, S5) can still be run by rows here.
 """
@@ -23,35 +23,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-
-import numpy as np
-
-
-def _best_of(f, n=3):
-    f()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def compare(mode, shape, reps, seed=0):
     """{form_what: [seconds per repetition]} for form in rows, units and what in fb, fw."""
     import fastrnn
     from fastrnn._backends import numba_cpu
-    from fastrnn.bench import SHAPES
-    from fastrnn.cells import spec
+    from fastrnn.bench import SHAPES, _problem, timeit
 
     B, T, I, H = SHAPES[shape]
-    G = spec(mode).gates
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((T, B, I), dtype=np.float32)
-    w = tuple(rng.standard_normal(s, dtype=np.float32) * np.float32(0.05)
-              for s in ((G * H, I), (G * H, H), (G * H,), (G * H,)))
-    dy = np.ones((T, B, H), np.float32)
+    x, w, dy = _problem(mode, B, T, I, H, seed)
 
     def fb():
         _, _, saved = fastrnn.rnn_forward(mode, x, w, training=True, backend="numba")
@@ -69,7 +50,8 @@ def compare(mode, shape, reps, seed=0):
                 numba_cpu.ROWS_MODES = others + ((mode,) if form == "rows" else ())
                 numba_cpu.ROWS_MAX_WHH_BYTES = 1 << 40 if form == "rows" else saved_cfg[1]
                 for what, f in (("fb", fb), ("fw", fw)):
-                    out.setdefault(f"{form}_{what}", []).append(_best_of(f))
+                    out.setdefault(f"{form}_{what}", []).append(timeit(f, min_reps=3, min_time=0.0,
+                                                                       max_reps=3))
     finally:
         numba_cpu.ROWS_MODES, numba_cpu.ROWS_MAX_WHH_BYTES = saved_cfg
     return out

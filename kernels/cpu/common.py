@@ -37,18 +37,18 @@ class InnerDispatcher(CPUDispatcher):
                         "(from Python, call it through an @njit function)")
 
 
-def inner(fn):
-    """@njit(**INNER), callable from compiled code only (see InnerDispatcher)."""
-    d = njit(**INNER)(fn)
-    d.__class__ = InnerDispatcher
-    return d
+def _guarded(options):
+    """A decorator: @njit(**options), callable from compiled code only (see
+    InnerDispatcher)."""
+    def decorate(fn):
+        d = njit(**options)(fn)
+        d.__class__ = InnerDispatcher
+        return d
+    return decorate
 
 
-def inner_par(fn):
-    """@njit(**INNER_PAR), callable from compiled code only."""
-    d = njit(**INNER_PAR)(fn)
-    d.__class__ = InnerDispatcher
-    return d
+inner = _guarded(INNER)
+inner_par = _guarded(INNER_PAR)
 
 
 @inner
