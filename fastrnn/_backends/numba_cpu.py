@@ -91,9 +91,9 @@ ROWS_MIN_PER_THREAD = 2
 # scalar); since then, medians of 9 alternating (float32, rnn_forward and
 # rnn_backward, no torch imported): S2 fwd+bwd 7.12 against 8.25 ms,
 # forward 2.44 against 2.99; S3 41.2 against 42.1, forward 12.7 against
-# 13.7 (and on torch's team, torch at 2 threads: S3 39.4 against 41.4).  The vanilla RNN's
-# was level or faster (S2 fwd+bwd 3.22 against 3.64 ms relu, 4.09 against
-# 4.14 tanh).
+# 13.7 (and on torch's team, torch at 2 threads: S3 39.4 against 41.4).
+# The vanilla RNN's was level or faster (S2 fwd+bwd 3.22 against 3.64 ms
+# relu, 4.09 against 4.14 tanh).
 ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
 

@@ -52,7 +52,12 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
         # h_prev is read below from a copy in y's row (which then takes
         # h): where hin is hout (the one-thread and by-rows loops), reading
         # hi while writing ho fails LLVM's runtime overlap check and the
-        # whole loop ran scalar, 28 against 5 ns per unit (S3, measured)
+        # whole loop ran scalar, 28 against 5 ns per unit (S3, measured).
+        # Training copies h_prev to Hs as well.  Reading it from Hs there
+        # and from y's row otherwise (one view chosen per row) saves that
+        # copy but brings the failed check back: the loop reads the chosen
+        # view and writes y's row, which in inference is the same memory
+        # (measured: 30 ns per unit again).
         for k in range(m):
             yr[k] = hi[k]
         if training:
