@@ -135,3 +135,31 @@ def poison_free_cached_buffers():
                 c._bufs[i].fill(255)
                 n += 1
     return n
+
+
+def force_by_rows(monkeypatch):
+    """The threaded loops by rows for every mode at any size, from one row a
+    thread (where threads can run)."""
+    from fastrnn._backends import numba_cpu
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
+    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
+    monkeypatch.setattr(numba_cpu, "ROWS_MODES", fastrnn.MODES)
+
+
+def spy_rows_parts(monkeypatch, record):
+    """force_by_rows, and every *_rows_part of the kernels wrapped so that
+    each part appends record(name, i, nth) to the returned list before it runs."""
+    from fastrnn._kernels.cpu import gru, lstm, rnn
+    force_by_rows(monkeypatch)
+    calls = []
+    for mod in (lstm, gru, rnn):
+        for name in [n for n in dir(mod) if n.endswith("_rows_part")]:
+            kern = getattr(mod, name)
+
+            def wrapped(i, nth, *a, _k=kern, _n=name):
+                calls.append(record(_n, i, nth))
+                return _k(i, nth, *a)
+            monkeypatch.setattr(mod, name, wrapped)
+    return calls

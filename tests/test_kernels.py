@@ -7,7 +7,8 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import bufpool, numba_cpu
 
-from .helpers import assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers, run
+from .helpers import (assert_close, check_backend, force_by_rows, make_problem, nan_empty,
+                      poison_free_cached_buffers, run)
 
 MODES = fastrnn.MODES
 BACKENDS = ["numba", "numpy"]
@@ -31,9 +32,7 @@ def kernel_form(request, monkeypatch):
         if request.param == "threaded by units":
             monkeypatch.setattr(numba_cpu, "ROWS_MODES", ())
         else:
-            monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
-            monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
-            monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)
+            force_by_rows(monkeypatch)
             monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)   # by rows even with torch imported
     return request.param
 

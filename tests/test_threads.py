@@ -13,7 +13,8 @@ from fastrnn import _threads
 from fastrnn._backends import bufpool, numba_cpu
 from fastrnn._kernels.cpu import gru, lstm, rnn
 
-from .helpers import check_backend, make_problem, nan_empty, poison_free_cached_buffers, run
+from .helpers import (check_backend, make_problem, nan_empty, poison_free_cached_buffers, run,
+                      spy_rows_parts)
 
 MODES = fastrnn.MODES
 PAR = {"lstm": (lstm, "lstm"), "gru": (gru, "gru"), "rnn_tanh": (rnn, "rnn"), "rnn_relu": (rnn, "rnn")}
@@ -35,22 +36,9 @@ def rows_spy(monkeypatch):
     """Force the threaded loops by rows at every size (from one row a
     thread) and record each part that runs: (name, part, nth, thread id,
     SciPy's OpenBLAS thread count as the part saw it)."""
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
-    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
-    monkeypatch.setattr(numba_cpu, "ROWS_MODES", MODES)
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)   # by rows even with torch imported
-    calls = []
-    for mod in (lstm, gru, rnn):
-        for name in [n for n in dir(mod) if n.endswith("_rows_part")]:
-            kern = getattr(mod, name)
-
-            def wrapped(i, nth, *a, _k=kern, _n=name):
-                calls.append((_n, i, nth, threading.get_ident(), _threads._blas[0]()))
-                return _k(i, nth, *a)
-            monkeypatch.setattr(mod, name, wrapped)
-    return calls
+    return spy_rows_parts(monkeypatch,
+                          lambda name, i, nth: (name, i, nth, threading.get_ident(), _threads._blas[0]()))
 
 
 def _assert_by_rows(calls, mode):

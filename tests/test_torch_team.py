@@ -13,9 +13,8 @@ torch = pytest.importorskip("torch", reason="torch_team runs parts on torch's Op
 import fastrnn  # noqa: E402
 from fastrnn import _threads  # noqa: E402
 from fastrnn._backends import numba_cpu, torch_team  # noqa: E402
-from fastrnn._kernels.cpu import gru, lstm, rnn  # noqa: E402
 
-from .helpers import check_backend, nan_empty  # noqa: E402
+from .helpers import check_backend, nan_empty, spy_rows_parts  # noqa: E402
 
 RUN = torch_team.runner()
 pytestmark = pytest.mark.skipif(
@@ -155,21 +154,8 @@ def team_spy(monkeypatch, torch_two_threads):
     recording each part: (name, part, thread id, thread name)."""
     if _threads.available_threads() < 2:
         pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "ROWS_MIN_PER_THREAD", 1)
-    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 1 << 40)
-    monkeypatch.setattr(numba_cpu, "ROWS_MODES", fastrnn.MODES)
-    calls = []
-    for mod in (lstm, gru, rnn):
-        for name in [n for n in dir(mod) if n.endswith("_rows_part")]:
-            kern = getattr(mod, name)
-
-            def wrapped(i, nth, *a, _k=kern, _n=name):
-                calls.append((_n, i, threading.get_native_id(), threading.current_thread().name))
-                return _k(i, nth, *a)
-            monkeypatch.setattr(mod, name, wrapped)
-    return calls
+    return spy_rows_parts(monkeypatch, lambda name, i, nth: (name, i, threading.get_native_id(),
+                                                             threading.current_thread().name))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
