@@ -38,13 +38,24 @@ from fastrnn._kernels.cpu.blas import split
 from fastrnn._kernels.cpu.common import JIT, JIT_PAR
 
 # (M, K, N): LSTM S1-S5 forward and backward steps, and a few around the switch
-SHAPES = [(1, 64, 256), (1, 256, 64), (8, 128, 512), (8, 512, 128), (16, 256, 1024), (32, 256, 1024),
+SHAPES = [(1, 64, 256), (1, 256, 64), (1, 128, 512), (2, 64, 256), (2, 128, 512), (2, 512, 128), (8, 128, 512), (8, 512, 128), (16, 256, 1024), (32, 256, 1024),
           (32, 1024, 256), (64, 512, 2048), (64, 2048, 512), (32, 1024, 4096), (32, 4096, 1024)]
 STEPS = 20
 
 
 @njit(**JIT)
-def _loop_own(A, Bt, out, steps):
+def _loop_own(A, Bt, BtT, out, steps):
+    """The own form the one-thread loops take: axpy (W^T's rows) for 1-2
+    rows, the dot form (_cols) above."""
+    for _ in range(steps):
+        if A.shape[0] <= gemm.AXPY_MAX_ROWS:
+            gemm._axpy(A, BtT, out)
+        else:
+            gemm._cols(A, Bt, out, 0, Bt.shape[0])
+
+
+@njit(**JIT)
+def _loop_dot(A, Bt, out, steps):
     for _ in range(steps):
         gemm._cols(A, Bt, out, 0, Bt.shape[0])
 
@@ -83,10 +94,12 @@ def _median_call(fn, reps=9):
 def measure(M, K, N):
     A, Bt, BtT, out = _problem(M, K, N)
     ref = A.astype(np.float64) @ Bt.astype(np.float64).T
-    _loop_own(A, Bt, out, 1)
-    err = float(np.abs(out - ref).max() / np.abs(ref).max())
-    if not err < 1e-5:
-        raise AssertionError(f"own kernel ({M}x{K}x{N}) relative error {err:.1e}")
+    for name, fn in (("own", lambda: _loop_own(A, Bt, BtT, out, 1)), ("dot", lambda: _loop_dot(A, Bt, out, 1))):
+        out[:] = np.nan
+        fn()
+        err = float(np.abs(out - ref).max() / np.abs(ref).max())
+        if not err < 1e-5:
+            raise AssertionError(f"{name} kernel ({M}x{K}x{N}) relative error {err:.1e}")
     split_s = float("nan")
     time.sleep(0.3)
     with _threads.threaded() as nth:
@@ -97,13 +110,15 @@ def measure(M, K, N):
             if not err < 1e-5:
                 raise AssertionError(f"split own kernel ({M}x{K}x{N}) relative error {err:.1e}")
             split_s = _median_call(lambda: _loop_split(A, Bt, out, STEPS, nth))
-    own = _median_call(lambda: _loop_own(A, Bt, out, STEPS))
+    own = _median_call(lambda: _loop_own(A, Bt, BtT, out, STEPS))
+    # the dot form where the loops take the axpy form instead
+    dot = _median_call(lambda: _loop_dot(A, Bt, out, STEPS)) if M <= gemm.AXPY_MAX_ROWS else float("nan")
     blas = _median_call(lambda: _loop_blas(A, BtT, out, STEPS))
     flops = 2 * M * K * N
-    return dict(M=M, K=K, N=N, own_us=own * 1e6, blas_us=blas * 1e6, own_gflops=flops / own / 1e9,
+    return dict(M=M, K=K, N=N, own_us=own * 1e6, blas_us=blas * 1e6, dot_us=dot * 1e6, own_gflops=flops / own / 1e9,
                 blas_gflops=flops / blas / 1e9, own_over_blas=own / blas,
                 split_us=split_s * 1e6, split_gflops=flops / split_s / 1e9,
-                used="BLAS" if gemm.uses_blas(M, N, K) else "own")
+                used="BLAS" if gemm.uses_blas(M, N, K) else "own (axpy)" if M <= gemm.AXPY_MAX_ROWS else "own (dot)")
 
 
 @njit(**JIT)
@@ -152,12 +167,12 @@ def lstm_gemm_floor(shape):
 
 
 def main():
-    print("| M x K x N | own us | BLAS us | split us | own GFLOP/s | BLAS GFLOP/s | split GFLOP/s | own / BLAS "
-          "| one-thread loops use |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| M x K x N | own us | dot form us (1-2 rows) | BLAS us | split us | own GFLOP/s | BLAS GFLOP/s "
+          "| split GFLOP/s | own / BLAS | one-thread loops use |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for M, K, N in SHAPES:
         r = measure(M, K, N)
-        print(f"| {M}x{K}x{N} | {r['own_us']:.1f} | {r['blas_us']:.1f} | {r['split_us']:.1f} | "
+        print(f"| {M}x{K}x{N} | {r['own_us']:.1f} | {r['dot_us']:.1f} | {r['blas_us']:.1f} | {r['split_us']:.1f} | "
               f"{r['own_gflops']:.1f} | {r['blas_gflops']:.1f} | {r['split_gflops']:.1f} | "
               f"{r['own_over_blas']:.2f} | {r['used']} |", flush=True)
     print()
@@ -183,7 +198,7 @@ if pytest is not None:
         M, K, N = (int(v) for v in shape.split("x"))
         A, Bt, BtT, out = _problem(M, K, N)
         if impl == "own":
-            fn = lambda: _loop_own(A, Bt, out, STEPS)  # noqa: E731
+            fn = lambda: _loop_own(A, Bt, BtT, out, STEPS)  # noqa: E731
         else:
             fn = lambda: _loop_blas(A, BtT, out, STEPS)  # noqa: E731
         fn()

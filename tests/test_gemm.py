@@ -1,6 +1,7 @@
 """The recurrent-step GEMM (kernels/cpu/gemm.py) against float64 NumPy:
-every remainder of its 4x3 blocking (and the 1x6 one for 1-3 rows), both
-dtypes, and the switch to BLAS."""
+every remainder of its 4x3 blocking (and the 1x6 one for 1-3 rows), of the
+axpy form for 1-2 rows (k by 8 and by 4), both dtypes, and the switches
+to BLAS and to the axpy form."""
 import numpy as np
 import pytest
 
@@ -14,6 +15,11 @@ def _cols(A, Bt, out, n0, n1):
     # gemm._cols is an inner helper with no CPython wrapper: call it from
     # compiled code, as the kernels do
     gemm._cols(A, Bt, out, n0, n1)
+
+
+@njit(cache=False)
+def _axpy(A, BT, out):
+    gemm._axpy(A, BT, out)
 
 
 def _case(M, K, N, dtype, seed=0):
@@ -51,6 +57,42 @@ def test_mm_nt_matches_float64(M, K, N, dtype):
     out = np.full((M, N), np.nan, dtype)
     gemm.mm_nt(A, Bt, out, np.ascontiguousarray(Bt.T))
     _check(f"mm_nt {M}x{K}x{N}", out, ref, dtype, K)
+
+
+# 1-2 rows: K below, at and off the unroll (8 for one row, 4 for a pair)
+AXPY_SHAPES = [(1, 1, 1), (1, 7, 2), (1, 8, 1), (1, 17, 33), (1, 64, 256), (2, 1, 3), (2, 3, 5), (2, 4, 7),
+               (2, 9, 13), (2, 128, 512), (1, 0, 4), (2, 0, 3)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M,K,N", AXPY_SHAPES)
+def test_axpy_form_matches_float64(M, K, N, dtype):
+    A, Bt, ref = _case(M, K, N, dtype)
+    out = np.full((M, N), np.nan, dtype)
+    _axpy(A, np.ascontiguousarray(Bt.T), out)
+    _check(f"_axpy {M}x{K}x{N}", out, ref, dtype, K)
+
+
+def _spy_mm_nt_form(M, K, N, BtT):
+    """Which form mm_nt took: run it with Bt and BtT disagreeing (BtT is
+    -Bt.T when given), so the sign of the result tells."""
+    A, Bt, ref = _case(M, K, N, "float64")
+    out = np.full((M, N), np.nan)
+    gemm.mm_nt(A, Bt, out, -np.ascontiguousarray(Bt.T) if BtT else np.empty((0, 0)))
+    if np.allclose(out, ref):
+        return "dot"
+    assert np.allclose(out, -ref), "mm_nt gave neither A @ Bt.T nor A @ BtT"
+    return "axpy"
+
+
+def test_axpy_form_taken_for_one_or_two_rows_only_when_the_transpose_is_given():
+    assert gemm.AXPY_MAX_ROWS == 2
+    assert _spy_mm_nt_form(1, 16, 24, True) == "axpy"
+    assert _spy_mm_nt_form(2, 16, 24, True) == "axpy"
+    assert _spy_mm_nt_form(3, 16, 24, True) == "dot"
+    assert _spy_mm_nt_form(1, 16, 24, False) == "dot"     # no W^T built: the dot form
+    assert gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS) and not gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS - 1)
+    assert not gemm.uses_axpy(3, 100)
 
 
 def test_column_range_writes_only_its_columns():

@@ -46,6 +46,19 @@ def test_odd_sizes(backend, mode, dtype, T, B, I, H):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B", [1, 2])
+def test_one_or_two_rows(mode, B, dtype):
+    # 1-2 rows take the axpy form of the per-step GEMM (gemm.AXPY_*): in
+    # training always, in inference from AXPY_MIN_STEPS steps; ragged lengths
+    # give steps with one row left of two
+    from fastrnn._kernels.cpu import gemm
+    T = gemm.AXPY_MIN_STEPS + 3
+    check_backend(mode, "numba", T=T, B=B, I=6, H=19, dtype=dtype)
+    check_backend(mode, "numba", T=T, B=B, I=6, H=19, dtype=dtype, lengths=[T, 5][:B], reverse=True)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", ["edges", "random"])
 @pytest.mark.parametrize("mode", MODES)

@@ -292,9 +292,10 @@ class NumbaCPU:
         with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
             # in BPTT; the forward itself needs the W_hh^T copy only where the
-            # one-thread loop hands a step to BLAS (gemm.uses_blas), so
-            # inference skips the G*H*H copy otherwise.
-            if training or (not par and gemm.uses_blas(B, GH, H)):
+            # one-thread loop hands a step to BLAS (gemm.uses_blas) or, at 1-2
+            # rows, to the axpy form (gemm.uses_axpy), so inference skips the
+            # G*H*H copy otherwise.
+            if training or (not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T))):
                 w_hhT = np.ascontiguousarray(w_hh.T)
             else:
                 w_hhT = np.empty((0, 0), dt)
