@@ -54,14 +54,34 @@ inner_par = _guarded(INNER_PAR)
 @inner
 def colsum(a, out, c0=0, c1=-1):
     """out[c0:c1] = a[:, c0:c1].sum(axis=0) for a C-contiguous (R, C) array,
-    row by row (vectorised); c1 = -1 means all columns."""
+    four rows per pass over out; c1 = -1 means all columns.
+
+    Row views from c0 (not out[k] += a[r, k] over range(c0, c1)): with
+    those LLVM could not tell out from a apart and left the loop scalar.
+    Measured (2048 x 512 of a 2048 x 1024 float32 array, one thread): 0.09
+    against 1.04 ms; at S3 the LSTM's two bias sums were 10 % of the GEMMs
+    after its BPTT loop."""
     if c1 < 0:
         c1 = a.shape[1]
-    out[c0:c1] = 0
-    for r in range(a.shape[0]):
-        row = a[r]
-        for k in range(c0, c1):
-            out[k] += row[k]
+    R = a.shape[0]
+    m = c1 - c0
+    o = out[c0:]
+    if m <= 0:
+        return      # also lets LLVM drop the negative-index wraparound below
+    for k in range(m):
+        o[k] = 0
+    r4 = R - R % 4
+    for r in range(0, r4, 4):
+        a0 = a[r, c0:]
+        a1 = a[r + 1, c0:]
+        a2 = a[r + 2, c0:]
+        a3 = a[r + 3, c0:]
+        for k in range(m):
+            o[k] += (a0[k] + a1[k]) + (a2[k] + a3[k])
+    for r in range(r4, R):
+        a0 = a[r, c0:]
+        for k in range(m):
+            o[k] += a0[k]
 
 
 @inner
