@@ -298,15 +298,18 @@ def overhead_runners(I=4, H=4, T=1, B=1):
 
 class _EmptyFunction(torch.autograd.Function):
     """The least an autograd.Function wrapper can do: same inputs and outputs
-    as the LSTM layer's, outputs wrapped from ready NumPy arrays, no kernel."""
+    as the LSTM layer's, outputs wrapped from ready NumPy arrays, no kernel;
+    its backward hands autograd ready weight gradients (which it then
+    accumulates into .grad, as it does for the real layer)."""
 
     @staticmethod
-    def forward(ctx, arrays, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, arrays, wgrads, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        ctx.wgrads = wgrads
         return tuple(torch.from_numpy(a) for a in arrays)
 
     @staticmethod
     def backward(ctx, *grads):
-        return (None,) * 8
+        return (None,) * 5 + ctx.wgrads
 
 
 class _EmptyModule(torch.nn.Module):
@@ -316,9 +319,10 @@ class _EmptyModule(torch.nn.Module):
         y, (h, c), _ = fastrnn.rnn_forward("lstm", np.zeros((1, 1, 4), np.float32),
                                            tuple(p.detach().numpy() for p in self.w))
         self.arrays = (y, h, c)
+        self.wgrads = tuple(torch.zeros_like(p) for p in self.w)
 
     def forward(self, x):
-        return _EmptyFunction.apply(self.arrays, x, None, None, *self.w)
+        return _EmptyFunction.apply(self.arrays, self.wgrads, x, None, None, *self.w)
 
 
 def _interleaved(fns, rounds, number):
@@ -352,8 +356,13 @@ def bench_overhead(rounds=9, number=200):
         y, _ = tl(x)
         y.backward(torch.ones_like(y))
 
+    def empty_fb():
+        y = empty(x)[0]
+        y.backward(torch.ones_like(y))
+
     t = _interleaved({"raw_fwd": raw_fwd, "mod_fwd": mod_fwd, "raw_fb": raw_fb, "mod_fb": mod_fb,
-                      "torch_fwd": lambda: tl(x), "torch_fb": torch_fb, "empty": lambda: empty(x)},
+                      "torch_fwd": lambda: tl(x), "torch_fb": torch_fb, "empty": lambda: empty(x),
+                      "empty_fb": empty_fb},
                      rounds, number)
     # the wrapper alone: the kernel call replaced by a stub returning a ready
     # result (the modules call _forward_checked for weights they checked,
@@ -372,6 +381,7 @@ def bench_overhead(rounds=9, number=200):
            "forward+backward": dict(module_us=med(t["mod_fb"]), raw_us=med(t["raw_fb"]),
                                     overhead_us=diff("mod_fb", "raw_fb")),
            "wrapper_alone_us": med(stub), "empty_module_function_us": med(t["empty"]),
+           "empty_module_function_fwd_bwd_us": med(t["empty_fb"]),
            "torch_lstm_forward_us": med(t["torch_fwd"]), "torch_lstm_forward_backward_us": med(t["torch_fb"])}
     log(f"  overhead forward {out['forward']['overhead_us']:.1f} us, wrapper alone {out['wrapper_alone_us']:.1f} us")
     return out
@@ -414,7 +424,8 @@ def markdown(res):
                   f"| **wrapper overhead** (fastrnn.torch.LSTM - raw) | **{o['forward']['overhead_us']:.1f}** | "
                   f"{o['forward+backward']['overhead_us']:.1f} |",
                   f"| the wrapper alone (kernel call stubbed out) | {o['wrapper_alone_us']:.1f} | |",
-                  f"| floor of any nn.Module + autograd.Function (empty) | {o['empty_module_function_us']:.1f} | |",
+                  f"| floor of any nn.Module + autograd.Function (empty) | {o['empty_module_function_us']:.1f} | "
+                  f"{o['empty_module_function_fwd_bwd_us']:.1f} |",
                   f"| torch.nn.LSTM | {o['torch_lstm_forward_us']:.1f} | {o['torch_lstm_forward_backward_us']:.1f} |",
                   ""]
     return "\n".join(lines)
