@@ -91,8 +91,10 @@ def test_axpy_form_taken_for_one_or_two_rows_only_when_the_transpose_is_given():
     assert _spy_mm_nt_form(2, 16, 24, True) == "axpy"
     assert _spy_mm_nt_form(3, 16, 24, True) == "dot"
     assert _spy_mm_nt_form(1, 16, 24, False) == "dot"     # no W^T built: the dot form
-    assert gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS) and not gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS - 1)
-    assert not gemm.uses_axpy(3, 100)
+    assert _spy_mm_nt_form(1, 256, 512, True) == "dot"     # 512 KB of weights: out of cache, the dot form
+    small, big = gemm.AXPY_MAX_BYTES, gemm.AXPY_MAX_BYTES + 1
+    assert gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS, small) and not gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS - 1, small)
+    assert not gemm.uses_axpy(3, 100, small) and not gemm.uses_axpy(1, 100, big)
 
 
 def test_column_range_writes_only_its_columns():

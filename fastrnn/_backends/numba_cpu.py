@@ -295,7 +295,7 @@ class NumbaCPU:
             # one-thread loop hands a step to BLAS (gemm.uses_blas) or, at 1-2
             # rows, to the axpy form (gemm.uses_axpy), so inference skips the
             # G*H*H copy otherwise.
-            if training or (not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T))):
+            if training or (not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes))):
                 w_hhT = np.ascontiguousarray(w_hh.T)
             else:
                 w_hhT = np.empty((0, 0), dt)

@@ -171,12 +171,19 @@ def _cols(A, Bt, out, n0, n1):
 # the weights' other copy the loops keep for BPTT), each k adds a[k] * BT[k]
 # to the output row: no horizontal sums, the row stays in L1.  Measured
 # (one thread, 2-core dev VM, float32, (M, K, N) = (1, 64, 256) / (1, 128,
-# 512) / (2, 128, 512)): 0.92 / 3.3 / 3.9 us against _cols's 1.24 / 4.9 / 7.0.
-# At 3 rows _cols's 1x6 form is as fast, at 4 its 4x3 blocks win.
+# 512) / (2, 128, 512)): 0.62 / 2.4 / 2.8 us against _cols's 0.82 / 3.7 /
+# 5.7.  Only while W^T is small enough to stay in cache: whole batch-1
+# inference calls, one thread, alternating with the dot form in one
+# process, ran 1.14-1.18x as fast at 100 steps with 16-64 KB of W_hh, but
+# 0.99-1.14x with 256 KB and 0.69-0.77x from 1 MB up (the transpose the call
+# builds included; at 256 KB the per-step products alone were level).  At
+# 3 rows _cols's 1x6 form is as fast, at 4 its 4x3 blocks win.
 AXPY_MAX_ROWS = 2
+AXPY_MAX_BYTES = 1 << 17
 # An inference call builds W_hh^T only for this: below this many steps the
-# copy costs more than the faster steps save.
-AXPY_MIN_STEPS = 16
+# copy (a strided transpose) costs more than the faster steps save
+# (measured, 64 KB of W_hh: 16 steps 0.99-1.00x, 32 steps 0.94-1.09x).
+AXPY_MIN_STEPS = 32
 
 
 @inner
@@ -257,10 +264,11 @@ def _axpy(A, BT, out):
                 o[j] += a0 * b0[j]
 
 
-def uses_axpy(rows, steps):
-    """Whether an inference call with `rows` batch rows and `steps` time steps
-    should build W_hh^T for _axpy (training calls always have it)."""
-    return rows <= AXPY_MAX_ROWS and steps >= AXPY_MIN_STEPS
+def uses_axpy(rows, steps, nbytes):
+    """Whether an inference call with `rows` batch rows, `steps` time steps
+    and a W_hh of `nbytes` should build W_hh^T for _axpy (training calls
+    always have it; mm_nt takes the axpy form where the sizes allow)."""
+    return rows <= AXPY_MAX_ROWS and steps >= AXPY_MIN_STEPS and nbytes <= AXPY_MAX_BYTES
 
 
 def uses_blas(max_rows, N, K):
@@ -273,13 +281,14 @@ def uses_blas(max_rows, N, K):
 def mm_nt(A, Bt, out, BtT):
     """out = A @ Bt.T for C-contiguous A (M, K), Bt (N, K), out (M, N);
     BtT (K, N) is Bt's transpose, C-contiguous, or an empty array: read
-    where BLAS wins (uses_blas(M, N, K), then it must be given) and for
-    up to AXPY_MAX_ROWS rows (_axpy) when given."""
+    where BLAS wins (uses_blas(M, N, K), then it must be given) and, when
+    given, for up to AXPY_MAX_ROWS rows of a product of at most
+    AXPY_MAX_BYTES of weights (_axpy)."""
     M, K = A.shape
     N = Bt.shape[0]
     if M == 0:
         return
-    if M <= AXPY_MAX_ROWS and BtT.shape[0] == K and BtT.shape[1] == N:
+    if M <= AXPY_MAX_ROWS and BtT.shape[0] == K and BtT.shape[1] == N and K * N * A.itemsize <= AXPY_MAX_BYTES:
         _axpy(A, BtT, out)
     elif M <= OWN_MAX_ROWS or M * N * K <= OWN_MAX_MACS:
         _cols(A, Bt, out, 0, N)
