@@ -117,3 +117,14 @@ def test_switch_sizes_cover_both_paths():
     # the kernel tests at S-like sizes must exercise both sides of the switch
     assert 40 > gemm.OWN_MAX_ROWS and 40 * 128 * 1024 > gemm.OWN_MAX_MACS, "(40x128x1024) must go to BLAS"
     assert 8 <= gemm.OWN_MAX_ROWS, "(8 rows) must use the own kernel"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("R,C", [(0, 5), (1, 1), (7, 3), (8, 8), (9, 17), (16, 64), (64, 16), (100, 37)])
+def test_transpose_into_is_exact(R, C, dtype):
+    # the backend builds W_hh^T with it for every training call; every element
+    # of the destination must be written (it starts as NaN), exactly
+    src = np.random.default_rng(R * 100 + C).standard_normal((R, C)).astype(dtype)
+    dst = np.full((C, R), np.nan, dtype)
+    gemm.transpose_into(src, dst)
+    np.testing.assert_array_equal(dst, src.T)

@@ -296,7 +296,8 @@ class NumbaCPU:
             # rows, to the axpy form (gemm.uses_axpy), so inference skips the
             # G*H*H copy otherwise.
             if training or (not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes))):
-                w_hhT = np.ascontiguousarray(w_hh.T)
+                w_hhT = alloc((H, GH), dt)
+                gemm.transpose_into(w_hh, w_hhT)
             else:
                 w_hhT = np.empty((0, 0), dt)
             rows = par and _by_rows(mode, B, H, GH, dt, nth)

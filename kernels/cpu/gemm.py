@@ -31,7 +31,7 @@ kernel tests hold them to the float64 oracle).
 import numpy as np
 from numba import njit
 
-from .common import JIT, inner
+from .common import JIT, inner, transpose_into  # noqa: F401 (transpose_into: the backend calls it as gemm.transpose_into)
 
 # Where this kernel beats OpenBLAS in the one-thread loops (measured,
 # benchmarks/bench_gemm.py): up to 16 rows at any size (OpenBLAS's packing of
