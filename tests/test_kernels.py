@@ -58,6 +58,14 @@ def test_one_or_two_rows(mode, B, dtype):
     check_backend(mode, "numba", T=T, B=B, I=6, H=19, dtype=dtype, lengths=[T, 5][:B], reverse=True)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_tiled_transpose_path(mode, monkeypatch):
+    # big calls copy W_hh^T with the tiled kernel into a cached buffer (small
+    # ones with NumPy): force that path at a small size, remainders included
+    monkeypatch.setattr(numba_cpu, "TRANSPOSE_KERNEL_MIN_BYTES", 0)
+    check_backend(mode, "numba", T=6, B=3, I=5, H=11, dtype="float32", lengths="random")
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", ["edges", "random"])

@@ -96,6 +96,13 @@ ROWS_MIN_PER_THREAD = 2
 # relu, 4.09 against 4.14 tanh).
 ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
+# W_hh^T (BPTT reads its rows) is copied with the tiled kernel
+# (common.transpose_into) from this size up, with NumPy below it: NumPy's
+# transpose is as fast there (0.27 against 0.13 ms at 1 MB, 3.9 against
+# 0.65 ms at 4 MB and 31 against 4.3 at 16 MB), and small calls then do not
+# compile the kernel (0.5 s of a cold first call).
+TRANSPOSE_KERNEL_MIN_BYTES = 1 << 20
+
 
 def _kernel_form(T, B, I, H, GH):
     """The form one call's kernels take, the same for its forward and its
@@ -296,8 +303,11 @@ class NumbaCPU:
             # rows, to the axpy form (gemm.uses_axpy), so inference skips the
             # G*H*H copy otherwise.
             if training or (not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes))):
-                w_hhT = alloc((H, GH), dt)
-                gemm.transpose_into(w_hh, w_hhT)
+                if w_hh.nbytes >= TRANSPOSE_KERNEL_MIN_BYTES:
+                    w_hhT = alloc((H, GH), dt)
+                    gemm.transpose_into(w_hh, w_hhT)
+                else:
+                    w_hhT = np.ascontiguousarray(w_hh.T)
             else:
                 w_hhT = np.empty((0, 0), dt)
             rows = par and _by_rows(mode, B, H, GH, dt, nth)
