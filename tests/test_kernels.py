@@ -58,6 +58,37 @@ def test_one_or_two_rows(mode, B, dtype):
     check_backend(mode, "numba", T=T, B=B, I=6, H=19, dtype=dtype, lengths=[T, 5][:B], reverse=True)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B,lengths", [(4, "full"), (6, [9, 9, 7, 4, 4, 1]), (4, [2, 9, 9, 5]), (5, "full")])
+def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monkeypatch):
+    # by rows, with rows in their own order (no lengths, or lengths already
+    # sorted) and B a multiple of the threads, each part projects its own
+    # rows (up to numba_cpu.FUSED_PROJECTION_MAX_MACS, which these sizes are
+    # under); otherwise a projection region runs first.  Both against the
+    # oracle, and which one ran.
+    regions = []
+    real_by_rows = numba_cpu._by_rows
+
+    def spy_by_rows(*a):
+        run = real_by_rows(*a)
+        if not run:
+            return run
+
+        def wrapped(fn, nth, *args):
+            regions.append(fn.__name__)
+            return run(fn, nth, *args)
+        return wrapped
+    monkeypatch.setattr(numba_cpu, "_by_rows", spy_by_rows)
+    check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
+    if kernel_form == "threaded by rows":
+        in_order = lengths == "full" or list(lengths) == sorted(lengths, reverse=True)
+        fused = in_order and B % _threads.available_threads() == 0
+        assert 9 * B * 4 * 11 * 5 <= numba_cpu.FUSED_PROJECTION_MAX_MACS
+        ran = "project_part" in regions
+        assert ran != fused, f"projection region ran: {ran}, expected {not fused} ({regions})"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_tiled_transpose_path(mode, monkeypatch):
     # big calls copy W_hh^T with the tiled kernel into a cached buffer (small

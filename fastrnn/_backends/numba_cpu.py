@@ -96,6 +96,18 @@ ROWS_MIN_PER_THREAD = 2
 # relu, 4.09 against 4.14 tanh).
 ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
+# In the loops by rows, part i runs batch rows i, i + nth, ... when the rows
+# keep their order (no lengths, or lengths already sorted): each part can
+# then project its own rows of the input (one GEMM over a strided view of
+# x) before its loop, instead of a projection region of its own before the
+# parts: one fork/join less per forward.  That pays where the projection is
+# small (a region costs 50-250 us on the dev VM): alternating in one
+# process, medians of 9, vanilla RNN at S2 (T*B*G*H*I = 13 M multiply-adds)
+# forward 1.05-1.16x, fwd+bwd 0.94-1.06x (six runs, with and without torch);
+# GRU and LSTM at S2 (39 M, 52 M) 0.97-1.01x, LSTM at S3 (268 M)
+# 0.92-1.01x.  Up to this many:
+FUSED_PROJECTION_MAX_MACS = 1 << 25
+
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
 # (common.transpose_into) from this size up, with NumPy below it: NumPy's
 # transpose is as fast there (0.27 against 0.13 ms at 1 MB, 3.9 against
@@ -316,14 +328,19 @@ class NumbaCPU:
             hs = np.stack([h, h]) if par and not rows else h
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts) if par else (w_hhT,)
-            if rows:    # the input projection, before any part's loop reads it
+            # the input projection, before any part's loop reads it: in the
+            # parts themselves where each one's rows are whole strided rows
+            # of x and the projection is small (FUSED_PROJECTION_MAX_MACS),
+            # else as a region of its own
+            fuse = bool(rows) and ident and B % nth == 0 and T * B * GH * I <= FUSED_PROJECTION_MAX_MACS
+            if rows and not fuse:
                 rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if rows:
                     rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
-                         training, y, Hs, Gs, Cs, TCs)
+                         training, y, Hs, Gs, Cs, TCs, x2, w_ih, fuse)
                 else:
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
                     kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
@@ -336,7 +353,7 @@ class NumbaCPU:
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
                     rows(gru.gru_forward_rows_part, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse,
-                         training, y, Hs, Gs, HNs)
+                         training, y, Hs, Gs, HNs, x2, w_ih, fuse)
                 else:
                     kern = gru.gru_forward_par if par else gru.gru_forward
                     kern(x2, w_ih, xg, w_hh, bx, bhn, hs, perm, nb, reverse,
@@ -346,7 +363,7 @@ class NumbaCPU:
                 As = tb((T, B, H))
                 if rows:
                     rows(rnn.rnn_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse,
-                         mode == "rnn_relu", training, y, Hs, As)
+                         mode == "rnn_relu", training, y, Hs, As, x2, w_ih, fuse)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
                     kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",

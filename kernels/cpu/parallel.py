@@ -47,6 +47,20 @@ def project_part(i, nth, x2, w_ih, xg2):
     gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], xg2.dtype.type(0))
 
 
+@inner
+def project_own_rows(i, nth, x2, w_ih, xg2):
+    """The input projection of batch rows i, i + nth, ... at every step:
+    xg2's rows t * B + b for those b, in one GEMM over a strided view (row
+    stride nth rows).  For a by-rows part whose rows are those batch rows
+    (rows in their own order, B a multiple of nth): it projects what its
+    own loop reads, on its own core, so no separate region and no wait for
+    it (see fastrnn/_backends/numba_cpu.py, FUSED_PROJECTION_MAX_MACS)."""
+    R = x2.shape[0] // nth
+    x3 = x2.reshape((R, nth, x2.shape[1]))
+    xg3 = xg2.reshape((R, nth, xg2.shape[1]))
+    gemm(x3[:, i, :], False, w_ih, True, xg3[:, i, :], xg2.dtype.type(0))
+
+
 @inner_par
 def input_projection(x2, w_ih, xg2, nth):
     """xg2 = x2 @ w_ih.T, one block of rows per thread."""
