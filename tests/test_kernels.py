@@ -62,11 +62,12 @@ def test_one_or_two_rows(mode, B, dtype):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("B,lengths", [(4, "full"), (6, [9, 9, 7, 4, 4, 1]), (4, [2, 9, 9, 5]), (5, "full")])
 def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monkeypatch):
-    # by rows, with rows in their own order (no lengths, or lengths already
-    # sorted) and B a multiple of the threads, each part projects its own
-    # rows (up to numba_cpu.FUSED_PROJECTION_MAX_MACS, which these sizes are
-    # under); otherwise a projection region runs first.  Both against the
-    # oracle, and which one ran.
+    # by rows, each part projects its own rows (numba_cpu.FUSED_PROJECTION_*,
+    # which these sizes are under): one strided GEMM where the rows keep
+    # their order (no lengths, or lengths already sorted) and B is a
+    # multiple of the threads, else one GEMM per row over its valid steps.
+    # Against the oracle in each case, and that no projection region ran;
+    # with the limit at -1 the separate region runs instead.
     regions = []
     real_by_rows = numba_cpu._by_rows
 
@@ -82,11 +83,13 @@ def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monke
     monkeypatch.setattr(numba_cpu, "_by_rows", spy_by_rows)
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
     if kernel_form == "threaded by rows":
-        in_order = lengths == "full" or list(lengths) == sorted(lengths, reverse=True)
-        fused = in_order and B % _threads.available_threads() == 0
-        assert 9 * B * 4 * 11 * 5 <= numba_cpu.FUSED_PROJECTION_MAX_MACS
-        ran = "project_part" in regions
-        assert ran != fused, f"projection region ran: {ran}, expected {not fused} ({regions})"
+        assert B <= numba_cpu.FUSED_PROJECTION_MAX_ROWS and 9 * B * 4 * 11 * 5 <= numba_cpu.FUSED_PROJECTION_MAX_MACS
+        assert "project_part" not in regions and regions, f"a projection region ran: {regions}"
+    regions.clear()
+    monkeypatch.setattr(numba_cpu, "FUSED_PROJECTION_MAX_MACS", -1)
+    check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
+    if kernel_form == "threaded by rows":
+        assert "project_part" in regions, f"no projection region ran: {regions}"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -96,17 +96,18 @@ ROWS_MIN_PER_THREAD = 2
 # relu, 4.09 against 4.14 tanh).
 ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
-# In the loops by rows, part i runs batch rows i, i + nth, ... when the rows
-# keep their order (no lengths, or lengths already sorted): each part can
-# then project its own rows of the input (one GEMM over a strided view of
-# x) before its loop, instead of a projection region of its own before the
-# parts: one fork/join less per forward.  That pays where the projection is
+# In the loops by rows each part can project its own rows of the input
+# before its loop (parallel.project_own_rows), instead of a projection
+# region of its own before the parts: one fork/join less per forward.  That pays where the projection is
 # small (a region costs 50-250 us on the dev VM): alternating in one
 # process, medians of 9, vanilla RNN at S2 (T*B*G*H*I = 13 M multiply-adds)
 # forward 1.05-1.16x, fwd+bwd 0.94-1.06x (six runs, with and without torch);
 # GRU and LSTM at S2 (39 M, 52 M) 0.97-1.01x, LSTM at S3 (268 M)
 # 0.92-1.01x.  Up to this many:
 FUSED_PROJECTION_MAX_MACS = 1 << 25
+# Rows out of their own order (lengths) or B not a multiple of the threads:
+# one GEMM per row (over its valid steps only), so only up to this many rows.
+FUSED_PROJECTION_MAX_ROWS = 32
 
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
 # (common.transpose_into) from this size up, with NumPy below it: NumPy's
@@ -329,10 +330,10 @@ class NumbaCPU:
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts) if par else (w_hhT,)
             # the input projection, before any part's loop reads it: in the
-            # parts themselves where each one's rows are whole strided rows
-            # of x and the projection is small (FUSED_PROJECTION_MAX_MACS),
-            # else as a region of its own
-            fuse = bool(rows) and ident and B % nth == 0 and T * B * GH * I <= FUSED_PROJECTION_MAX_MACS
+            # parts themselves where the projection is small
+            # (FUSED_PROJECTION_*), else as a region of its own
+            fuse = (bool(rows) and T * B * GH * I <= FUSED_PROJECTION_MAX_MACS
+                    and ((ident and B % nth == 0) or B <= FUSED_PROJECTION_MAX_ROWS))
             if rows and not fuse:
                 rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             if mode == "lstm":

@@ -288,7 +288,7 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, trai
     projection (xg) is complete, or with `project` each part first computes
     its own rows of it (x2, w_ih; parallel.project_own_rows)."""
     if project:     # this part's own rows of the input projection (parallel.project_own_rows)
-        project_own_rows(i, nth, x2, w_ih, xg.reshape((xg.shape[0] * xg.shape[1], xg.shape[2])))
+        project_own_rows(i, nth, x2, w_ih, xg, perm, nb)
     T = xg.shape[0]
     H = h.shape[1]
     GH = w_hh.shape[0]

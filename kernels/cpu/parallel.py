@@ -48,17 +48,36 @@ def project_part(i, nth, x2, w_ih, xg2):
 
 
 @inner
-def project_own_rows(i, nth, x2, w_ih, xg2):
-    """The input projection of batch rows i, i + nth, ... at every step:
-    xg2's rows t * B + b for those b, in one GEMM over a strided view (row
-    stride nth rows).  For a by-rows part whose rows are those batch rows
-    (rows in their own order, B a multiple of nth): it projects what its
-    own loop reads, on its own core, so no separate region and no wait for
-    it (see fastrnn/_backends/numba_cpu.py, FUSED_PROJECTION_MAX_MACS)."""
-    R = x2.shape[0] // nth
-    x3 = x2.reshape((R, nth, x2.shape[1]))
-    xg3 = xg2.reshape((R, nth, xg2.shape[1]))
-    gemm(x3[:, i, :], False, w_ih, True, xg3[:, i, :], xg2.dtype.type(0))
+def project_own_rows(i, nth, x2, w_ih, xg, perm, nb):
+    """A by-rows part's own rows of the input projection, xg[t, b] = x[t, b]
+    @ w_ih.T for its batch rows b = perm[i], perm[i + nth], ...: it projects
+    what its own loop reads, on its own core, so no separate region runs
+    first (see fastrnn/_backends/numba_cpu.py, FUSED_PROJECTION_*).  Rows in
+    their own order and B a multiple of nth: the part's rows are one
+    strided view of x, one GEMM.  Otherwise one GEMM per row over its valid
+    steps only (a row's padding steps are never read)."""
+    T, B, GH = xg.shape
+    I = x2.shape[1]
+    z = xg.dtype.type(0)
+    ident = B % nth == 0
+    for j in range(B):
+        if perm[j] != j:
+            ident = False
+    if ident:
+        R = T * B // nth
+        x3 = x2.reshape((R, nth, I))
+        xg3 = xg.reshape((R, nth, GH))
+        gemm(x3[:, i, :], False, w_ih, True, xg3[:, i, :], z)
+        return
+    xt = x2.reshape((T, B, I))
+    for j in range(i, B, nth):
+        b = perm[j]
+        L = 0
+        for t in range(T):
+            if nb[t] > j:
+                L += 1
+        if L > 0:
+            gemm(xt[:L, b, :], False, w_ih, True, xg[:L, b, :], z)
 
 
 @inner_par

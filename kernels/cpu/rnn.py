@@ -228,7 +228,7 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, tr
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part)."""
     if project:     # this part's own rows of the input projection (parallel.project_own_rows)
-        project_own_rows(i, nth, x2, w_ih, xg.reshape((xg.shape[0] * xg.shape[1], xg.shape[2])))
+        project_own_rows(i, nth, x2, w_ih, xg, perm, nb)
     T = xg.shape[0]
     H = h.shape[1]
     hp = take_rows(h, i, nth)
