@@ -44,11 +44,11 @@ STEPS = 20
 
 
 @njit(**JIT)
-def _loop_own(A, Bt, BtT, out, steps):
-    """The own form the one-thread loops take: axpy (W^T's rows) for 1-2
-    rows, the dot form (_cols) above."""
+def _loop_own(A, Bt, BtT, out, steps, axpy):
+    """The own form the one-thread loops take: axpy (W^T's rows) where
+    gemm.axpy_fits, the dot form (_cols) otherwise."""
     for _ in range(steps):
-        if A.shape[0] <= gemm.AXPY_MAX_ROWS:
+        if axpy:
             gemm._axpy(A, BtT, out)
         else:
             gemm._cols(A, Bt, out, 0, Bt.shape[0])
@@ -93,8 +93,9 @@ def _median_call(fn, reps=9):
 
 def measure(M, K, N):
     A, Bt, BtT, out = _problem(M, K, N)
+    axpy = gemm.axpy_fits(M, Bt.nbytes)
     ref = A.astype(np.float64) @ Bt.astype(np.float64).T
-    for name, fn in (("own", lambda: _loop_own(A, Bt, BtT, out, 1)), ("dot", lambda: _loop_dot(A, Bt, out, 1))):
+    for name, fn in (("own", lambda: _loop_own(A, Bt, BtT, out, 1, axpy)), ("dot", lambda: _loop_dot(A, Bt, out, 1))):
         out[:] = np.nan
         fn()
         err = float(np.abs(out - ref).max() / np.abs(ref).max())
@@ -110,15 +111,15 @@ def measure(M, K, N):
             if not err < 1e-5:
                 raise AssertionError(f"split own kernel ({M}x{K}x{N}) relative error {err:.1e}")
             split_s = _median_call(lambda: _loop_split(A, Bt, out, STEPS, nth))
-    own = _median_call(lambda: _loop_own(A, Bt, BtT, out, STEPS))
+    own = _median_call(lambda: _loop_own(A, Bt, BtT, out, STEPS, axpy))
     # the dot form where the loops take the axpy form instead
-    dot = _median_call(lambda: _loop_dot(A, Bt, out, STEPS)) if M <= gemm.AXPY_MAX_ROWS else float("nan")
+    dot = _median_call(lambda: _loop_dot(A, Bt, out, STEPS)) if axpy else float("nan")
     blas = _median_call(lambda: _loop_blas(A, BtT, out, STEPS))
     flops = 2 * M * K * N
     return dict(M=M, K=K, N=N, own_us=own * 1e6, blas_us=blas * 1e6, dot_us=dot * 1e6, own_gflops=flops / own / 1e9,
                 blas_gflops=flops / blas / 1e9, own_over_blas=own / blas,
                 split_us=split_s * 1e6, split_gflops=flops / split_s / 1e9,
-                used="BLAS" if gemm.uses_blas(M, N, K) else "own (axpy)" if M <= gemm.AXPY_MAX_ROWS else "own (dot)")
+                used="BLAS" if gemm.uses_blas(M, N, K) else "own (axpy)" if axpy else "own (dot)")
 
 
 @njit(**JIT)
@@ -167,7 +168,7 @@ def lstm_gemm_floor(shape):
 
 
 def main():
-    print("| M x K x N | own us | dot form us (1-2 rows) | BLAS us | split us | own GFLOP/s | BLAS GFLOP/s "
+    print("| M x K x N | own us | dot form us (where own is axpy) | BLAS us | split us | own GFLOP/s | BLAS GFLOP/s "
           "| split GFLOP/s | own / BLAS | one-thread loops use |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for M, K, N in SHAPES:
@@ -198,7 +199,7 @@ if pytest is not None:
         M, K, N = (int(v) for v in shape.split("x"))
         A, Bt, BtT, out = _problem(M, K, N)
         if impl == "own":
-            fn = lambda: _loop_own(A, Bt, BtT, out, STEPS)  # noqa: E731
+            fn = lambda: _loop_own(A, Bt, BtT, out, STEPS, gemm.axpy_fits(M, Bt.nbytes))  # noqa: E731
         else:
             fn = lambda: _loop_blas(A, BtT, out, STEPS)  # noqa: E731
         fn()

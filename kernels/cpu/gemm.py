@@ -30,6 +30,7 @@ kernel tests hold them to the float64 oracle).
 """
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 from .common import JIT, inner, transpose_into  # noqa: F401 (transpose_into: the backend calls it as gemm.transpose_into)
 
@@ -264,11 +265,19 @@ def _axpy(A, BT, out):
                 o[j] += a0 * b0[j]
 
 
+@register_jitable
+def axpy_fits(rows, nbytes):
+    """Whether a product of `rows` rows against `nbytes` of weights takes the
+    axpy form (given W^T): the one rule for mm_nt (compiled), uses_axpy and
+    benchmarks/bench_gemm.py (plain Python)."""
+    return rows <= AXPY_MAX_ROWS and nbytes <= AXPY_MAX_BYTES
+
+
 def uses_axpy(rows, steps, nbytes):
     """Whether an inference call with `rows` batch rows, `steps` time steps
     and a W_hh of `nbytes` should build W_hh^T for _axpy (training calls
     always have it; mm_nt takes the axpy form where the sizes allow)."""
-    return rows <= AXPY_MAX_ROWS and steps >= AXPY_MIN_STEPS and nbytes <= AXPY_MAX_BYTES
+    return steps >= AXPY_MIN_STEPS and axpy_fits(rows, nbytes)
 
 
 def uses_blas(max_rows, N, K):
@@ -288,7 +297,7 @@ def mm_nt(A, Bt, out, BtT):
     N = Bt.shape[0]
     if M == 0:
         return
-    if M <= AXPY_MAX_ROWS and BtT.shape[0] == K and BtT.shape[1] == N and K * N * A.itemsize <= AXPY_MAX_BYTES:
+    if BtT.shape[0] == K and BtT.shape[1] == N and axpy_fits(M, K * N * A.itemsize):
         _axpy(A, BtT, out)
     elif M <= OWN_MAX_ROWS or M * N * K <= OWN_MAX_MACS:
         _cols(A, Bt, out, 0, N)
