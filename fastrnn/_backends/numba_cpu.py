@@ -332,16 +332,20 @@ class NumbaCPU:
             # the input projection, before any part's loop reads it: in the
             # parts themselves where the projection is small
             # (FUSED_PROJECTION_*), else as a region of its own
-            fuse = (bool(rows) and T * B * GH * I <= FUSED_PROJECTION_MAX_MACS
-                    and ((ident and B % nth == 0) or B <= FUSED_PROJECTION_MAX_ROWS))
-            if rows and not fuse:
+            project = parallel.PROJECT_BEFORE
+            if rows and T * B * GH * I <= FUSED_PROJECTION_MAX_MACS:
+                if ident and B % nth == 0:
+                    project = parallel.PROJECT_STRIDED
+                elif B <= FUSED_PROJECTION_MAX_ROWS:
+                    project = parallel.PROJECT_PER_ROW
+            if rows and project == parallel.PROJECT_BEFORE:
                 rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if rows:
                     rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
-                         training, y, Hs, Gs, Cs, TCs, x2, w_ih, fuse)
+                         training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
                     kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
@@ -354,7 +358,7 @@ class NumbaCPU:
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
                     rows(gru.gru_forward_rows_part, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse,
-                         training, y, Hs, Gs, HNs, x2, w_ih, fuse)
+                         training, y, Hs, Gs, HNs, x2, w_ih, project)
                 else:
                     kern = gru.gru_forward_par if par else gru.gru_forward
                     kern(x2, w_ih, xg, w_hh, bx, bhn, hs, perm, nb, reverse,
@@ -364,7 +368,7 @@ class NumbaCPU:
                 As = tb((T, B, H))
                 if rows:
                     rows(rnn.rnn_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse,
-                         mode == "rnn_relu", training, y, Hs, As, x2, w_ih, fuse)
+                         mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
                     kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",

@@ -23,8 +23,8 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import (after_loop_grads_par, copy_rows, input_projection, project_own_rows, put_rows, rows_of,
-                       take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, input_projection, project_own_rows,
+                       put_rows, rows_of, take_rows)
 
 
 @inner
@@ -278,8 +278,8 @@ def gru_forward_rows_part(i, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse, train
                           x2, w_ih, project):
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part)."""
-    if project:     # this part's own rows of the input projection (parallel.project_own_rows)
-        project_own_rows(i, nth, x2, w_ih, xg, perm, nb)
+    if project != PROJECT_BEFORE:   # this part's own rows of the input projection
+        project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
     H = h.shape[1]
     GH = w_hh.shape[0]

@@ -31,8 +31,8 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import (after_loop_grads_par, copy_rows, input_projection, project_own_rows, put_rows, rows_of,
-                       take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, input_projection, project_own_rows,
+                       put_rows, rows_of, take_rows)
 
 
 @inner
@@ -285,10 +285,10 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, trai
     whole loop on them (its recurrent GEMM against all of W_hh, its
     pointwise pass over whole rows), the final state back into h, c.  The
     caller runs the nth parts at once, one per thread, after the input
-    projection (xg) is complete, or with `project` each part first computes
-    its own rows of it (x2, w_ih; parallel.project_own_rows)."""
-    if project:     # this part's own rows of the input projection (parallel.project_own_rows)
-        project_own_rows(i, nth, x2, w_ih, xg, perm, nb)
+    projection (xg) is complete (project = parallel.PROJECT_BEFORE), or each
+    part first computes its own rows of it (x2, w_ih; parallel.project_own_rows)."""
+    if project != PROJECT_BEFORE:   # this part's own rows of the input projection
+        project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
     H = h.shape[1]
     GH = w_hh.shape[0]

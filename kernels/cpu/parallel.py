@@ -47,23 +47,29 @@ def project_part(i, nth, x2, w_ih, xg2):
     gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], xg2.dtype.type(0))
 
 
+# How a by-rows part gets its rows of the input projection (the forward
+# parts' `project` argument; numba_cpu decides): from a region run before
+# the parts, or in the part itself (project_own_rows) as one strided GEMM
+# or one GEMM per row.
+PROJECT_BEFORE = 0
+PROJECT_STRIDED = 1
+PROJECT_PER_ROW = 2
+
+
 @inner
-def project_own_rows(i, nth, x2, w_ih, xg, perm, nb):
+def project_own_rows(i, nth, x2, w_ih, xg, perm, nb, how):
     """A by-rows part's own rows of the input projection, xg[t, b] = x[t, b]
     @ w_ih.T for its batch rows b = perm[i], perm[i + nth], ...: it projects
     what its own loop reads, on its own core, so no separate region runs
-    first (see fastrnn/_backends/numba_cpu.py, FUSED_PROJECTION_*).  Rows in
-    their own order and B a multiple of nth: the part's rows are one
-    strided view of x, one GEMM.  Otherwise one GEMM per row over its valid
-    steps only (a row's padding steps are never read)."""
+    first (see fastrnn/_backends/numba_cpu.py, FUSED_PROJECTION_*).
+    PROJECT_STRIDED, for rows in their own order and B a multiple of nth:
+    the part's rows are one strided view of x, one GEMM.  PROJECT_PER_ROW:
+    one GEMM per row over its valid steps only (a row's padding steps are
+    never read)."""
     T, B, GH = xg.shape
     I = x2.shape[1]
     z = xg.dtype.type(0)
-    ident = B % nth == 0
-    for j in range(B):
-        if perm[j] != j:
-            ident = False
-    if ident:
+    if how == PROJECT_STRIDED:
         R = T * B // nth
         x3 = x2.reshape((R, nth, I))
         xg3 = xg.reshape((R, nth, GH))

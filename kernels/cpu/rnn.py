@@ -19,8 +19,8 @@ from .activations import tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import (after_loop_grads_par, copy_rows, input_projection, project_own_rows, put_rows, rows_of,
-                       take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, input_projection, project_own_rows,
+                       put_rows, rows_of, take_rows)
 
 
 @inner
@@ -227,8 +227,8 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, tr
                           x2, w_ih, project):
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part)."""
-    if project:     # this part's own rows of the input projection (parallel.project_own_rows)
-        project_own_rows(i, nth, x2, w_ih, xg, perm, nb)
+    if project != PROJECT_BEFORE:   # this part's own rows of the input projection
+        project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
     H = h.shape[1]
     hp = take_rows(h, i, nth)
