@@ -1,0 +1,109 @@
+"""Spin waits for fastrnn's own worker threads (fastrnn/_backends/spinpool.py).
+
+Compiled so that they run with the GIL released: a worker waiting for its
+next task, and the caller waiting for a worker to finish, spin here on a
+shared int64 array without holding the GIL, so the other thread can run
+Python meanwhile.  The loads are atomic acquire loads and the stores
+atomic release stores (LLVM atomics; Numba has none of its own), so the
+compiler cannot hoist a load out of the loop and a value read here is
+ordered after the writes that preceded its store.  `_pause` is x86's
+PAUSE (a spin-wait hint: less power, no memory-order mis-speculation on
+exit); elsewhere nothing.
+
+Timeouts are counts of spin rounds; the pool calibrates how long a round
+takes once (spin_rate) and converts its microseconds to rounds.
+"""
+import platform
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .common import JIT
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def _int64_array(arr):
+    return isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1
+
+
+@intrinsic
+def _load_acquire(typingctx, arr, idx):
+    """arr[idx], an atomic acquire load (no bounds check)."""
+    if not (_int64_array(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.load_atomic(builder.gep(ary.data, [args[1]]), "acquire", 8)
+    return types.int64(arr, types.intp), codegen
+
+
+@intrinsic
+def _store_release(typingctx, arr, idx, val):
+    """arr[idx] = val, an atomic release store (no bounds check)."""
+    if not (_int64_array(arr) and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        builder.store_atomic(args[2], builder.gep(ary.data, [args[1]]), "release", 8)
+        return context.get_dummy_value()
+    return types.void(arr, types.intp, types.int64), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    def codegen(context, builder, sig, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(**JIT)
+def wait_post(ctl, post, old, rounds, grace):
+    """Spin until ctl[post] != old or `rounds` rounds pass.  Returns the new
+    value, after `grace` more rounds (see spinpool.py: the poster is still
+    holding the GIL for a moment), or old on timeout."""
+    for _ in range(rounds):
+        v = _load_acquire(ctl, post)
+        if v != old:
+            for _ in range(grace):
+                _pause()
+            return v
+        _pause()
+    return old
+
+
+@njit(**JIT)
+def finish_and_wait(ctl, done, ticket, post, rounds, grace):
+    """ctl[done] = ticket (this worker's task is finished), then wait_post
+    for the next task: the store happens here, after the GIL is released,
+    so the caller it wakes never finds the GIL held by this worker."""
+    _store_release(ctl, done, ticket)
+    return wait_post(ctl, post, ticket, rounds, grace)
+
+
+@njit(**JIT)
+def wait_done(ctl, done, ticket, rounds):
+    """Spin until ctl[done] == ticket or `rounds` rounds pass; whether it is."""
+    for _ in range(rounds):
+        if _load_acquire(ctl, done) == ticket:
+            return True
+        _pause()
+    return _load_acquire(ctl, done) == ticket
+
+
+@njit(**JIT)
+def spin_rounds(ctl, rounds):
+    """`rounds` spin rounds reading ctl[0] (for timing a round)."""
+    s = 0
+    for _ in range(rounds):
+        s += _load_acquire(ctl, 0)
+        _pause()
+    return s

@@ -1,0 +1,141 @@
+"""fastrnn's own worker pool (fastrnn/_backends/spinpool.py): every part runs
+once per region, on the right threads, through both hand-over paths (a
+spinning worker, a sleeping one), with errors re-raised on the caller, many
+regions in a row, and as the backend's pool for the loops by rows."""
+import threading
+import time
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastrnn._backends import numba_cpu, spinpool
+from fastrnn._kernels.cpu import spin
+
+from .helpers import check_backend
+
+
+@njit(nogil=True, cache=False)
+def _part(i, nth, out, work):
+    s = 0.0
+    for k in range(work):
+        s += 1e-12 * k
+    out[i] = 100 * nth + i + 1 + s * 0
+
+
+def _record(calls):
+    def part(i, nth, tag):
+        calls.append((tag, i, nth, threading.get_native_id()))
+    return part
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = spinpool.SpinPool(3)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 4])
+def test_every_part_runs_once_and_part_0_on_the_caller(pool, nth):
+    calls = []
+    pool.run(_record(calls), nth, "x")
+    assert sorted(c[1] for c in calls) == list(range(nth)), calls
+    assert all(c[2] == nth and c[0] == "x" for c in calls)
+    assert [c[3] for c in calls if c[1] == 0] == [threading.get_native_id()]
+    assert len({c[3] for c in calls}) == nth, "each part on a thread of its own"
+
+
+def test_many_regions_in_a_row_lose_no_task(pool):
+    out = np.zeros(4)
+    for r in range(2000):
+        nth = 2 + r % 3
+        out[:] = np.nan
+        pool.run(_part, nth, out, r % 7)
+        assert np.array_equal(out[:nth], 100 * nth + np.arange(1, nth + 1)), (r, out)
+
+
+def test_sleeping_workers_are_woken():
+    # spin_us=0: a worker sleeps after every task, so every post goes
+    # through the condition variable
+    p = spinpool.SpinPool(2, spin_us=0)
+    try:
+        out = np.zeros(3)
+        for r in range(200):
+            out[:] = np.nan
+            p.run(_part, 3, out, 0)
+            assert np.array_equal(out, [301, 302, 303])
+        time.sleep(0.01)
+        assert all(p._sleeping), "workers did not go to sleep"
+        p.run(_part, 3, out, 0)
+        assert np.array_equal(out, [301, 302, 303])
+    finally:
+        p.close()
+
+
+def test_caller_waits_for_a_long_worker_part(pool):
+    # longer than the caller's spin (CALLER_SPIN_US): the polling path
+    done = []
+
+    def part(i, nth):
+        if i == 1:
+            time.sleep(3 * spinpool.CALLER_SPIN_US * 1e-6)
+            done.append(i)
+    pool.run(part, 2)
+    assert done == [1]
+
+
+def test_errors_are_raised_on_the_caller_and_the_pool_still_works(pool):
+    def bad_worker(i, nth):
+        if i == 2:
+            raise ZeroDivisionError("part 2")
+
+    def bad_caller(i, nth):
+        if i == 0:
+            raise KeyError("part 0")
+        time.sleep(0.002)
+    with pytest.raises(ZeroDivisionError, match="part 2"):
+        pool.run(bad_worker, 3)
+    with pytest.raises(KeyError, match="part 0"):
+        pool.run(bad_caller, 3)     # raised after the workers are done
+    out = np.zeros(3)
+    pool.run(_part, 3, out, 0)
+    assert np.array_equal(out, [301, 302, 303])
+
+
+def test_asking_for_more_threads_than_workers_is_an_error(pool):
+    with pytest.raises(ValueError, match="nth=5"):
+        pool.run(_part, 5, np.zeros(5), 0)
+
+
+def test_close_lets_the_workers_exit():
+    p = spinpool.SpinPool(2)
+    p.run(_part, 3, np.zeros(3), 0)
+    p.close()
+    for t in p._threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in p._threads)
+
+
+def test_spin_waits_see_the_stores():
+    ctl = np.zeros(32, np.int64)
+    assert spin.wait_post(ctl, 16, 0, 100, 0) == 0          # nothing posted: times out
+    ctl[16] = 7
+    assert spin.wait_post(ctl, 16, 0, 100, 3) == 7
+    assert not spin.wait_done(ctl, 17, 7, 50)
+    assert spin.finish_and_wait(ctl, 17, 7, 16, 10, 0) == 7  # stores done, nothing new posted
+    assert ctl[17] == 7 and spin.wait_done(ctl, 17, 7, 0)
+
+
+def test_the_backend_runs_its_by_rows_parts_on_the_pool(monkeypatch):
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    ran = []
+    real = numba_cpu._in_threads
+    monkeypatch.setattr(numba_cpu, "_in_threads", lambda fn, nth, *a: (ran.append(nth), real(fn, nth, *a)))
+    check_backend("gru", "numba", T=5, B=6, I=4, H=9, dtype="float64", lengths="random")
+    if not ran:
+        pytest.skip("the threaded kernels did not run here (one thread: see fastrnn/_threads.py)")
+    assert isinstance(numba_cpu._POOL, spinpool.SpinPool)
+    assert numba_cpu._POOL.nworkers >= max(ran) - 1
