@@ -67,8 +67,12 @@ def test_sleeping_workers_are_woken():
             assert np.array_equal(out, [301, 302, 303])
         time.sleep(0.01)
         assert all(p._sleeping), "workers did not go to sleep"
+        t0 = time.perf_counter()
         p.run(_part, 3, out, 0)
         assert np.array_equal(out, [301, 302, 303])
+        # woken by the post's notify, not by the sleep's 1 s safety-net timeout
+        # (a liveness check with a wide margin, not a speed target)
+        assert time.perf_counter() - t0 < 0.5, "a sleeping worker was not notified"
     finally:
         p.close()
 

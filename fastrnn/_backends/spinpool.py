@@ -121,7 +121,7 @@ class SpinPool:
                 with cond:
                     self._sleeping[w] = True
                     while int(ctl[post]) == last:
-                        cond.wait(0.05)
+                        cond.wait(1.0)     # a post notifies; the timeout is only a safety net
                     self._sleeping[w] = False
                 v = int(ctl[post])
             if v < 0:           # close()
