@@ -58,16 +58,9 @@ def test_one_or_two_rows(mode, B, dtype):
     check_backend(mode, "numba", T=T, B=B, I=6, H=19, dtype=dtype, lengths=[T, 5][:B], reverse=True)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("B,lengths", [(4, "full"), (6, [9, 9, 7, 4, 4, 1]), (4, [2, 9, 9, 5]), (5, "full")])
-def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monkeypatch):
-    # by rows, each part projects its own rows (numba_cpu.FUSED_PROJECTION_*,
-    # which these sizes are under): one strided GEMM where the rows keep
-    # their order (no lengths, or lengths already sorted) and B is a
-    # multiple of the threads, else one GEMM per row over its valid steps.
-    # Against the oracle in each case, and that no projection region ran;
-    # with the limit at -1 the separate region runs instead.
+def _spy_regions(monkeypatch):
+    """The names of the parts each by-rows region runs, in order, as a list
+    that fills while the test runs."""
     regions = []
     real_by_rows = numba_cpu._by_rows
 
@@ -81,6 +74,20 @@ def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monke
             return run(fn, nth, *args)
         return wrapped
     monkeypatch.setattr(numba_cpu, "_by_rows", spy_by_rows)
+    return regions
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B,lengths", [(4, "full"), (6, [9, 9, 7, 4, 4, 1]), (4, [2, 9, 9, 5]), (5, "full")])
+def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monkeypatch):
+    # by rows, each part projects its own rows (numba_cpu.FUSED_PROJECTION_*,
+    # which these sizes are under): one strided GEMM where the rows keep
+    # their order (no lengths, or lengths already sorted) and B is a
+    # multiple of the threads, else one GEMM per row over its valid steps.
+    # Against the oracle in each case, and that no projection region ran;
+    # with the limit at -1 the separate region runs instead.
+    regions = _spy_regions(monkeypatch)
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
     if kernel_form == "threaded by rows":
         assert B <= numba_cpu.FUSED_PROJECTION_MAX_ROWS and 9 * B * 4 * 11 * 5 <= numba_cpu.FUSED_PROJECTION_MAX_MACS
@@ -90,6 +97,31 @@ def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monke
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
     if kernel_form == "threaded by rows":
         assert "project_part" in regions, f"no projection region ran: {regions}"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B,lengths,reverse", [(6, [9, 9, 7, 4, 4, 1], False), (4, [2, 9, 0, 5], True),
+                                               (5, "random", False), (4, "full", False)])
+def test_gradients_inside_the_bptt_parts(mode, B, lengths, reverse, dtype, kernel_form, monkeypatch):
+    # by rows with padding, each BPTT part computes its own rows' share of
+    # dx, dW and the bias gradients over their valid steps
+    # (numba_cpu.FUSED_GRADS_*, which these sizes are under) and no region
+    # runs after the parts; without padding, or with the limit at 0 rows,
+    # the region runs (and x's padding is zeroed for it).  Against the
+    # oracle each time, every array the call allocates NaN-filled.
+    regions = _spy_regions(monkeypatch)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    padded = lengths != "full"
+    check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse)
+    if kernel_form == "threaded by rows":
+        assert any(r.endswith("backward_rows_part") for r in regions), regions
+        assert ("after_loop_part" in regions) != padded, f"padded={padded}, regions: {regions}"
+    regions.clear()
+    monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
+    check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse)
+    if kernel_form == "threaded by rows":
+        assert "after_loop_part" in regions, f"no region after the BPTT parts: {regions}"
 
 
 @pytest.mark.parametrize("mode", MODES)

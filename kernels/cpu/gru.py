@@ -23,8 +23,8 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, input_projection, project_own_rows,
-                       put_rows, rows_of, take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
+                       input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
 
 @inner
@@ -299,7 +299,8 @@ def gru_forward_rows_part(i, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse, train
 
 
 @njit(**JIT)
-def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh):
+def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh,
+                           x2, w_ih, dx, dwi, dwh, dbi, dbh, own_grads):
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
     T = dy.shape[0]
     H = dh.shape[1]
@@ -316,3 +317,5 @@ def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
             _add_units(dhp, dhd, n, 0, H)
     put_rows(dhp, dh, i, nth)
+    if own_grads:   # this part's rows' share of the gradients after the loop
+        grads_own_rows(i, nth, dGi, dGh, x2, Hs, w_ih, dx, dwi[i], dwh[i], dbi[i], dbh[i], perm, nb)

@@ -31,8 +31,8 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, input_projection, project_own_rows,
-                       put_rows, rows_of, take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
+                       input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
 
 @inner
@@ -310,9 +310,14 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, trai
 
 
 @njit(**JIT)
-def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG):
-    """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part);
-    the caller then runs the after-the-loop GEMMs (parallel.after_loop_part)."""
+def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG,
+                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, own_grads):
+    """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part).
+    The GEMMs after the loop: the caller runs them as a region of their own
+    (parallel.after_loop_part), or, with own_grads, each part computes its
+    own rows' share of them over their valid steps (parallel.grads_own_rows)
+    into sums of its own dwi[i], dwh[i], dbi[i], dbh[i], which the caller
+    adds up."""
     T = dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
@@ -327,3 +332,5 @@ def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
     put_rows(dhp, dh, i, nth)
     put_rows(dcp, dc, i, nth)
+    if own_grads:   # this part's rows' share of the gradients after the loop
+        grads_own_rows(i, nth, dG, dG, x2, Hs, w_ih, dx, dwi[i], dwh[i], dbi[i], dbh[i], perm, nb)

@@ -78,12 +78,20 @@ def project_own_rows(i, nth, x2, w_ih, xg, perm, nb, how):
     xt = x2.reshape((T, B, I))
     for j in range(i, B, nth):
         b = perm[j]
-        L = 0
-        for t in range(T):
-            if nb[t] > j:
-                L += 1
+        L = valid_steps(nb, j)
         if L > 0:
             gemm(xt[:L, b, :], False, w_ih, True, xg[:L, b, :], z)
+
+
+@inner
+def valid_steps(nb, j):
+    """The length of sorted row j: the steps t at which it still runs
+    (nb[t] > j), which are the first ones, t < length."""
+    L = 0
+    for t in range(nb.shape[0]):
+        if nb[t] > j:
+            L += 1
+    return L
 
 
 @inner_par
@@ -102,6 +110,51 @@ def copy_rows(src, dst, n, nprev):
     for j in range(n, nprev):
         for k in range(src.shape[1]):
             dst[j, k] = src[j, k]
+
+
+@inner
+def grads_own_rows(i, nth, dG, dGh, x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, perm, nb):
+    """A by-rows BPTT part's own rows' share of the gradients after the loop,
+    computed on its own core once its loop is done, over each row's valid
+    steps only (numba_cpu uses it where the batch has padding, see
+    FUSED_GRADS_*; the region after the parts, after_loop_part, multiplies
+    the padding too): for its rows b = perm[i], perm[i + nth], ..., of length
+    L, dx[:L, b] = dG[:L, b] @ w_ih and dx[L:, b] = 0, and the rows' terms
+    of dW_ih = dG^T x, dW_hh = dGh^T h_prev and the bias gradients as sums
+    of its own, dwi (GH, I), dwh (GH, H), dbi, dbh (GH,), which the caller
+    adds up over the parts.  dG, dGh (T, B, GH) in the caller's row order;
+    x2 (T*B, I) (its padding never read, so it needs no zeroing); Hs
+    (T, B, H); dx (T, B, I).  One GEMM per row and product."""
+    T, B, GH = dG.shape
+    I = x2.shape[1]
+    xt = x2.reshape((T, B, I))
+    z = dx.dtype.type(0)
+    one = dx.dtype.type(1)
+    # element loops, not slice assignments (see lstm._bwd_units)
+    for r in range(GH):
+        dbi[r] = 0
+        dbh[r] = 0
+        for k in range(I):
+            dwi[r, k] = 0
+        for k in range(dwh.shape[1]):
+            dwh[r, k] = 0
+    for j in range(i, B, nth):
+        b = perm[j]
+        L = valid_steps(nb, j)
+        for t in range(L, T):
+            for k in range(I):
+                dx[t, b, k] = 0
+        if L == 0:
+            continue
+        gemm(dG[:L, b, :], False, w_ih, False, dx[:L, b, :], z)
+        gemm(dG[:L, b, :], True, xt[:L, b, :], False, dwi, one)
+        gemm(dGh[:L, b, :], True, Hs[:L, b, :], False, dwh, one)
+        for t in range(L):
+            gr = dG[t, b]
+            ghr = dGh[t, b]
+            for k in range(GH):
+                dbi[k] += gr[k]
+                dbh[k] += ghr[k]
 
 
 @njit(**JIT)

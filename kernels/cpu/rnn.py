@@ -19,8 +19,8 @@ from .activations import tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, input_projection, project_own_rows,
-                       put_rows, rows_of, take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
+                       input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
 
 @inner
@@ -244,7 +244,8 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, tr
 
 
 @njit(**JIT)
-def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, dG):
+def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, dG,
+                           x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, own_grads):
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
     T = dy.shape[0]
     H = dh.shape[1]
@@ -258,3 +259,5 @@ def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, d
         if n > 0:
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
     put_rows(dhp, dh, i, nth)
+    if own_grads:   # this part's rows' share of the gradients after the loop
+        grads_own_rows(i, nth, dG, dG, x2, Hs, w_ih, dx, dwi[i], dwh[i], dbi[i], dbh[i], perm, nb)
