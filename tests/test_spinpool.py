@@ -107,6 +107,24 @@ def test_errors_are_raised_on_the_caller_and_the_pool_still_works(pool):
     assert np.array_equal(out, [301, 302, 303])
 
 
+def test_a_region_inside_a_part_runs_its_parts_in_place(pool):
+    # from a part, on the caller's thread or a worker's, the pool is busy
+    # with the outer region: the inner one runs every part on the thread
+    # that asks (no deadlock, every part once)
+    inner = []
+
+    def outer(i, nth):
+        pool.run(_record(inner), 3, i)
+    pool.run(outer, 2)
+    for tag in (0, 1):
+        calls = [c for c in inner if c[0] == tag]
+        assert sorted(c[1] for c in calls) == [0, 1, 2], inner
+        assert len({c[3] for c in calls}) == 1, "an inner region used other threads"
+    out = np.zeros(3)
+    pool.run(_part, 3, out, 0)      # the pool still works
+    assert np.array_equal(out, [301, 302, 303])
+
+
 def test_asking_for_more_threads_than_workers_is_an_error(pool):
     with pytest.raises(ValueError, match="nth=5"):
         pool.run(_part, 5, np.zeros(5), 0)

@@ -99,6 +99,8 @@ class SpinPool:
         self._sleeping = [False] * nworkers
         self._ticket = 0
         self._lock = threading.Lock()      # one run at a time (the kernels' callers already ensure it)
+        self._owner = None                 # the thread running a region now
+        self._worker_ids = set()
         self._threads = []
         for w in range(nworkers):
             t = threading.Thread(target=self._work, args=(w,), name=f"fastrnn-{w + 1}", daemon=True)
@@ -111,6 +113,7 @@ class SpinPool:
 
     # ------------------------------------------------------------ worker
     def _work(self, w):
+        self._worker_ids.add(threading.get_ident())
         ctl = self.ctl
         post, done = self._slot(w, _POST), self._slot(w, _DONE)
         cond = self._conds[w]
@@ -140,24 +143,40 @@ class SpinPool:
     def run(self, fn, nth, *args):
         if nth - 1 > self.nworkers:
             raise ValueError(f"SpinPool.run: nth={nth} needs {nth - 1} workers, the pool has {self.nworkers}")
+        me = threading.get_ident()
+        if self._owner == me or me in self._worker_ids:
+            # called from inside a part of a region of this pool (on the
+            # caller's thread or a worker's): the workers are busy with that
+            # region, so run every part here
+            for i in range(nth):
+                fn(i, nth, *args)
+            return
         with self._lock:
-            self._ticket += 1
-            tk = self._ticket
-            self._post(tk, nth - 1, fn, args)
+            self._owner = me
             try:
-                fn(0, nth, *args)
+                errors = self._run_locked(fn, nth, args)
             finally:
-                ctl = self.ctl
-                for w in range(nth - 1):
-                    d = self._slot(w, _DONE)
-                    if not spin.wait_done(ctl, d, tk, self._caller_spin):
-                        while not spin.wait_done(ctl, d, tk, 0):
-                            time.sleep(_POLL_S)
-                errors = [e for e in self._errors[:nth - 1] if e is not None]
-                for w in range(nth - 1):
-                    self._errors[w] = None
+                self._owner = None
         if errors:
             raise errors[0]
+
+    def _run_locked(self, fn, nth, args):
+        self._ticket += 1
+        tk = self._ticket
+        self._post(tk, nth - 1, fn, args)
+        try:
+            fn(0, nth, *args)
+        finally:
+            ctl = self.ctl
+            for w in range(nth - 1):
+                d = self._slot(w, _DONE)
+                if not spin.wait_done(ctl, d, tk, self._caller_spin):
+                    while not spin.wait_done(ctl, d, tk, 0):
+                        time.sleep(_POLL_S)
+            errors = [e for e in self._errors[:nth - 1] if e is not None]
+            for w in range(nth - 1):
+                self._errors[w] = None
+        return errors
 
     def _post(self, tk, nworkers, fn=None, args=()):
         for w in range(nworkers):
