@@ -98,8 +98,9 @@ ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
 # In the loops by rows each part can project its own rows of the input
 # before its loop (parallel.project_own_rows), instead of a projection
-# region of its own before the parts: one fork/join less per forward.  That pays where the projection is
-# small (a region costs 50-250 us on the dev VM): alternating in one
+# region of its own before the parts: one fork/join less per forward.
+# That pays where the projection is small (a region cost 50-250 us on the
+# dev VM when this was measured, before spinpool.py): alternating in one
 # process, medians of 9, vanilla RNN at S2 (T*B*G*H*I = 13 M multiply-adds)
 # forward 1.05-1.16x, fwd+bwd 0.94-1.06x (six runs, with and without torch);
 # GRU and LSTM at S2 (39 M, 52 M) 0.97-1.01x, LSTM at S3 (268 M)

@@ -10,8 +10,8 @@ ordered after the writes that preceded its store.  `_pause` is x86's
 PAUSE (a spin-wait hint: less power, no memory-order mis-speculation on
 exit); elsewhere nothing.
 
-Timeouts are counts of spin rounds; the pool calibrates how long a round
-takes once (spin_rate) and converts its microseconds to rounds.
+Timeouts are counts of spin rounds; the pool times spin_rounds once per
+process (spinpool._round_seconds) and converts its microseconds to rounds.
 """
 import platform
 
