@@ -43,13 +43,11 @@ def _executor_runner():
     return run
 
 
-def empty_region(rounds=300):
-    """{pool: median microseconds} of a 2-part region of empty compiled parts."""
+def _empty_part():
+    """A compiled part that does nothing but write its index, and its
+    output array, compiled by one call."""
     import numpy as np
     from numba import njit
-
-    from fastrnn import _threads
-    from fastrnn._backends import spinpool
 
     @njit(nogil=True, cache=False)
     def part(i, nth, out):
@@ -57,6 +55,15 @@ def empty_region(rounds=300):
 
     out = np.zeros(2)
     part(0, 2, out)
+    return part, out
+
+
+def empty_region(rounds=300):
+    """{pool: median microseconds} of a 2-part region of empty compiled parts."""
+    from fastrnn import _threads
+    from fastrnn._backends import spinpool
+
+    part, out = _empty_part()
     pools = {"spin": spinpool.SpinPool(1).run, "executor": _executor_runner()}
     times = {k: [] for k in pools}
     with _threads.threaded():
@@ -138,17 +145,10 @@ if __name__ == "__main__":
 
 def test_empty_region(benchmark):
     """pytest-benchmark: the spin pool's empty 2-part region."""
-    import numpy as np
-    from numba import njit
-
     from fastrnn import _threads
     from fastrnn._backends import spinpool
 
-    @njit(nogil=True, cache=False)
-    def part(i, nth, out):
-        out[i] = i
-
-    out = np.zeros(2)
+    part, out = _empty_part()
     pool = spinpool.SpinPool(1)
     with _threads.threaded():
         benchmark(pool.run, part, 2, out)
