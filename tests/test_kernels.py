@@ -86,7 +86,10 @@ def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monke
     # their order (no lengths, or lengths already sorted) and B is a
     # multiple of the threads, else one GEMM per row over its valid steps.
     # Against the oracle in each case, and that no projection region ran;
-    # with the limit at -1 the separate region runs instead.
+    # with the limit at -1 the separate region runs instead.  (The LSTM's
+    # by-rows forward takes the projection into its steps instead, unless
+    # FUSED_STEP_MAX_BYTES says no: test_lstm_projection_in_the_step.)
+    monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)
     regions = _spy_regions(monkeypatch)
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
     if kernel_form == "threaded by rows":
@@ -97,6 +100,30 @@ def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monke
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
     if kernel_form == "threaded by rows":
         assert "project_part" in regions, f"no projection region ran: {regions}"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("B,lengths,reverse,h0", [(4, "full", False, True), (5, "full", True, False),
+                                                  (6, [9, 9, 7, 4, 4, 1], False, True),
+                                                  (7, [2, 9, 0, 5, 9, 1, 3], True, True), (3, "edges", False, False)])
+def test_lstm_projection_in_the_step(B, lengths, reverse, h0, dtype, kernel_form, monkeypatch):
+    # by rows, the LSTM's forward folds the input projection into each
+    # step's product ([x_t | h] @ [W_ih | W_hh].T, numba_cpu.FUSED_STEP_*):
+    # no projection array, no projection region.  Against the oracle (y,
+    # the final state, every gradient) with every allocation NaN-filled,
+    # and which forward part ran; at a limit of -1 bytes the part with the
+    # projection before its loop runs instead.
+    regions = _spy_regions(monkeypatch)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    kw = dict(T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse, h0=h0)
+    check_backend("lstm", "numba", **kw)
+    if kernel_form == "threaded by rows":
+        assert regions[0] == "lstm_forward_fused_rows_part" and "project_part" not in regions, regions
+    regions.clear()
+    monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)
+    check_backend("lstm", "numba", **kw)
+    if kernel_form == "threaded by rows":
+        assert "lstm_forward_rows_part" in regions and "lstm_forward_fused_rows_part" not in regions, regions
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -44,7 +44,11 @@ def rows_spy(monkeypatch):
 def _assert_by_rows(calls, mode):
     prefix = PAR[mode][1]
     names = {c[0] for c in calls}
-    assert {f"{prefix}_forward_rows_part", f"{prefix}_backward_rows_part"} <= names, names
+    # the LSTM's forward folds the projection into its steps up to
+    # numba_cpu.FUSED_STEP_MAX_BYTES (the "lstm-unfused" cases set it to -1)
+    forward = ("lstm_forward_fused_rows_part" if mode == "lstm" and numba_cpu.FUSED_STEP_MAX_BYTES >= 0
+               else f"{prefix}_forward_rows_part")
+    assert {forward, f"{prefix}_backward_rows_part"} <= names, names
     for name in names:
         mine = [c for c in calls if c[0] == name]
         nth = mine[0][2]
@@ -126,13 +130,27 @@ def test_threaded_reused_cached_buffers_are_written_in_full(spy, mode, monkeypat
     _assert_threaded(spy, mode)
 
 
-ROWS = MODES
+# every mode, and the LSTM once more with its forward's input projection
+# before the loop rather than in the steps (lstm.lstm_forward_rows_part)
+ROWS = [*MODES, "lstm-unfused"]
+
+
+@pytest.fixture
+def rows_mode(request, monkeypatch):
+    """The mode of a by-rows test; "lstm-unfused" is the LSTM with
+    numba_cpu.FUSED_STEP_MAX_BYTES at -1."""
+    mode = request.param
+    if mode == "lstm-unfused":
+        monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)
+        mode = "lstm"
+    return mode
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("mode", ROWS)
+@pytest.mark.parametrize("rows_mode", ROWS, indirect=True)
 @pytest.mark.parametrize("T,B,I,H", [(1, 2, 3, 5), (7, 3, 5, 13), (5, 9, 4, 37), (3, 20, 6, 70)])
-def test_by_rows_odd_sizes(rows_spy, mode, dtype, T, B, I, H):
+def test_by_rows_odd_sizes(rows_spy, rows_mode, dtype, T, B, I, H):
+    mode = rows_mode
     # B = 3, 9: the threads get different numbers of rows
     check_backend(mode, "numba", T=T, B=B, I=I, H=H, dtype=dtype)
     _assert_by_rows(rows_spy, mode)
@@ -141,14 +159,16 @@ def test_by_rows_odd_sizes(rows_spy, mode, dtype, T, B, I, H):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", ["edges", "random"])
-@pytest.mark.parametrize("mode", ROWS)
-def test_by_rows_lengths_and_reverse(rows_spy, mode, lengths, reverse, dtype):
+@pytest.mark.parametrize("rows_mode", ROWS, indirect=True)
+def test_by_rows_lengths_and_reverse(rows_spy, rows_mode, lengths, reverse, dtype):
+    mode = rows_mode
     check_backend(mode, "numba", T=9, B=7, I=4, H=27, lengths=lengths, reverse=reverse, dtype=dtype)
     _assert_by_rows(rows_spy, mode)
 
 
-@pytest.mark.parametrize("mode", ROWS)
-def test_by_rows_no_state_no_bias_zero_lengths_poisoned_buffers(rows_spy, mode, monkeypatch):
+@pytest.mark.parametrize("rows_mode", ROWS, indirect=True)
+def test_by_rows_no_state_no_bias_zero_lengths_poisoned_buffers(rows_spy, rows_mode, monkeypatch):
+    mode = rows_mode
     check_backend(mode, "numba", H=21, B=5, h0=False, reverse=True, lengths="edges")
     check_backend(mode, "numba", H=21, B=5, bias=False)
     got, _ = check_backend(mode, "numba", T=4, B=3, H=21, lengths=np.zeros(3, int))

@@ -125,6 +125,25 @@ FUSED_PROJECTION_MAX_ROWS = 32
 FUSED_GRADS_MAX_ROWS = 32
 FUSED_GRADS_MAX_BYTES = 1 << 21
 
+# The LSTM's forward by rows can fold the input projection into each
+# step's product, [x_t | h] @ [W_ih | W_hh].T (lstm.lstm_forward_fused_rows_part):
+# the same multiply-adds, one product per step with K = I + H instead of
+# a projection (K = I) before the loop and a K = H product in it, and no
+# (T, B, 4H) projection array written and read back.  fastrnn's own
+# product runs faster the longer K is (one thread, 16 rows x 1024 columns:
+# 80 GFLOP/s at K = 256, 86 at K = 384; 4 x 512: 71 at K = 128, 85 at
+# K = 256).  Measured, float32, alternating in one process, medians of 15,
+# with and without torch at 2 threads (the ratio is the time without over
+# the time with): S3 (1.5 MB of [W_ih | W_hh]) forward 1.08-1.10x, with
+# random lengths 1.16x, fwd+bwd 0.99-1.03x; S2 (0.5 MB) forward
+# 0.91-1.14x, fwd+bwd 0.95-1.04x; with more weights it lost or drew:
+# (B, T, I, H) = (32, 64, 256, 256), 2 MB, forward 0.95-1.05x, fwd+bwd
+# 0.97-0.99x; (32, 64, 256, 384), 3.9 MB, 0.98-0.99x and 0.95-1.00x; S4,
+# 8 MB, 0.85-0.98x and 0.94-0.97x.  A cold first fwd+bwd at S3 also
+# compiles less: 10.4-11.2 s against 13.3-13.4 s.  Up to this many bytes
+# of [W_ih | W_hh], which every step reads:
+FUSED_STEP_MAX_BYTES = 3 << 19
+
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
 # (common.transpose_into) from this size up, with NumPy below it: NumPy's
 # transpose is as fast there (0.27 against 0.13 ms at 1 MB, 3.9 against
@@ -316,7 +335,6 @@ class NumbaCPU:
         perm, nb, ident = _schedule(lengths, T, B)
         x2 = x.reshape(T * B, I)
         alloc = _allocator(T, B, GH, dt)
-        xg = alloc((T, B, GH), dt)
         w_hh = np.ascontiguousarray(w_hh)
         h = _take_rows(h0, perm, ident)
         y = alloc((T, B, H), dt)
@@ -340,6 +358,10 @@ class NumbaCPU:
             else:
                 w_hhT = np.empty((0, 0), dt)
             rows = par and _by_rows(mode, B, H, GH, dt, nth)
+            # the LSTM by rows with the input projection in each step's
+            # product (FUSED_STEP_*): no projection array at all
+            fused = bool(rows) and mode == "lstm" and GH * (I + H) * dt.itemsize <= FUSED_STEP_MAX_BYTES
+            xg = None if fused else alloc((T, B, GH), dt)
             # the threaded loops by units keep h in two buffers (parallel.py);
             # the last step's holds every row's final state
             hs = np.stack([h, h]) if par and not rows else h
@@ -354,12 +376,16 @@ class NumbaCPU:
                     project = parallel.PROJECT_STRIDED
                 elif B <= FUSED_PROJECTION_MAX_ROWS:
                     project = parallel.PROJECT_PER_ROW
-            if rows and project == parallel.PROJECT_BEFORE:
+            if rows and project == parallel.PROJECT_BEFORE and not fused:
                 rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
-                if rows:
+                if fused:
+                    rows(lstm.lstm_forward_fused_rows_part, nth, x2.reshape(T, B, I),
+                         np.concatenate((w_ih, w_hh), axis=1), b_ih + b_hh, h, c, perm, nb, reverse,
+                         training, y, Hs, Gs, Cs, TCs)
+                elif rows:
                     rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:

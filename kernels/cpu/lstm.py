@@ -8,14 +8,19 @@ of the working state and the recurrent GEMM touches only them.  perm[j] is
 the original batch index of sorted row j.  Everything the caller sees or the
 big after-the-loop GEMMs read (xg, y, saved buffers, dG) is in original order.
 
-Two forms of each loop share the per-step pointwise code (_fwd_units,
-_bwd_units, which work on hidden units [k0, k1)):
+Three forms of each loop share the per-step pointwise code (_fwd_units,
+_bwd_units, which work on hidden units [k0, k1); the forward's cell math
+itself is _cell_fwd):
   * lstm_forward / lstm_backward: one thread; per step one recurrent GEMM
     (gemm.mm_nt) then the pointwise pass over all units;
   * lstm_forward_par / lstm_backward_par: the hidden units are cut into one
     block per thread and each thread does its block's slice of the recurrent
     GEMM and its pointwise pass, one fork/join per step (parallel.py has the
-    scheme and why).
+    scheme and why);
+  * lstm_forward_rows_part / lstm_backward_rows_part: each thread the whole
+    loop on its own batch rows (parallel.py, "by rows");
+    lstm_forward_fused_rows_part is that forward with the input projection
+    folded into each step's product (numba_cpu.FUSED_STEP_*).
 
 Shapes: xg (T, B, 4H) = x @ w_ih.T (bias not added); w_hh (4H, H) and
 w_hhT (H, 4H), C-contiguous (gemm.py reads their rows); bias (4H,) = b_ih + b_hh;
@@ -33,6 +38,32 @@ from .common import JIT, inner, inner_par, after_loop_grads
 from .gemm import _cols, mm_nt
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
+
+
+@inner
+def _cell_fwd(xr, gr, bs, cj, ho, yr, sg, stc, m, H):
+    """The cell's forward on m units of one row, every view starting at the
+    first of them: gate pre-activations xr + gr + bs (each gate H further
+    on), c updated in place (cj), h to ho and yr, the gate values to sg and
+    tanh(c) to stc (the saved buffers, or scratch rows)."""
+    if H <= 0:
+        return      # never taken; see _fwd_units
+    for k in range(m):
+        i = sigmoid_(xr[k] + gr[k] + bs[k])
+        f = sigmoid_(xr[H + k] + gr[H + k] + bs[H + k])
+        g = tanh_(xr[2 * H + k] + gr[2 * H + k] + bs[2 * H + k])
+        o = sigmoid_(xr[3 * H + k] + gr[3 * H + k] + bs[3 * H + k])
+        cn = f * cj[k] + i * g
+        tc = tanh_(cn)
+        hn = o * tc
+        cj[k] = cn
+        ho[k] = hn
+        yr[k] = hn
+        sg[k] = i
+        sg[H + k] = f
+        sg[2 * H + k] = g
+        sg[3 * H + k] = o
+        stc[k] = tc
 
 
 @inner
@@ -74,22 +105,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
             for k in range(m):
                 sh[k] = hi[k]
                 sc[k] = cj[k]
-        for k in range(m):
-            i = sigmoid_(xr[k] + gr[k] + bs[k])
-            f = sigmoid_(xr[H + k] + gr[H + k] + bs[H + k])
-            g = tanh_(xr[2 * H + k] + gr[2 * H + k] + bs[2 * H + k])
-            o = sigmoid_(xr[3 * H + k] + gr[3 * H + k] + bs[3 * H + k])
-            cn = f * cj[k] + i * g
-            tc = tanh_(cn)
-            hn = o * tc
-            cj[k] = cn
-            ho[k] = hn
-            yr[k] = hn
-            sg[k] = i
-            sg[H + k] = f
-            sg[2 * H + k] = g
-            sg[3 * H + k] = o
-            stc[k] = tc
+        _cell_fwd(xr, gr, bs, cj, ho, yr, sg, stc, m, H)
     for j in range(n, B):
         b = perm[j]
         y[t, b, k0:k1] = 0
@@ -306,6 +322,73 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, trai
             _cols(hp[:n], w_hh, gp[:n], 0, GH)
         _fwd_units(t, n, 0, H, hp, hp, cp, xg, gp, bias, pp, training, y, Hs, Gs, Cs, TCs, gws, tcws)
     put_rows(hp, h, i, nth)
+    put_rows(cp, c, i, nth)
+
+
+@njit(**JIT)
+def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs,
+                            TCs):
+    """Part i of nth of the forward by rows with the input projection in the
+    step (numba_cpu.FUSED_STEP_*): per step one product [x_t | h] @ w_cat.T,
+    w_cat = [W_ih | W_hh] (4H, I + H), for its running rows, instead of a
+    projection over all T*B rows before the loop and a product with W_hh
+    in it.  The same multiply-adds, but K = I + H gives the product longer
+    rows to amortise its horizontal sums over, and no (T, B, 4H) projection
+    is written and read back.  The row's working vector xh = [x_t | h]
+    holds the state: the pointwise pass writes h into its tail.  x (T, B, I)
+    in the caller's row order; the rest as in lstm_forward_rows_part."""
+    T, B, I = x.shape
+    H = h.shape[1]
+    GH = w_cat.shape[0]
+    pp = take_rows(perm, i, nth)
+    m = pp.shape[0]
+    dt = h.dtype
+    xh = np.empty((m, I + H), dt)
+    for r in range(m):
+        for k in range(H):
+            xh[r, I + k] = h[i + r * nth, k]
+    cp = take_rows(c, i, nth)
+    gp = np.empty((m, GH), dt)
+    zero = np.zeros(GH, dt)
+    gws = np.empty((m, GH), dt)
+    tcws = np.empty((m, H), dt)
+    if H <= 0:
+        return      # never taken (see _fwd_units): the views below start at I
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        n = rows_of(nb[t], i, nth)
+        for j in range(n):
+            xs = x[t, pp[j]]
+            xr = xh[j]
+            for k in range(I):
+                xr[k] = xs[k]
+        if n > 0:
+            _cols(xh[:n], w_cat, gp[:n], 0, GH)
+        for j in range(n):
+            b = pp[j]
+            hr = xh[j, I:]
+            sg = gws[j]
+            stc = tcws[j]
+            if training:
+                sg = Gs[t, b]
+                stc = TCs[t, b]
+                sh = Hs[t, b]
+                sc = Cs[t, b]
+                cj = cp[j]
+                for k in range(H):
+                    sh[k] = hr[k]
+                    sc[k] = cj[k]
+            _cell_fwd(gp[j], bias, zero, cp[j], hr, y[t, b], sg, stc, H, H)
+        for j in range(n, m):
+            b = pp[j]
+            for k in range(H):
+                y[t, b, k] = 0
+            if training:
+                for k in range(H):
+                    Hs[t, b, k] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
+    for r in range(m):
+        for k in range(H):
+            h[i + r * nth, k] = xh[r, I + k]
     put_rows(cp, c, i, nth)
 
 
