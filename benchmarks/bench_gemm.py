@@ -123,13 +123,15 @@ def measure(M, K, N):
 
 
 @njit(**JIT)
-def _lstm_gemms(x2, w_ih, w_hh, w_hhT, xg2, h, gh, dG, dh, dx2, dw_ih, dw_hh, Hs2, T):
-    """Only the GEMMs of one LSTM forward+BPTT, as the kernels call them."""
+def _lstm_gemms(x2, w_ih, xg2, h, gh, dG, dh, dx2, dw_ih, dw_hh, Hs2, T, fw, fa, fb, bw, ba, bb):
+    """Only the GEMMs of one LSTM forward+BPTT, as the one-thread kernels call
+    them; (fw, fa, fb) and (bw, ba, bb) are the forward's and the BPTT's
+    step operands (gemm.step_operands)."""
     np.dot(x2, w_ih.T, xg2)
     for _ in range(T):
-        gemm.mm_nt(h, w_hh, gh, w_hhT)
+        gemm.mm_nt(h, fw, gh, fa, fb)
     for t in range(T):
-        gemm.mm_nt(dG[t], w_hhT, dh, w_hh)
+        gemm.mm_nt(dG[t], bw, dh, ba, bb)
     TB = dG.shape[0] * dG.shape[1]
     dG2 = dG.reshape((TB, dG.shape[2]))
     np.dot(dG2, w_ih, dx2)
@@ -147,9 +149,11 @@ def lstm_gemm_floor(shape):
     f32 = np.float32
     G = 4 * H
     w_ih, w_hh = w[0], w[1]
-    bufs = (x.reshape(T * B, I), w_ih, w_hh, np.ascontiguousarray(w_hh.T), np.empty((T * B, G), f32),
+    w_hhT = np.ascontiguousarray(w_hh.T)
+    bufs = (x.reshape(T * B, I), w_ih, np.empty((T * B, G), f32),
             np.zeros((B, H), f32), np.empty((B, G), f32), np.full((T, B, G), 1e-3, f32), np.empty((B, H), f32),
-            np.empty((T * B, I), f32), np.empty((G, I), f32), np.empty((G, H), f32), np.zeros((T * B, H), f32), T)
+            np.empty((T * B, I), f32), np.empty((G, I), f32), np.empty((G, H), f32), np.zeros((T * B, H), f32), T,
+            *gemm.step_operands(B, w_hh, w_hhT), *gemm.step_operands(B, w_hhT, w_hh))
 
     def fr():
         y, hn, s = fastrnn.rnn_forward("lstm", x, w, training=True, backend="numba")

@@ -50,13 +50,17 @@ def test_own_kernel_matches_float64(M, K, N, dtype):
     _check(f"_cols {M}x{K}x{N}", out, ref, dtype, K)
 
 
+@pytest.mark.parametrize("form", ["dot", "axpy", "blas"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("M,K,N", SHAPES + [(40, 128, 1024)])   # the last goes to BLAS
-def test_mm_nt_matches_float64(M, K, N, dtype):
+@pytest.mark.parametrize("M,K,N", SHAPES + [(40, 128, 1024)])   # the last goes to BLAS in the blas form
+def test_mm_nt_matches_float64(M, K, N, dtype, form):
+    # every form at every size (the loops give axpyT only for 1-2 rows, but
+    # the axpy form is right for any number of rows)
     A, Bt, ref = _case(M, K, N, dtype)
     out = np.full((M, N), np.nan, dtype)
-    gemm.mm_nt(A, Bt, out, np.ascontiguousarray(Bt.T))
-    _check(f"mm_nt {M}x{K}x{N}", out, ref, dtype, K)
+    WT = np.ascontiguousarray(Bt.T)
+    gemm.mm_nt(A, *{"dot": (Bt, out, None, None), "axpy": (None, out, WT, None), "blas": (Bt, out, None, WT)}[form])
+    _check(f"mm_nt {form} {M}x{K}x{N}", out, ref, dtype, K)
 
 
 # 1-2 rows: K below, at and off the unroll (8 for one row, 4 for a pair)
@@ -73,25 +77,33 @@ def test_axpy_form_matches_float64(M, K, N, dtype):
     _check(f"_axpy {M}x{K}x{N}", out, ref, dtype, K)
 
 
-def _spy_mm_nt_form(M, K, N, BtT):
-    """Which form mm_nt took: run it with Bt and BtT disagreeing (BtT is
-    -Bt.T when given), so the sign of the result tells."""
+def _spy_mm_nt_form(M, K, N, built):
+    """Which form a loop with up to M rows takes (gemm.step_operands, then
+    mm_nt on M rows): run with Bt and the transpose disagreeing (it is
+    -Bt.T), so the sign of the result tells whether the transpose was read
+    (the axpy or the BLAS form) or Bt (the dot form)."""
     A, Bt, ref = _case(M, K, N, "float64")
     out = np.full((M, N), np.nan)
-    gemm.mm_nt(A, Bt, out, -np.ascontiguousarray(Bt.T) if BtT else np.empty((0, 0)))
+    WT = -np.ascontiguousarray(Bt.T) if built else np.empty((0, 0))
+    W, axpyT, blasT = gemm.step_operands(M, Bt, WT)
+    gemm.mm_nt(A, W, out, axpyT, blasT)
     if np.allclose(out, ref):
+        assert axpyT is None and blasT is None and W is Bt
         return "dot"
-    assert np.allclose(out, -ref), "mm_nt gave neither A @ Bt.T nor A @ BtT"
-    return "axpy"
+    assert np.allclose(out, -ref), "mm_nt gave neither A @ Bt.T nor A @ (its transpose argument)"
+    assert (axpyT is None) != (blasT is None) and (W is None) == (axpyT is not None)
+    return "axpy" if axpyT is not None else "blas"
 
 
-def test_axpy_form_taken_for_one_or_two_rows_only_when_the_transpose_is_given():
+def test_the_form_a_loop_takes():
     assert gemm.AXPY_MAX_ROWS == 2
     assert _spy_mm_nt_form(1, 16, 24, True) == "axpy"
     assert _spy_mm_nt_form(2, 16, 24, True) == "axpy"
     assert _spy_mm_nt_form(3, 16, 24, True) == "dot"
     assert _spy_mm_nt_form(1, 16, 24, False) == "dot"     # no W^T built: the dot form
-    assert _spy_mm_nt_form(1, 256, 512, True) == "dot"     # 512 KB of weights: out of cache, the dot form
+    assert _spy_mm_nt_form(1, 256, 512, True) == "dot"     # 1 MB of weights: out of cache, the dot form
+    assert _spy_mm_nt_form(40, 128, 1024, True) == "blas"
+    assert _spy_mm_nt_form(16, 128, 1024, True) == "dot"    # OWN_MAX_ROWS rows: still the own kernel
     small, big = gemm.AXPY_MAX_BYTES, gemm.AXPY_MAX_BYTES + 1
     assert gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS, small) and not gemm.uses_axpy(1, gemm.AXPY_MIN_STEPS - 1, small)
     assert not gemm.uses_axpy(3, 100, small) and not gemm.uses_axpy(1, 100, big)
@@ -109,7 +121,9 @@ def test_zero_rows_writes_nothing():
     A = np.empty((0, 4), np.float32)
     Bt = np.ones((5, 4), np.float32)
     out = np.empty((0, 5), np.float32)
-    gemm.mm_nt(A, Bt, out, np.ascontiguousarray(Bt.T))
+    WT = np.ascontiguousarray(Bt.T)
+    for form in ((None, WT, None), (Bt, None, WT), (Bt, None, None)):
+        gemm.mm_nt(A, form[0], out, *form[1:])
     assert out.shape == (0, 5)
 
 
@@ -128,3 +142,36 @@ def test_transpose_into_is_exact(R, C, dtype):
     dst = np.full((C, R), np.nan, dtype)
     gemm.transpose_into(src, dst)
     np.testing.assert_array_equal(dst, src.T)
+
+
+_COMPILED_FORMS = r"""
+import sys
+import numpy as np
+import fastrnn
+from fastrnn._kernels.cpu import gemm
+B = int(sys.argv[1])
+x = np.ones((3, B, 4), np.float32)
+w = [np.full(s, 0.1, np.float32) for s in ((20, 4), (20, 5), (20,), (20,))]
+y, h, s = fastrnn.rnn_forward("lstm", x, w, training=True, backend="numba")
+fastrnn.rnn_backward(s, y)
+print(len(gemm._axpy.overloads), len(gemm._cols.overloads))
+"""
+
+
+def test_a_loop_compiles_only_the_step_form_it_takes(tmp_path):
+    # a first call (fresh Numba cache, a tiny LSTM, the one-thread loops):
+    # at 2 rows the loops take the axpy form and Numba compiles no dot form
+    # (_cols) at all; at 5 rows the other way round (gemm.mm_nt prunes by
+    # its None arguments).  That is ~2-3 s of a cold first call.
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    got = {}
+    for B in (2, 5):
+        out = subprocess.run([sys.executable, "-c", _COMPILED_FORMS, str(B)], env=env, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        got[B] = tuple(int(v) for v in out.stdout.split())
+    assert got[2] == (1, 0), f"at 2 rows: (_axpy, _cols) compiled {got[2]}"
+    assert got[5] == (0, 1), f"at 5 rows: (_axpy, _cols) compiled {got[5]}"

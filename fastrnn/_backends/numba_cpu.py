@@ -366,7 +366,10 @@ class NumbaCPU:
             # the last step's holds every row's final state
             hs = np.stack([h, h]) if par and not rows else h
             # the forms take the same arguments but the last one or two
-            last = (nth,) if rows else (nth, parts) if par else (w_hhT,)
+            last = (nth,) if rows else (nth, parts)
+            w_step = w_hh     # the loops' B operand of the step product (None for the axpy form)
+            if not par:       # the one-thread loops: the form their steps take (gemm.step_operands)
+                w_step, *last = gemm.step_operands(B, w_hh, w_hhT)
             # the input projection, before any part's loop reads it: in the
             # parts themselves where the projection is small
             # (FUSED_PROJECTION_*), else as a region of its own
@@ -390,7 +393,7 @@ class NumbaCPU:
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
-                    kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, c, perm, nb, reverse, training,
+                    kern(x2, w_ih, xg, w_step, b_ih + b_hh, hs, c, perm, nb, reverse, training,
                          y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
@@ -403,7 +406,7 @@ class NumbaCPU:
                          training, y, Hs, Gs, HNs, x2, w_ih, project)
                 else:
                     kern = gru.gru_forward_par if par else gru.gru_forward
-                    kern(x2, w_ih, xg, w_hh, bx, bhn, hs, perm, nb, reverse,
+                    kern(x2, w_ih, xg, w_step, bx, bhn, hs, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
@@ -413,7 +416,7 @@ class NumbaCPU:
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
-                    kern(x2, w_ih, xg, w_hh, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
+                    kern(x2, w_ih, xg, w_step, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
                          training, y, Hs, As, gh, *last)
                 bufs = dict(As=As)
             if par and not rows:
@@ -430,7 +433,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ backward
     def backward(self, p, dy, dh_n, dc_n):
-        _, gru, lstm, rnn, parallel = _kernels()
+        gemm, gru, lstm, rnn, parallel = _kernels()
         mode = p["mode"]
         T, B, I, H = p["shape"]
         perm, nb, ident, reverse = p["perm"], p["nb"], p["ident"], p["reverse"]
@@ -454,7 +457,10 @@ class NumbaCPU:
             rows = par and _by_rows(mode, B, H, GH, dt, nth)
             dgs = np.empty((2, 1 if ident else B, GH), dt) if par and not rows else np.empty((B, GH), dt)
             # the forms take the same arguments but the last one or two
-            last = (nth,) if rows else (nth, parts) if par else (w_hh,)
+            last = (nth,) if rows else (nth, parts)
+            w_step = w_hhT    # as in forward
+            if not par:
+                w_step, *last = gemm.step_operands(B, w_hhT, w_hh)
             # by rows with padding, the GEMMs after the loop in the parts
             # themselves (FUSED_GRADS_*), each part's weight and bias
             # gradients into sums of its own; else after the loop over all
@@ -484,7 +490,7 @@ class NumbaCPU:
                          p["Gs"], p["Cs"], p["TCs"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
-                    kern(dy, w_hhT, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
+                    kern(dy, w_step, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
                          dG, dgs, *grads)
                 dc0 = _put_rows(dc, perm, ident)
             elif mode == "gru":
@@ -494,7 +500,7 @@ class NumbaCPU:
                          p["Hs"], p["Gs"], p["HNs"], dG, dGh, x2, *tail)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
-                    kern(dy, w_hhT, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
+                    kern(dy, w_step, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
@@ -502,7 +508,7 @@ class NumbaCPU:
                          mode == "rnn_relu", p["As"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
-                    kern(dy, w_hhT, dh, perm, nb, reverse, mode == "rnn_relu", ident,
+                    kern(dy, w_step, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          p["Hs"], p["As"], dG, dgs, *grads)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):

@@ -268,38 +268,67 @@ def _axpy(A, BT, out):
 @register_jitable
 def axpy_fits(rows, nbytes):
     """Whether a product of `rows` rows against `nbytes` of weights takes the
-    axpy form (given W^T): the one rule for mm_nt (compiled), uses_axpy and
-    benchmarks/bench_gemm.py (plain Python)."""
+    axpy form (given W^T): the one rule for step_operands, uses_axpy and
+    benchmarks/bench_gemm.py."""
     return rows <= AXPY_MAX_ROWS and nbytes <= AXPY_MAX_BYTES
 
 
 def uses_axpy(rows, steps, nbytes):
     """Whether an inference call with `rows` batch rows, `steps` time steps
     and a W_hh of `nbytes` should build W_hh^T for _axpy (training calls
-    always have it; mm_nt takes the axpy form where the sizes allow)."""
+    always have it; step_operands then picks the axpy form where the
+    sizes allow)."""
     return steps >= AXPY_MIN_STEPS and axpy_fits(rows, nbytes)
 
 
 def uses_blas(max_rows, N, K):
     """Whether mm_nt with up to max_rows rows of A ever calls BLAS (and so reads
-    BtT); the callers skip building the transpose when it does not."""
+    W^T); the callers skip building the transpose when it does not."""
     return max_rows > OWN_MAX_ROWS and max_rows * N * K > OWN_MAX_MACS
 
 
+def step_operands(max_rows, W, WT):
+    """mm_nt's operands (Bt, axpyT, blasT) for a time loop whose steps have at
+    most max_rows rows of A against Bt = W (N, K), given WT, its transpose,
+    C-contiguous (None or an empty array where the caller did not build it):
+    (None, WT, None) where every step takes the axpy form, (W, None, WT)
+    where steps may go to BLAS, else (W, None, None), the dot form."""
+    built = WT is not None and WT.size > 0
+    if built and axpy_fits(max_rows, W.nbytes):
+        return None, WT, None
+    if built and uses_blas(max_rows, W.shape[0], W.shape[1]):
+        return W, None, WT
+    return W, None, None
+
+
 @njit(**JIT)
-def mm_nt(A, Bt, out, BtT):
-    """out = A @ Bt.T for C-contiguous A (M, K), Bt (N, K), out (M, N);
-    BtT (K, N) is Bt's transpose, C-contiguous, or an empty array: read
-    where BLAS wins (uses_blas(M, N, K), then it must be given) and, when
-    given, for up to AXPY_MAX_ROWS rows of a product of at most
-    AXPY_MAX_BYTES of weights (_axpy)."""
-    M, K = A.shape
-    N = Bt.shape[0]
+def mm_nt(A, Bt, out, axpyT, blasT):
+    """out = A @ Bt.T for C-contiguous A (M, K), Bt (N, K), out (M, N).
+
+    The form is the caller's, for the whole loop (step_operands): the axpy
+    form with axpyT (Bt's transpose, C-contiguous; Bt is then None), which
+    the caller gives only where every step has at most AXPY_MAX_ROWS rows of
+    a product of at most AXPY_MAX_BYTES; with blasT (the same transpose) BLAS
+    for the steps with more than OWN_MAX_ROWS rows and OWN_MAX_MACS
+    multiply-adds; else the dot form (_cols).  Numba prunes an `is None`
+    test on an argument that is None at compile time, and compiles only the
+    branches left: so the arguments that are None leave out the forms a
+    loop never takes (with Bt None, everything but the axpy form; with
+    axpyT None, the axpy form; with blasT None, BLAS).  Measured, a cold
+    first LSTM fwd+bwd at a tiny size (the axpy form): 7.6-9.0 s against
+    10.5-10.9 s when every form was compiled into every loop."""
+    M = A.shape[0]
     if M == 0:
         return
-    if BtT.shape[0] == K and BtT.shape[1] == N and axpy_fits(M, K * N * A.itemsize):
-        _axpy(A, BtT, out)
-    elif M <= OWN_MAX_ROWS or M * N * K <= OWN_MAX_MACS:
-        _cols(A, Bt, out, 0, N)
+    if Bt is None:
+        if axpyT is not None:
+            _axpy(A, axpyT, out)
     else:
-        np.dot(A, BtT, out)
+        N, K = Bt.shape
+        if blasT is not None:
+            if M > OWN_MAX_ROWS and M * N * K > OWN_MAX_MACS:
+                np.dot(A, blasT, out)
+            else:
+                _cols(A, Bt, out, 0, N)
+        else:
+            _cols(A, Bt, out, 0, N)

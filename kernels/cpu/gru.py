@@ -150,7 +150,7 @@ def _add_units(dh, dhd, n, k0, k1):
 
 @njit(**JIT)
 def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
-                gws, hnws, w_hhT):
+                gws, hnws, axpyT, blasT):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -159,13 +159,13 @@ def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, 
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
-            mm_nt(h[:n], w_hh, gh[:n], w_hhT)
+            mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
         _fwd_units(t, n, 0, H, h, h, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
 @njit(**JIT)
 def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
-                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
+                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -174,7 +174,7 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
         buf = dGh[t] if ident else dgs
         _bwd_units(t, n, 0, H, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
         if n > 0:
-            mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
+            mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
             _add_units(dh, dhd, n, 0, H)
 
     T_B = T * B

@@ -165,7 +165,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
 
 @njit(**JIT)
 def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
-                 gws, tcws, w_hhT):
+                 gws, tcws, axpyT, blasT):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -174,13 +174,13 @@ def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y,
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
-            mm_nt(h[:n], w_hh, gh[:n], w_hhT)
+            mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
         _fwd_units(t, n, 0, H, h, h, c, xg, gh, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
 
 
 @njit(**JIT)
 def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
-                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
+                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -189,7 +189,7 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
         buf = dG[t] if ident else dgs
         _bwd_units(t, n, 0, H, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
         if n > 0:
-            mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
+            mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
 
     T_B = T * B
     after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),

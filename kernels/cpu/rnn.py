@@ -104,7 +104,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
 # ---------------------------------------------------------------- one thread
 
 @njit(**JIT)
-def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As, gh, w_hhT):
+def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As, gh, axpyT, blasT):
     T, B = xg.shape[0], xg.shape[1]
     H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
@@ -113,13 +113,13 @@ def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, 
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
-            mm_nt(h[:n], w_hh, gh[:n], w_hhT)
+            mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
         _fwd_units(t, n, 0, H, h, h, xg, gh, bias, perm, relu, training, y, Hs, As)
 
 
 @njit(**JIT)
 def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
-                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, w_hh):
+                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT):
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -128,7 +128,7 @@ def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
         buf = dG[t] if ident else dgs
         _bwd_units(t, n, 0, H, dy, dh, As, buf, dG, perm, relu, ident)
         if n > 0:
-            mm_nt(buf[:n], w_hhT, dh[:n], w_hh)
+            mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
 
     T_B = T * B
     after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),
