@@ -2,11 +2,16 @@
 every remainder of its 4x3 blocking (and the 1x6 one for 1-3 rows), of the
 axpy form for 1-2 rows (k by 8 and by 4), both dtypes, and the switches
 to BLAS and to the axpy form."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from numba import njit
 
+from fastrnn import _threads
 from fastrnn._kernels.cpu import gemm
 
 
@@ -163,9 +168,6 @@ def test_a_loop_compiles_only_the_step_form_it_takes(tmp_path):
     # at 2 rows the loops take the axpy form and Numba compiles no dot form
     # (_cols) at all; at 5 rows the other way round (gemm.mm_nt prunes by
     # its None arguments).  That is ~2-3 s of a cold first call.
-    import os
-    import subprocess
-    import sys
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     got = {}
     for B in (2, 5):
@@ -175,3 +177,39 @@ def test_a_loop_compiles_only_the_step_form_it_takes(tmp_path):
         got[B] = tuple(int(v) for v in out.stdout.split())
     assert got[2] == (1, 0), f"at 2 rows: (_axpy, _cols) compiled {got[2]}"
     assert got[5] == (0, 1), f"at 5 rows: (_axpy, _cols) compiled {got[5]}"
+
+
+_COMPILED_GRADS = r"""
+import numpy as np
+import fastrnn
+from fastrnn._backends import numba_cpu
+from fastrnn._kernels.cpu import parallel
+from tests.helpers import force_by_rows
+
+class _MP:       # force_by_rows wants a monkeypatch: set the attributes for good
+    setattr = staticmethod(setattr)
+
+force_by_rows(_MP())
+numba_cpu._torch_threads = lambda: 1
+x = np.ones((3, 4, 4), np.float32)
+w = [np.full(s, 0.1, np.float32) for s in ((20, 4), (20, 5), (20,), (20,))]
+counts = []
+for lengths in (None, np.array([3, 2, 3, 1])):
+    y, h, s = fastrnn.rnn_forward("lstm", x, w, lengths=lengths, training=True, backend="numba")
+    fastrnn.rnn_backward(s, y)
+    counts.append(len(parallel.grads_own_rows.overloads))
+print(*counts)
+"""
+
+
+def test_full_length_bptt_by_rows_does_not_compile_the_per_row_gradients(tmp_path):
+    # the BPTT parts by rows compute the gradients after the loop per row
+    # only with padding (numba_cpu.FUSED_GRADS_*); without it their sums are
+    # None and Numba leaves parallel.grads_own_rows out of the compiled part
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _COMPILED_GRADS], env=env, capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "1"], f"grads_own_rows overloads after full length, then padded: {out.stdout}"

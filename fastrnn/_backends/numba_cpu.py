@@ -477,11 +477,10 @@ class NumbaCPU:
                 xz[np.arange(T)[:, None] >= padded[None, :]] = 0
                 x2 = xz.reshape(T * B, I)
             grads = (x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
-            if rows:    # the parts' sums (or stand-ins of the same types)
-                n, g, i_, h_ = (nth, GH, I, H) if own else (1, 1, 1, 1)
-                sums = (alloc((n, g, i_), dt), alloc((n, g, h_), dt), np.empty((n, g), dt),
-                        np.empty((n, g), dt))
-                tail = (w_ih, dx, *sums, own)
+            if rows:    # the parts' sums, or None: the region after the parts
+                sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
+                         np.empty((nth, GH), dt)) if own else (None,) * 4)
+                tail = (w_ih, dx, *sums)
             dGh = dG    # the gate gradients the dW_hh GEMM reads (the GRU's differ)
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)

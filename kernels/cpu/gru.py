@@ -300,7 +300,7 @@ def gru_forward_rows_part(i, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse, train
 
 @njit(**JIT)
 def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh,
-                           x2, w_ih, dx, dwi, dwh, dbi, dbh, own_grads):
+                           x2, w_ih, dx, dwi, dwh, dbi, dbh):
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
     T = dy.shape[0]
     H = dh.shape[1]
@@ -317,5 +317,8 @@ def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
             _add_units(dhp, dhd, n, 0, H)
     put_rows(dhp, dh, i, nth)
-    if own_grads:   # this part's rows' share of the gradients after the loop
+    # this part's rows' share of the gradients after the loop, given its
+    # sums; None leaves grads_own_rows out of the compiled part (~1 s of a
+    # cold first call that does not use it)
+    if dwi is not None:
         grads_own_rows(i, nth, dGi, dGh, x2, Hs, w_ih, dx, dwi[i], dwh[i], dbi[i], dbh[i], perm, nb)

@@ -394,13 +394,13 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse
 
 @njit(**JIT)
 def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG,
-                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, own_grads):
+                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh):
     """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part).
     The GEMMs after the loop: the caller runs them as a region of their own
-    (parallel.after_loop_part), or, with own_grads, each part computes its
-    own rows' share of them over their valid steps (parallel.grads_own_rows)
-    into sums of its own dwi[i], dwh[i], dbi[i], dbh[i], which the caller
-    adds up."""
+    (parallel.after_loop_part), with dwi, dwh, dbi, dbh None, or each part
+    computes its own rows' share of them over their valid steps
+    (parallel.grads_own_rows) into sums of its own dwi[i], dwh[i], dbi[i],
+    dbh[i], which the caller adds up."""
     T = dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
@@ -415,5 +415,8 @@ def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
     put_rows(dhp, dh, i, nth)
     put_rows(dcp, dc, i, nth)
-    if own_grads:   # this part's rows' share of the gradients after the loop
+    # this part's rows' share of the gradients after the loop, given its
+    # sums; None leaves grads_own_rows out of the compiled part (~1 s of a
+    # cold first call that does not use it)
+    if dwi is not None:
         grads_own_rows(i, nth, dG, dG, x2, Hs, w_ih, dx, dwi[i], dwh[i], dbi[i], dbh[i], perm, nb)

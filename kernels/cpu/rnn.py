@@ -245,7 +245,7 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, tr
 
 @njit(**JIT)
 def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, dG,
-                           x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, own_grads):
+                           x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh):
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
     T = dy.shape[0]
     H = dh.shape[1]
@@ -259,5 +259,8 @@ def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, d
         if n > 0:
             _cols(buf[:n], w_hhT, dhp[:n], 0, H)
     put_rows(dhp, dh, i, nth)
-    if own_grads:   # this part's rows' share of the gradients after the loop
+    # this part's rows' share of the gradients after the loop, given its
+    # sums; None leaves grads_own_rows out of the compiled part (~1 s of a
+    # cold first call that does not use it)
+    if dwi is not None:
         grads_own_rows(i, nth, dG, dG, x2, Hs, w_ih, dx, dwi[i], dwh[i], dbi[i], dbh[i], perm, nb)
