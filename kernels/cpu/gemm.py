@@ -315,8 +315,9 @@ def mm_nt(A, Bt, out, axpyT, blasT):
     branches left: so the arguments that are None leave out the forms a
     loop never takes (with Bt None, everything but the axpy form; with
     axpyT None, the axpy form; with blasT None, BLAS).  Measured, a cold
-    first LSTM fwd+bwd at a tiny size (the axpy form): 7.6-9.0 s against
-    10.5-10.9 s when every form was compiled into every loop."""
+    first LSTM fwd+bwd at a tiny size (the axpy form), trees taking turns:
+    7.7-10.7 s (median 8.7) against 10.2-15.4 s (medians 12.3 and 13.0)
+    when every form was compiled into every loop."""
     M = A.shape[0]
     if M == 0:
         return

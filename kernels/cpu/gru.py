@@ -10,6 +10,8 @@ xg (T, B, 3H) = x @ w_ih.T; w_hh (3H, H) and w_hhT (H, 3H), C-contiguous (gemm.p
 y, Hs, HNs (T, B, H) where HNs = W_hn h + b_hn; Gs, dGi, dGh (T, B, 3H);
 gh, dgs, gws (B, 3H) and dhd, hnws (B, H) workspaces (dgs (2, B, 3H) in the
 parallel BPTT, and the parallel forward keeps h in hbuf (2, B, H)).
+The one-thread loops' step product takes its form as lstm.py says (w_hh, or
+w_hhT in BPTT, is None in the axpy form).
 The one-thread and threaded loops share the pointwise code (_fwd_units,
 _bwd_units over hidden units [k0, k1)); lstm.py and parallel.py describe
 the scheme.

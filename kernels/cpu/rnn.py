@@ -8,6 +8,8 @@ recurrent GEMM reads rows: W_hh's in the forward, W_hh^T's in BPTT, see gemm.py)
 b_ih + b_hh; h, dh (B, H) sorted; y, Hs, As, dG (T, B, H) where As is the
 activated output; gh, dgs (B, H) workspaces (dgs (2, B, H) in the parallel
 BPTT, whose forward keeps h in hbuf (2, B, H)).  relu selects the activation.
+The one-thread loops' step product takes its form as lstm.py says (w_hh, or
+w_hhT in BPTT, is None in the axpy form).
 The one-thread and threaded loops share the pointwise code (_fwd_units,
 _bwd_units over hidden units [k0, k1)); lstm.py and parallel.py describe
 the scheme.
