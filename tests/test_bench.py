@@ -80,3 +80,34 @@ def test_command_line_help_and_info():
     out = subprocess.run([sys.executable, "-m", "fastrnn", "info"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "numba" in out.stdout and "numpy" in out.stdout, out.stdout
+
+
+def test_fused_step_comparison_runs_both_forms_and_restores_the_bounds(monkeypatch):
+    # benchmarks/bench_fused_step.py: both forward parts run and are timed,
+    # the backend's bounds are as they were afterwards, and a bad shape is
+    # named in the error
+    import importlib.util
+    import pathlib
+    from fastrnn import _threads
+    from fastrnn._backends import numba_cpu
+    from fastrnn._kernels.cpu import lstm
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fused_step.py"
+    spec = importlib.util.spec_from_file_location("bench_fused_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ran = []
+    for name in ("lstm_forward_fused_rows_part", "lstm_forward_rows_part"):
+        real = getattr(lstm, name)
+        monkeypatch.setattr(lstm, name, lambda i, nth, *a, _r=real, _n=name: (ran.append(_n), _r(i, nth, *a)))
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
+    before = (numba_cpu.ROWS_MODES, numba_cpu.ROWS_MAX_WHH_BYTES, numba_cpu.FUSED_STEP_MAX_BYTES)
+    out = mod.compare("4x5x3x6", 2, lengths=True)
+    assert set(out) == {"fused_fw", "fused_fb", "unfused_fw", "unfused_fb"}
+    assert all(len(v) == 2 and all(t > 0 for t in v) for v in out.values())
+    if _threads.available_threads() >= 2:
+        assert set(ran) == {"lstm_forward_fused_rows_part", "lstm_forward_rows_part"}, set(ran)
+    assert (numba_cpu.ROWS_MODES, numba_cpu.ROWS_MAX_WHH_BYTES, numba_cpu.FUSED_STEP_MAX_BYTES) == before
+    with pytest.raises(SystemExit, match="BxTxIxH"):
+        mod.compare("S9", 1)

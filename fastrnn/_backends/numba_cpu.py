@@ -132,9 +132,9 @@ FUSED_GRADS_MAX_BYTES = 1 << 21
 # (T, B, 4H) projection array written and read back.  fastrnn's own
 # product runs faster the longer K is (one thread, 16 rows x 1024 columns:
 # 80 GFLOP/s at K = 256, 86 at K = 384; 4 x 512: 71 at K = 128, 85 at
-# K = 256).  Measured, float32, alternating in one process, medians of 15,
-# with and without torch at 2 threads (the ratio is the time without over
-# the time with): S3 (1.5 MB of [W_ih | W_hh]) forward 1.08-1.10x, with
+# K = 256).  Measured (benchmarks/bench_fused_step.py), float32, alternating
+# in one process, medians of 9-15, with and without torch at 2 threads (the
+# ratio is the time without over the time with): S3 (1.5 MB of [W_ih | W_hh]) forward 1.08-1.10x, with
 # random lengths 1.16x, fwd+bwd 0.99-1.03x; S2 (0.5 MB) forward
 # 0.91-1.14x, fwd+bwd 0.95-1.04x; with more weights it lost or drew:
 # (B, T, I, H) = (32, 64, 256, 256), 2 MB, forward 0.95-1.05x, fwd+bwd
