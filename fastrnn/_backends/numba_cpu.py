@@ -134,12 +134,13 @@ FUSED_GRADS_MAX_BYTES = 1 << 21
 # 80 GFLOP/s at K = 256, 86 at K = 384; 4 x 512: 71 at K = 128, 85 at
 # K = 256).  Measured (benchmarks/bench_fused_step.py), float32, alternating
 # in one process, medians of 9-15, with and without torch at 2 threads (the
-# ratio is the time without over the time with): S3 (1.5 MB of [W_ih | W_hh]) forward 1.08-1.10x, with
-# random lengths 1.16x, fwd+bwd 0.99-1.03x; S2 (0.5 MB) forward
-# 0.91-1.14x, fwd+bwd 0.95-1.04x; with more weights it lost or drew:
-# (B, T, I, H) = (32, 64, 256, 256), 2 MB, forward 0.95-1.05x, fwd+bwd
-# 0.97-0.99x; (32, 64, 256, 384), 3.9 MB, 0.98-0.99x and 0.95-1.00x; S4,
-# 8 MB, 0.85-0.98x and 0.94-0.97x.  A cold first fwd+bwd at S3 also
+# ratio is the time without over the time with): S3 (1.5 MB of
+# [W_ih | W_hh]) forward 1.05-1.19x, with random lengths 1.09-1.16x,
+# fwd+bwd 0.96-1.06x; S2 (0.5 MB) forward 0.91-1.14x, fwd+bwd 0.95-1.04x;
+# with more weights it lost or drew: (B, T, I, H) = (32, 64, 256, 256),
+# 2 MB, forward 0.95-1.05x, fwd+bwd 0.97-1.03x; (32, 64, 256, 384),
+# 3.9 MB, 0.98-0.99x and 0.95-1.00x; S4, 8 MB, 0.81-0.98x and
+# 0.93-0.97x.  A cold first fwd+bwd at S3 also
 # compiles less: 10.4-11.2 s against 13.3-13.4 s.  Up to this many bytes
 # of [W_ih | W_hh], which every step reads:
 FUSED_STEP_MAX_BYTES = 3 << 19

@@ -81,7 +81,6 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
     the gate offsets H + k need the `H <= 0` exit in front of the loop:
     without it this pass ran 4-6x slower (47-67 against 12 ns per unit).
     _bwd_units and the other modes' pointwise code do the same."""
-    B = perm.shape[0]       # the rows perm covers: the batch, or one thread's rows (_fwd_rows)
     H = hin.shape[1]
     m = k1 - k0
     bs = bias[k0:]
@@ -109,11 +108,23 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
                 sh[k] = hi[k]
                 sc[k] = cj[k]
         _cell_fwd(xr, gr, bs, cj, ho, yr, sg, stc, m, H)
-    for j in range(n, B):
+    _finished_rows(t, n, k0, k1, perm, training, y, Hs)
+
+
+@inner
+def _finished_rows(t, n, k0, k1, perm, training, y, Hs):
+    """Units [k0, k1) of the sorted rows [n, len(perm)) that no longer run at
+    step t: y = 0 and, when training, Hs = 0 (read by the dW_hh GEMM against
+    dG = 0: keep it finite).  Element loops (see _bwd_units)."""
+    for j in range(n, perm.shape[0]):
         b = perm[j]
-        y[t, b, k0:k1] = 0
+        yr = y[t, b]
+        for k in range(k0, k1):
+            yr[k] = 0
         if training:
-            Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
+            sh = Hs[t, b]
+            for k in range(k0, k1):
+                sh[k] = 0
 
 
 @inner
@@ -330,7 +341,7 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, trai
 
 @njit(**JIT)
 def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs,
-                            TCs):
+                                 TCs):
     """Part i of nth of the forward by rows with the input projection in the
     step (numba_cpu.FUSED_STEP_*): per step one product [x_t | h] @ w_cat.T,
     w_cat = [W_ih | W_hh] (4H, I + H), for its running rows, instead of a
@@ -372,23 +383,17 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse
             hr = xh[j, I:]
             sg = gws[j]
             stc = tcws[j]
+            cj = cp[j]
             if training:
                 sg = Gs[t, b]
                 stc = TCs[t, b]
                 sh = Hs[t, b]
                 sc = Cs[t, b]
-                cj = cp[j]
                 for k in range(H):
                     sh[k] = hr[k]
                     sc[k] = cj[k]
-            _cell_fwd(gp[j], bias, zero, cp[j], hr, y[t, b], sg, stc, H, H)
-        for j in range(n, m):
-            b = pp[j]
-            for k in range(H):
-                y[t, b, k] = 0
-            if training:
-                for k in range(H):
-                    Hs[t, b, k] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
+            _cell_fwd(gp[j], bias, zero, cj, hr, y[t, b], sg, stc, H, H)
+        _finished_rows(t, n, 0, H, pp, training, y, Hs)
     for r in range(m):
         for k in range(H):
             h[i + r * nth, k] = xh[r, I + k]
