@@ -6,7 +6,10 @@ Correctness is checked before anything is timed; JIT compile time is kept
 out by a warm-up call.  Reported per row: median times, the ratio
 torch / fastrnn (> 1 means fastrnn is faster), and the fraction of the GEMM
 floor: FLOPs = 6*T*B*G*H*(I+H) for forward+BPTT (2*... forward) divided by
-an sgemm rate measured in the same run, just before each mode's rows.
+an sgemm rate measured with the row's own calls.  The functions of a row
+(fastrnn, torch, the sgemm) are timed in interleaved rounds of blocks
+(timeit_rounds): this VM's speed drifts, and blocks that take turns see
+the same machine.
 
 Shapes (B, T, I, H), from the core issue:
     S1 (1,100,64,64)  S2 (8,100,128,128)  S3 (32,64,128,256)
@@ -50,13 +53,82 @@ def timeit(fn, *, min_reps=5, min_time=0.5, max_reps=200):
     return statistics.median(times)
 
 
-def gemm_rate(n=1024, dtype=np.float32):
-    """sgemm GFLOP/s on this machine now (median of several n^3 products)."""
+def timeit_rounds(fns, *, min_reps=5, min_time=2.0, rounds=5, max_reps=200, own_warmup_s=0.02):
+    """Median seconds of each of fns (a dict name -> callable), timed in
+    interleaved blocks: each of `rounds` or more rounds runs one block per
+    function, the order rotating from round to round.  A block is one
+    untimed call, then timed calls for about min_time / (rounds * len(fns))
+    seconds (at least one).  Rounds go on until every function has min_reps
+    timed calls and min_time has passed; at most max_reps timed calls each.
+
+    Why blocks in rounds.  This VM's speed drifts by up to 1.5-2x within
+    seconds to minutes: a peer timed in one block of its own, a second after
+    fastrnn's, may meet another machine, and the ratio then measures the
+    drift as much as the code.  Blocks that take turns sample the same
+    stretch of time.  Why not one call each in turn: the first call after
+    the other library has run is slower by a near-constant amount
+    (measured: rnn_tanh at S1, 0.38-0.65 ms after a torch call against
+    0.14 ms steady, whatever the pause between them: caches and the core
+    refilled), which would swamp the small shapes; hence the untimed call
+    that opens each block.  A call of own_warmup_s or more is its own
+    warm-up: its block skips the untimed call."""
+    names = list(fns)
+    est = {}
+    for n in names:
+        t0 = time.perf_counter()
+        fns[n]()
+        est[n] = time.perf_counter() - t0
+    block = min_time / (rounds * len(names))
+    cap = max(1, -(-max_reps // rounds))     # timed calls per block at most
+    times = {n: [] for n in names}
+    start = time.perf_counter()
+    r = 0
+    while (r < rounds or min(len(v) for v in times.values()) < min_reps
+           or time.perf_counter() - start < min_time) and min(len(v) for v in times.values()) < max_reps:
+        for j in range(len(names)):
+            n = names[(r + j) % len(names)]
+            if est[n] < own_warmup_s:
+                fns[n]()
+            t_block = time.perf_counter()
+            k = 0
+            while k < cap and len(times[n]) < max_reps and (k == 0 or time.perf_counter() - t_block < block):
+                t0 = time.perf_counter()
+                fns[n]()
+                dt = time.perf_counter() - t0
+                times[n].append(dt)
+                est[n] = dt
+                k += 1
+        r += 1
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def gemm_call(n=1024, dtype=np.float32):
+    """A callable that runs one n^3 sgemm on every core fastrnn's threaded
+    kernels use, and its FLOPs.
+
+    The product is cut into one block of rows per thread, each a one-thread
+    call of the BLAS the kernels call (SciPy's OpenBLAS), on the backend's
+    own threads.  Not np.matmul: NumPy's OpenBLAS (another copy) leaves its
+    workers spinning on the cores for tens of ms after each call, and in
+    the interleaved rounds torch's next block then ran 1.5-2.5x slower
+    (rnn_tanh S4 165 ms against 65-100)."""
+    from ._backends import numba_cpu
+    from ._kernels.cpu import parallel
+    from . import _threads
     a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
     b = a.copy()
     out = np.empty_like(a)
-    t = timeit(lambda: np.matmul(a, b, out=out), min_reps=5, min_time=1.0)
-    return 2 * n ** 3 / t / 1e9
+
+    def run():
+        with _threads.threaded() as nth:
+            numba_cpu._in_threads(parallel.sgemm_part, nth, a, b, out)
+    return run, 2 * n ** 3
+
+
+def gemm_rate(n=1024, dtype=np.float32):
+    """sgemm GFLOP/s on this machine now (median of several n^3 products)."""
+    fn, flops = gemm_call(n, dtype)
+    return flops / timeit(fn, min_reps=5, min_time=1.0) / 1e9
 
 
 def machine_info():
@@ -107,7 +179,13 @@ def _torch_module(mode, I, H, w):
     return m
 
 
-def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True, quick=False):
+def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True, quick=False,
+               blocks=False):
+    """One row: fastrnn and torch.nn (if torch_ok) forward+BPTT and forward
+    only, and an n^3 sgemm for the row's floor (its GEMM rate), timed in
+    interleaved rounds (timeit_rounds), or with blocks=True one block of
+    calls per function after the other (timeit; the protocol of the
+    benchmark's first versions)."""
     import fastrnn
     B, T, I, H = SHAPES[shape_name]
     x, w, dy = _problem(mode, B, T, I, H)
@@ -127,8 +205,8 @@ def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True
         return fastrnn.rnn_forward(mode, x, w, None, L, backend="numba")
 
     y_fr = fr_infer()[0]
-    row["fastrnn_train_s"] = timeit(fr_train, **reps)
-    row["fastrnn_fwd_s"] = timeit(fr_infer, **reps)
+    gemm_fn, gemm_flops = gemm_call(512 if quick else 1024)
+    fns = {"fastrnn_train_s": fr_train, "fastrnn_fwd_s": fr_infer, "gemm_s": gemm_fn}
     if torch_ok:
         import torch
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -158,8 +236,16 @@ def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True
             with torch.no_grad():
                 t_out(xt)
 
-        row["torch_train_s"] = timeit(t_train, **reps)
-        row["torch_fwd_s"] = timeit(t_infer, **reps)
+        fns.update(torch_train_s=t_train, torch_fwd_s=t_infer)
+    if blocks:
+        row.update({k: timeit(f, **reps) for k, f in fns.items()})
+    else:
+        # the same total time as the blocks: min_time for each function
+        row.update(timeit_rounds(fns, min_reps=reps["min_reps"], min_time=reps["min_time"] * len(fns),
+                                 rounds=2 if quick else 5))
+    row["timing"] = "blocks" if blocks else "rounds"
+    row["gemm_gflops"] = gemm_flops / row.pop("gemm_s") / 1e9
+    if torch_ok:
         row["ratio_train"] = row["torch_train_s"] / row["fastrnn_train_s"]
         row["ratio_fwd"] = row["torch_fwd_s"] / row["fastrnn_fwd_s"]
     if reference:
@@ -258,7 +344,10 @@ def render(result):
     lines = [f"Machine: {result['machine'].get('cpu', '?')}, {result['machine']['cpus']} cores; "
              f"numpy {result['machine']['numpy']}, numba {result['machine']['numba']}, "
              f"torch {result['machine'].get('torch')}; sgemm floor rate {span} GFLOP/s "
-             "(measured before each mode's rows).",
+             "(each row's own, measured with its calls); "
+             + ("each function timed in a block of its own (--blocks)."
+                if result.get("timing") == "blocks" else
+                "medians of interleaved rounds (each round a block of calls of every function)."),
              "",
              "| mode | shape | lengths | fastrnn fwd+bwd ms | torch fwd+bwd ms | ratio | floor frac | "
              "fastrnn fwd ms | torch fwd ms | fwd ratio | numpy ref ms |",
@@ -290,7 +379,7 @@ def render(result):
 
 
 def run(modes=MODES, shapes=tuple(SHAPES), *, full=False, quick=False, reference=True,
-        startup=True, json_path=None, out=print):
+        startup=True, json_path=None, out=print, blocks=False):
     try:
         import torch
         torch_ok = True
@@ -299,25 +388,24 @@ def run(modes=MODES, shapes=tuple(SHAPES), *, full=False, quick=False, reference
         out("torch is not installed: fastrnn is compared with the NumPy reference only "
             "(pip install torch for the peer column)")
     result = {"machine": machine_info(), "gemm_gflops": gemm_rate(512 if quick else 1024),
-              "rows": [], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "rows": [], "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "timing": "blocks" if blocks else "rounds"}
     len_shapes = shapes if full else [s for s in shapes if s in ("S2", "S3")]
     lengths_cost = {}
-    for k, mode in enumerate(modes):
-        # The machine's speed drifts (a shared VM: by 2x within minutes here),
-        # so each mode's rows get their floor from a GEMM rate measured just
-        # before them.
-        rate = result["gemm_gflops"] if k == 0 else gemm_rate(512 if quick else 1024)
+    for mode in modes:
+        # The machine's speed drifts (a shared VM: by 2x within minutes
+        # here), so each row's floor comes from a GEMM rate measured in the
+        # row's own rounds, between its fastrnn and torch calls.
         for sh in shapes:
             row = bench_case(mode, sh, reference=reference,
-                             torch_ok=torch_ok, quick=quick)
-            row["gemm_gflops"] = rate
+                             torch_ok=torch_ok, quick=quick, blocks=blocks)
             result["rows"].append(row)
             out(f"  {mode:8s} {sh}: fastrnn {row['fastrnn_train_s'] * 1e3:8.2f} ms"
                 + (f"  torch {row['torch_train_s'] * 1e3:8.2f} ms  ratio {row['ratio_train']:.2f}"
                    if torch_ok else ""))
             if sh in len_shapes:
-                lrow = bench_case(mode, sh, lengths=True, reference=False, torch_ok=torch_ok, quick=quick)
-                lrow["gemm_gflops"] = rate
+                lrow = bench_case(mode, sh, lengths=True, reference=False, torch_ok=torch_ok, quick=quick,
+                                  blocks=blocks)
                 result["rows"].append(lrow)
                 lengths_cost[f"{mode}/{sh}"] = lrow["fastrnn_train_s"] / row["fastrnn_train_s"]
     result["lengths_cost"] = lengths_cost
@@ -344,6 +432,9 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--no-reference", action="store_true", help="skip the slow NumPy reference column")
     p.add_argument("--no-startup", action="store_true", help="skip the cold/warm start measurement")
     p.add_argument("--json", default=None, help="where to write the JSON (default bench_results/)")
+    p.add_argument("--blocks", action="store_true",
+                   help="time each function in a block of its own, one after the other, instead of "
+                        "interleaved rounds (the protocol of the first versions)")
 
 
 def main_from_args(a):
@@ -355,4 +446,4 @@ def main_from_args(a):
         if s not in SHAPES:
             raise ValueError(f"--shapes: expected names from {', '.join(SHAPES)}, got {s!r}")
     run(modes, shapes, full=a.full, quick=a.quick, reference=not a.no_reference,
-        startup=not a.no_startup, json_path=a.json)
+        startup=not a.no_startup, json_path=a.json, blocks=a.blocks)

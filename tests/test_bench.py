@@ -27,6 +27,54 @@ def test_quick_run_writes_the_table_and_json(tmp_path):
     text = "\n".join(lines)
     assert "| rnn_tanh | S1 | full |" in text and "| rnn_tanh | S2 | random |" in text, text
     assert res["rows"] == saved["rows"]
+    assert saved["timing"] == "rounds" and all(r["timing"] == "rounds" for r in saved["rows"])
+    assert "interleaved rounds" in text
+
+
+def _clocked(monkeypatch, durations):
+    """Functions that advance a fake clock by their next duration (cycling
+    through durations[name]), and the log of calls."""
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    calls = []
+    its = {n: iter(d) for n, d in durations.items()}
+
+    def fn(name):
+        def f():
+            calls.append(name)
+            now[0] += next(its[name])
+        return f
+    return {n: fn(n) for n in durations}, calls
+
+
+def test_timeit_rounds_blocks_take_turns_and_open_with_an_untimed_call(monkeypatch):
+    # durations in powers of two keep the fake clock exact: a takes 1/1024 s,
+    # b 1/128 s, and a block 1/32 / (2 rounds * 2 functions) = 1/128 s
+    a, b = 2.0 ** -10, 2.0 ** -7
+    fns, calls = _clocked(monkeypatch, {"a": [a] * 1000, "b": [b] * 1000})
+    med = bench.timeit_rounds(fns, min_reps=1, min_time=2.0 ** -5, rounds=2, max_reps=1000)
+    assert med == {"a": a, "b": b}
+    # first one call each (the estimates); then per round and function an
+    # untimed call and 1/128 s of timed calls (a: 8, b: 1), b first in round 2
+    blocks = {"a": ["a"] * (1 + 8), "b": ["b"] * (1 + 1)}
+    assert calls == ["a", "b"] + blocks["a"] + blocks["b"] + blocks["b"] + blocks["a"]
+
+
+def test_timeit_rounds_medians_leave_out_the_slow_first_calls(monkeypatch):
+    # each block's first call (the untimed one) is 5x slower, as after the
+    # other library has run: the medians are the steady times
+    fns, calls = _clocked(monkeypatch, {"a": ([5.0] + [1.0] * 4) * 100, "b": ([10.0] + [2.0] * 4) * 100})
+    med = bench.timeit_rounds(fns, min_reps=5, min_time=0.0, rounds=2, own_warmup_s=100.0)
+    assert med == {"a": 1.0, "b": 2.0}
+
+
+def test_timeit_rounds_long_calls_are_their_own_warmup_and_max_reps_caps(monkeypatch):
+    fns, calls = _clocked(monkeypatch, {"a": [1.0] * 100})
+    bench.timeit_rounds(fns, min_reps=3, min_time=0.0, rounds=2, own_warmup_s=0.5)
+    assert len(calls) == 1 + 3, "no untimed calls for calls of own_warmup_s or more; rounds until min_reps"
+    fns, calls = _clocked(monkeypatch, {"a": [1e-3] * 1000})
+    bench.timeit_rounds(fns, min_reps=1, min_time=100.0, rounds=4, max_reps=10)
+    assert len(calls) - 1 - 4 == 10, "max_reps timed calls in all (in blocks of at most max_reps / rounds)"
 
 
 def _row(mode, shape, train_s, rate, torch_s=None):

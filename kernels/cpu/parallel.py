@@ -173,6 +173,16 @@ def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, 
     colsum(dGh2, db_hh, g0, g1)
 
 
+@njit(**JIT)
+def sgemm_part(i, nth, A, B, C):
+    """Block i of nth of C = A @ B's rows (C-contiguous 2-D arrays), a
+    one-thread BLAS call: `fastrnn bench` measures its floor's GEMM rate
+    with these, on the BLAS and the threads the kernels' parts use, so no
+    BLAS worker is left spinning on the cores after it."""
+    r0, r1 = split(C.shape[0], nth, i, 1)
+    gemm(A[r0:r1], False, B, False, C[r0:r1], C.dtype.type(0))
+
+
 @inner
 def rows_of(n, i, nth):
     """How many of the sorted rows [0, n) are part i's when rows i, i + nth,
