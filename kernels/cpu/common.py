@@ -52,6 +52,23 @@ inner_par = _guarded(INNER_PAR)
 
 
 @inner
+def finished_rows(t, n, k0, k1, perm, training, y, Hs):
+    """Units [k0, k1) of the sorted rows [n, len(perm)) that no longer run at
+    step t: y = 0 and, when training, Hs = 0 (read by the dW_hh GEMM against
+    dG = 0: keep it finite).  Every mode's forward pointwise pass ends
+    with it."""
+    for j in range(n, perm.shape[0]):
+        b = perm[j]
+        yr = y[t, b]
+        for k in range(k0, k1):
+            yr[k] = 0
+        if training:
+            sh = Hs[t, b]
+            for k in range(k0, k1):
+                sh[k] = 0
+
+
+@inner
 def colsum(a, out, c0=0, c1=-1):
     """out[c0:c1] = a[:, c0:c1].sum(axis=0) for a C-contiguous (R, C) array,
     four rows per pass over out; c1 = -1 means all columns.

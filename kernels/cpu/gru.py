@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, inner, inner_par, after_loop_grads
+from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import _cols, mm_nt
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
@@ -34,7 +34,6 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
     """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
     gh holds h_prev @ W_hh^T.  Row views start at k0 and the H <= 0 exit
     lets LLVM vectorise (see lstm._fwd_units)."""
-    B = perm.shape[0]       # the rows perm covers (see lstm._fwd_units)
     H = hin.shape[1]
     m = k1 - k0
     bxs = bx[k0:]
@@ -81,11 +80,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
             sg[H + k] = z
             sg[2 * H + k] = nn
             shn[k] = hn
-    for j in range(n, B):
-        b = perm[j]
-        y[t, b, k0:k1] = 0
-        if training:
-            Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dGh = 0: keep it finite
+    finished_rows(t, n, k0, k1, perm, training, y, Hs)
 
 
 @inner

@@ -37,7 +37,7 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, inner, inner_par, after_loop_grads
+from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import _cols, mm_nt
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
@@ -108,23 +108,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
                 sh[k] = hi[k]
                 sc[k] = cj[k]
         _cell_fwd(xr, gr, bs, cj, ho, yr, sg, stc, m, H)
-    _finished_rows(t, n, k0, k1, perm, training, y, Hs)
-
-
-@inner
-def _finished_rows(t, n, k0, k1, perm, training, y, Hs):
-    """Units [k0, k1) of the sorted rows [n, len(perm)) that no longer run at
-    step t: y = 0 and, when training, Hs = 0 (read by the dW_hh GEMM against
-    dG = 0: keep it finite).  Element loops (see _bwd_units)."""
-    for j in range(n, perm.shape[0]):
-        b = perm[j]
-        yr = y[t, b]
-        for k in range(k0, k1):
-            yr[k] = 0
-        if training:
-            sh = Hs[t, b]
-            for k in range(k0, k1):
-                sh[k] = 0
+    finished_rows(t, n, k0, k1, perm, training, y, Hs)
 
 
 @inner
@@ -393,7 +377,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse
                     sh[k] = hr[k]
                     sc[k] = cj[k]
             _cell_fwd(gp[j], bias, zero, cj, hr, y[t, b], sg, stc, H, H)
-        _finished_rows(t, n, 0, H, pp, training, y, Hs)
+        finished_rows(t, n, 0, H, pp, training, y, Hs)
     for r in range(m):
         for k in range(H):
             h[i + r * nth, k] = xh[r, I + k]

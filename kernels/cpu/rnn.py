@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from .activations import tanh_
 from .blas import split
-from .common import JIT, inner, inner_par, after_loop_grads
+from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import _cols, mm_nt
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
@@ -29,7 +29,6 @@ from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_ow
 def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, Hs, As):
     """Pointwise forward of step t for sorted rows [0, n), units [k0, k1);
     gh holds h_prev @ W_hh^T.  Row views start at k0 (see lstm._fwd_units)."""
-    B = perm.shape[0]       # the rows perm covers (see lstm._fwd_units)
     H = hin.shape[1]
     m = k1 - k0
     bs = bias[k0:]
@@ -62,11 +61,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, H
             sa = As[t, b, k0:]
             for k in range(m):
                 sa[k] = ho[k]
-    for j in range(n, B):
-        b = perm[j]
-        y[t, b, k0:k1] = 0
-        if training:
-            Hs[t, b, k0:k1] = 0   # read by the dW_hh GEMM against dG = 0: keep it finite
+    finished_rows(t, n, k0, k1, perm, training, y, Hs)
 
 
 @inner
