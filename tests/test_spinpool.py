@@ -77,6 +77,51 @@ def test_sleeping_workers_are_woken():
         p.close()
 
 
+def test_wake_then_regions_lose_no_task_in_any_timing():
+    # wake() posts without waiting; a region may follow at once (the worker
+    # still waking), while the worker spins, or after it has gone back to
+    # sleep; wakes may follow wakes.  Every part runs once each time.
+    p = spinpool.SpinPool(2, spin_us=0)      # asleep after every task
+    try:
+        out = np.zeros(3)
+        for r in range(300):
+            p.wake(50.0 if r % 2 else 2000.0)
+            if r % 5 == 0:
+                p.wake(10.0)
+            if r % 3 == 1:
+                time.sleep(0.0002)
+            elif r % 3 == 2:
+                t = time.perf_counter()
+                while time.perf_counter() - t < 0.0003:
+                    pass
+            out[:] = np.nan
+            p.run(_part, 3, out, r % 4)
+            assert np.array_equal(out, [301, 302, 303]), (r, out)
+        assert p._woken == 0, "a run takes the wake it follows"
+    finally:
+        p.close()
+
+
+def test_a_woken_worker_spins_for_the_time_asked_then_sleeps():
+    p = spinpool.SpinPool(1, spin_us=0)
+    try:
+        out = np.zeros(2)
+        p.run(_part, 2, out, 0)
+        time.sleep(0.01)
+        assert p._sleeping == [True]
+        p.wake(1_000_000.0)                  # 1 s
+        time.sleep(0.1)
+        assert p._sleeping == [False], "the woken worker should be spinning"
+        t = time.perf_counter()
+        while not p._sleeping[0] and time.perf_counter() - t < 20:
+            time.sleep(0.01)
+        assert p._sleeping == [True], "the spin is bounded: the worker sleeps again"
+        p.run(_part, 2, out, 0)
+        assert np.array_equal(out, [201, 202])
+    finally:
+        p.close()
+
+
 def test_caller_waits_for_a_long_worker_part(pool):
     # longer than the caller's spin (CALLER_SPIN_US): the polling path
     done = []

@@ -237,6 +237,44 @@ def test_tiny_call_runs_one_thread_loops_with_blas_held(monkeypatch):
     assert all(c[1] == 1 for c in calls)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B,lengths,reverse", [(1, "full", False), (3, [9, 0, 4], True), (5, "random", False)])
+def test_one_thread_loops_with_the_gemms_after_bptt_on_the_threads(mode, B, lengths, reverse, dtype,
+                                                                   monkeypatch):
+    """Between TINY_WORK and PAR_MIN_WORK the loops run on one thread, and
+    from AFTER_LOOP_THREADS_MIN_MACS up their GEMMs after the BPTT loop run
+    as a region on the threads (the kernel gets x2 None and skips them).
+    Against the oracle with every allocation NaN-filled, and which kernels
+    and regions ran, with the bound at 0 and above the call's size."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 1 << 62)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)    # fastrnn's own threads
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    mod, prefix = PAR[mode]
+    calls = []
+    kern = getattr(mod, f"{prefix}_backward")
+
+    def wrapped(*a):
+        calls.append(("kernel, x2 None", a[-9] is None))
+        return kern(*a)
+    monkeypatch.setattr(mod, f"{prefix}_backward", wrapped)
+    real = numba_cpu._in_threads
+
+    def spy(fn, nth, *a):
+        calls.append((fn.__name__, nth))
+        return real(fn, nth, *a)
+    monkeypatch.setattr(numba_cpu, "_in_threads", spy)
+    kw = dict(T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse)
+    monkeypatch.setattr(numba_cpu, "AFTER_LOOP_THREADS_MIN_MACS", 0)
+    check_backend(mode, "numba", **kw)
+    assert calls == [("kernel, x2 None", True), ("after_loop_part", _threads.available_threads())], calls
+    calls.clear()
+    monkeypatch.setattr(numba_cpu, "AFTER_LOOP_THREADS_MIN_MACS", 9 * B * 4 * 11 * (2 * 5 + 11) + 1)
+    check_backend(mode, "numba", **kw)
+    assert calls == [("kernel, x2 None", False)], calls
+
+
 def test_blas_threads_restored():
     get, set_ = _threads._blas
     before = get()

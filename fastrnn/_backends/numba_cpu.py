@@ -67,6 +67,20 @@ PAR_MIN_WORK = 1 << 24
 # `fastrnn train sentiment` took 38-48 s with the hold and 46-53 s without,
 # because OpenBLAS's spinning workers slow the threaded calls that follow.
 TINY_WORK = 1 << 18
+# Between TINY_WORK and PAR_MIN_WORK the loops run on one thread, but their
+# GEMMs after the BPTT loop (dx, dW_ih, dW_hh: T*B x G*H x (2I + H)
+# multiply-adds) run as a region on the threads (parallel.after_loop_part)
+# from this many up.  Measured, that region alone on 2 threads against the
+# one-thread kernel's GEMMs (float32, alternating, medians of 200): LSTM
+# S1 (B, T, I, H) = (1, 100, 64, 64), 4.9 M, 1.8-2.0x (once 1.18x); GRU
+# S1 3.7 M 1.81-1.85x; (1, 100, 64, 64) with G = 2, 2.5 M, 1.25x; vanilla
+# RNN S1, 1.2 M, 1.10x; (1, 20, 64, 64) LSTM, 1 M, 0.82x; (1, 10, 32, 32)
+# LSTM, 82 K, 0.34x.
+AFTER_LOOP_THREADS_MIN_MACS = 1 << 21
+# The pool's workers are asleep by then (nothing ran on them for longer
+# than spinpool.SPIN_US): the backward wakes them before its loop
+# (SpinPool.wake), to spin up to this long for the region.
+AFTER_LOOP_WAKE_US = 3000.0
 # The threaded kernels have two schemes (kernels/cpu/parallel.py): each time
 # step split over the threads by hidden units (one fork/join per step), or
 # the batch rows split (each thread runs the whole sequence on its own rows:
@@ -192,6 +206,12 @@ def _by_rows(mode, B, H, GH, dt, nth):
     if not (mode in ROWS_MODES and B >= ROWS_MIN_PER_THREAD * nth
             and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES):
         return None
+    return _runner()
+
+
+def _runner():
+    """run(fn, nth, *args) for parts of fastrnn's own (see _by_rows for
+    which threads), or None where there is none."""
     return _in_threads if _torch_threads() <= 1 else torch_team.runner()
 
 
@@ -230,14 +250,19 @@ def _kernels():
 _POOL = None
 
 
-def _in_threads(fn, nth, *args):
-    """fn(i, nth, *args) for i in range(nth), at once, on nth threads."""
+def _pool(nth):
+    """The pool, with at least nth - 1 workers."""
     global _POOL
     if _POOL is None or _POOL.nworkers < nth - 1:
         if _POOL is not None:
             _POOL.close()
         _POOL = spinpool.SpinPool(nth - 1)
-    _POOL.run(fn, nth, *args)
+    return _POOL
+
+
+def _in_threads(fn, nth, *args):
+    """fn(i, nth, *args) for i in range(nth), at once, on nth threads."""
+    _pool(nth).run(fn, nth, *args)
 
 
 def _drop_pool_in_child():
@@ -477,7 +502,16 @@ class NumbaCPU:
                 np.copyto(xz, x2.reshape(T, B, I))
                 xz[np.arange(T)[:, None] >= padded[None, :]] = 0
                 x2 = xz.reshape(T * B, I)
-            grads = (x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
+            # the one-thread loops leave their GEMMs after the loop to a
+            # region on fastrnn's threads where those are big enough
+            # (AFTER_LOOP_THREADS_MIN_MACS; x2 None tells the kernel), the
+            # workers woken now, while the loop runs
+            after = None
+            if (not par and nth > 1 and T * B * GH * (2 * I + H) >= AFTER_LOOP_THREADS_MIN_MACS
+                    and _torch_threads() <= 1):
+                after = _in_threads
+                _pool(nth).wake(AFTER_LOOP_WAKE_US)
+            grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
             if rows:    # the parts' sums, or None: the region after the parts
                 sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
                          np.empty((nth, GH), dt)) if own else (None,) * 4)
@@ -513,8 +547,8 @@ class NumbaCPU:
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
-            elif rows:  # the GEMMs after the loop, once every part's gate gradients are in
-                rows(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
+            elif rows or after:  # the GEMMs after the loop, once every gate gradient is in
+                (rows or after)(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
                      x2, p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
                      dw_ih, dw_hh, db_ih, db_hh)
         dh0 = _put_rows(dh, perm, ident)

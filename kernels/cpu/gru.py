@@ -174,9 +174,12 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
             _add_units(dh, dhd, n, 0, H)
 
-    T_B = T * B
-    after_loop_grads(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2, Hs.reshape((T_B, H)),
-                     w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+    # x2 None: the caller runs these GEMMs itself, on its threads
+    # (numba_cpu.AFTER_LOOP_THREADS_MIN_MACS); Numba then compiles them out
+    if x2 is not None:
+        T_B = T * B
+        after_loop_grads(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2, Hs.reshape((T_B, H)),
+                         w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
 
 
 # ---------------------------------------------------------------- threads

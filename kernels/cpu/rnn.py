@@ -127,9 +127,12 @@ def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
 
-    T_B = T * B
-    after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),
-                     w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+    # x2 None: the caller runs these GEMMs itself, on its threads
+    # (numba_cpu.AFTER_LOOP_THREADS_MIN_MACS); Numba then compiles them out
+    if x2 is not None:
+        T_B = T * B
+        after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),
+                         w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
 
 
 # ---------------------------------------------------------------- threads
