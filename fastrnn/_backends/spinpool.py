@@ -173,19 +173,25 @@ class SpinPool:
         when the region is posted (an empty region: 9-12 us with the worker
         spinning, 50-90 us waking it, measured on the 2-core dev VM)."""
         with self._lock:
+            self._take_wake()
             self._ticket += 1
             self._woken = self._ticket
             self._post(self._ticket, self.nworkers, None, _rounds(spin_us))
 
-    def _run_locked(self, fn, nth, args):
+    def _take_wake(self):
+        """Wait until every worker has taken the last wake, if one is
+        pending: a worker reads its task slot after it has seen the post, so
+        the slot must not be written again before that (by a run or by
+        another wake)."""
         if self._woken:
-            # a worker reads its task after it has seen the post: let each
-            # take the wake before its slot is written again
             for w in range(self.nworkers):
                 d = self._slot(w, _DONE)
                 while not spin.wait_done(self.ctl, d, self._woken, self._caller_spin):
                     time.sleep(_POLL_S)
             self._woken = 0
+
+    def _run_locked(self, fn, nth, args):
+        self._take_wake()
         self._ticket += 1
         tk = self._ticket
         self._post(tk, nth - 1, fn, args)
