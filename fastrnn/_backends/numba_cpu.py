@@ -206,12 +206,6 @@ def _by_rows(mode, B, H, GH, dt, nth):
     if not (mode in ROWS_MODES and B >= ROWS_MIN_PER_THREAD * nth
             and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES):
         return None
-    return _runner()
-
-
-def _runner():
-    """run(fn, nth, *args) for parts of fastrnn's own (see _by_rows for
-    which threads), or None where there is none."""
     return _in_threads if _torch_threads() <= 1 else torch_team.runner()
 
 

@@ -176,7 +176,10 @@ class SpinPool:
             self._take_wake()
             self._ticket += 1
             self._woken = self._ticket
-            self._post(self._ticket, self.nworkers, None, _rounds(spin_us))
+            rounds = _rounds(spin_us)
+            for w in range(self.nworkers):
+                self._tasks[w] = (None, rounds)
+            self._post(self._ticket, self.nworkers)
 
     def _take_wake(self):
         """Wait until every worker has taken the last wake, if one is
@@ -184,11 +187,18 @@ class SpinPool:
         the slot must not be written again before that (by a run or by
         another wake)."""
         if self._woken:
-            for w in range(self.nworkers):
-                d = self._slot(w, _DONE)
-                while not spin.wait_done(self.ctl, d, self._woken, self._caller_spin):
-                    time.sleep(_POLL_S)
+            self._wait_done(self.nworkers, self._woken)
             self._woken = 0
+
+    def _wait_done(self, nworkers, tk):
+        """Until the first nworkers workers have finished ticket tk: spinning
+        for CALLER_SPIN_US, then polling with short sleeps."""
+        ctl = self.ctl
+        for w in range(nworkers):
+            d = self._slot(w, _DONE)
+            if not spin.wait_done(ctl, d, tk, self._caller_spin):
+                while not spin.wait_done(ctl, d, tk, 0):
+                    time.sleep(_POLL_S)
 
     def _run_locked(self, fn, nth, args):
         self._take_wake()
@@ -198,26 +208,19 @@ class SpinPool:
         try:
             fn(0, nth, *args)
         finally:
-            ctl = self.ctl
-            for w in range(nth - 1):
-                d = self._slot(w, _DONE)
-                if not spin.wait_done(ctl, d, tk, self._caller_spin):
-                    while not spin.wait_done(ctl, d, tk, 0):
-                        time.sleep(_POLL_S)
+            self._wait_done(nth - 1, tk)
             errors = [e for e in self._errors[:nth - 1] if e is not None]
             for w in range(nth - 1):
                 self._errors[w] = None
         return errors
 
     def _post(self, tk, nworkers, fn=None, args=()):
-        """Post ticket tk to the first nworkers workers: task fn(w + 1,
-        nworkers + 1, *args); with fn None and args a number of spin rounds,
-        a wake (see wake()); with fn None and args (), close()."""
+        """Post ticket tk to the first nworkers workers, with task fn(w + 1,
+        nworkers + 1, *args); with fn None their task slots are left as the
+        caller wrote them (wake(); close() posts -1, read before any slot)."""
         for w in range(nworkers):
             if fn is not None:
                 self._tasks[w] = (fn, (w + 1, nworkers + 1) + args)
-            elif args != ():
-                self._tasks[w] = (None, args)
             self.ctl[self._slot(w, _POST)] = tk
             if self._sleeping[w]:
                 with self._conds[w]:
