@@ -37,12 +37,79 @@ _forked_after_use = False
 _used = False
 
 
+# The kernels' big GEMMs (input projection, dx, dW) are SciPy's OpenBLAS.
+# Its DYNAMIC_ARCH build picks a kernel set by CPU model, and on AMD Zen 4
+# (family 25 with AVX-512) it picks the SkylakeX (AVX-512) kernels, while
+# Zen 4 runs 512-bit FMAs at the 256-bit rate.  The Haswell (AVX2) kernels
+# ran faster there, measured on the 2-core Zen 4 dev VM (one thread, SciPy's
+# OpenBLAS 0.3.30, alternating processes, three rounds): 1024^3 103-108
+# against 97-101 GFLOP/s, the LSTM S3 shapes' 2048x1024x128 90-105 against
+# 80-99, 1024x2048x256 100-105 against 84-99, 800x128x384 106-109 against
+# 58-104; two threads (the benchmark's floor GEMM) 198-209 against 184-199.
+# So where the user has not chosen (OPENBLAS_CORETYPE unset), fastrnn loads
+# SciPy's OpenBLAS with OPENBLAS_CORETYPE=Haswell on Zen 4, and only there,
+# and takes the variable out of the environment again once the library has
+# read it (child processes do not inherit it).  If SciPy's OpenBLAS is
+# already loaded (scipy.linalg imported first), its choice stands.
+# OPENBLAS_CORETYPE=SkylakeX (or any core) keeps OpenBLAS's own choice.
+ZEN4_CORE = "Haswell"
+
+
+def is_zen4(cpuinfo):
+    """Whether /proc/cpuinfo's text describes AMD Zen 4: AuthenticAMD,
+    cpu family 25 (Zen 3 and Zen 4) with avx512f (Zen 4 only)."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break                      # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return (fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
+            and "avx512f" in fields.get("flags", "").split())
+
+
+def blas_core_for_this_cpu():
+    """The OPENBLAS_CORETYPE fastrnn loads SciPy's OpenBLAS with, or None
+    (the user's setting, or OpenBLAS's own choice)."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return None
+    return ZEN4_CORE if is_zen4(text) else None
+
+
+def _import_scipy_blas():
+    """Import scipy.linalg.cython_blas (which loads SciPy's OpenBLAS), with
+    OPENBLAS_CORETYPE set for the load where blas_core_for_this_cpu says so."""
+    core = blas_core_for_this_cpu()
+    if core is not None:
+        os.environ["OPENBLAS_CORETYPE"] = core
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+    finally:
+        if core is not None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+
+
+_corename = None
+
+
+def blas_core():
+    """The kernel set SciPy's OpenBLAS runs (e.g. 'Haswell'), or None if
+    that cannot be asked."""
+    return _corename
+
+
 def _find_scipy_openblas():
     """(get_num_threads, set_num_threads) of the OpenBLAS that SciPy's
     cython_blas (and so Numba's BLAS calls) links, or None."""
+    global _corename
     try:
         import scipy
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+        _import_scipy_blas()
     except Exception:
         return None
     base = os.path.dirname(os.path.dirname(scipy.__file__))
@@ -64,6 +131,11 @@ def _find_scipy_openblas():
                 get.argtypes = []
                 set_.restype = None
                 set_.argtypes = [ctypes.c_int]
+                corename = getattr(lib, prefix + "openblas_get_corename", None)
+                if corename is not None:
+                    corename.restype = ctypes.c_char_p
+                    corename.argtypes = []
+                    _corename = corename().decode("ascii", "replace")
                 return get, set_
     return None
 

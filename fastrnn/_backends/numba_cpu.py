@@ -343,7 +343,9 @@ class NumbaCPU:
         threads = f"{_threads.available_threads()} threads" if why is None else f"one thread: {why}"
         cache = (f"buffer cache up to {CACHE.cap >> 20} MB idle" if CACHE.enabled
                  else "buffer cache off")
-        return True, f"numba {numba.__version__}, fused CPU kernels, {threads}, {cache}"
+        core = _threads.blas_core()
+        blas = f", SciPy's OpenBLAS with its {core} kernels" if core else ""
+        return True, f"numba {numba.__version__}, fused CPU kernels, {threads}{blas}, {cache}"
 
     # ------------------------------------------------------------ forward
     def forward(self, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
