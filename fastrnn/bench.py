@@ -144,6 +144,9 @@ def machine_info():
         pass
     import numba
     info["numba"] = numba.__version__
+    from . import _threads
+    _threads.available_threads()            # loads SciPy's OpenBLAS (the kernels' BLAS) if not yet
+    info["kernels_blas"] = _threads.blas_core()
     try:
         import torch
         info["torch"] = torch.__version__
@@ -343,7 +346,10 @@ def render(result):
     span = f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}"
     lines = [f"Machine: {result['machine'].get('cpu', '?')}, {result['machine']['cpus']} cores; "
              f"numpy {result['machine']['numpy']}, numba {result['machine']['numba']}, "
-             f"torch {result['machine'].get('torch')}; sgemm floor rate {span} GFLOP/s "
+             f"torch {result['machine'].get('torch')}"
+             + (f"; kernels' OpenBLAS: {result['machine']['kernels_blas']} kernels"
+                if result['machine'].get('kernels_blas') else "")
+             + f"; sgemm floor rate {span} GFLOP/s "
              "(each row's own, measured with its calls); "
              + ("each function timed in a block of its own (--blocks)."
                 if result.get("timing") == "blocks" else

@@ -102,6 +102,16 @@ def test_render_uses_each_rows_gemm_rate():
     assert "| rnn_tanh | S4 | full | 100.00 | 200.00 | 2.00 |" in text
 
 
+def test_the_header_names_the_kernels_blas_core():
+    from fastrnn import _threads
+    info = bench.machine_info()
+    assert info["kernels_blas"] == _threads.blas_core()
+    base = dict(machine=dict(cpu="x", cpus=2, numpy="n", numba="m", torch=None), gemm_gflops=100.0, rows=[])
+    assert "kernels' OpenBLAS: Haswell kernels;" in bench.render(
+        dict(base, machine=dict(base["machine"], kernels_blas="Haswell")))
+    assert "kernels' OpenBLAS" not in bench.render(base)
+
+
 def test_render_startup_table_with_and_without_the_threaded_columns():
     base = dict(machine=dict(cpu="x", cpus=2, numpy="n", numba="m", torch=None), gemm_gflops=100.0, rows=[])
     tiny = dict(import_s=0.1, cold_first_call_s=12.0, warm_first_call_s=0.7)
