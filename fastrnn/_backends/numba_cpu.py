@@ -167,6 +167,21 @@ FUSED_STEP_MAX_BYTES = 3 << 19
 TRANSPOSE_KERNEL_MIN_BYTES = 1 << 20
 
 
+# The loops by rows multiply each step by the weights packed into panels
+# of output columns (kernels/cpu/packed.py: an outer-product kernel in LLVM
+# IR, no horizontal sums), float32 only.  Measured on one thread against
+# gemm._cols, GFLOP/s: (4, 128, 384) 109 against 77, (4, 256, 512) 109
+# against 74-92, (16, 384, 1024) 107-112 against 72-92, (32, 512, 2048)
+# 109 against 85-89.  False: _cols, as before (for comparisons).
+PACKED_STEP = True
+
+
+def _panels(packed, N, K, dt):
+    """The panel array for a step product with N output columns and K
+    terms: packed.panels, or none (the dot form) without PACKED_STEP."""
+    return packed.panels(N, K, dt) if PACKED_STEP else np.empty((0, K, packed.PANEL), dt)
+
+
 def _kernel_form(T, B, I, H, GH):
     """The form one call's kernels take, the same for its forward and its
     BPTT: a context that yields (nth, par, parts), where par says whether
@@ -225,8 +240,8 @@ def _kernels():
     import statement per call cost ~5 us at the smallest sizes."""
     global _KERNELS
     if _KERNELS is None:
-        from .._kernels.cpu import gemm, gru, lstm, parallel, rnn
-        _KERNELS = gemm, gru, lstm, rnn, parallel
+        from .._kernels.cpu import gemm, gru, lstm, packed, parallel, rnn
+        _KERNELS = gemm, gru, lstm, rnn, parallel, packed
     return _KERNELS
 
 
@@ -349,7 +364,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ forward
     def forward(self, mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
-        gemm, gru, lstm, rnn, parallel = _kernels()
+        gemm, gru, lstm, rnn, parallel, packed = _kernels()
         T, B, I = x.shape
         H = w_hh.shape[1]
         GH = w_hh.shape[0]
@@ -384,6 +399,15 @@ class NumbaCPU:
             # product (FUSED_STEP_*): no projection array at all
             fused = bool(rows) and mode == "lstm" and GH * (I + H) * dt.itemsize <= FUSED_STEP_MAX_BYTES
             xg = None if fused else alloc((T, B, GH), dt)
+            # the loops by rows multiply by W_hh's panels (packed.py), packed
+            # here once for every step (from W_hh^T's rows where there is one)
+            wp = None
+            if rows and not fused:
+                wp = _panels(packed, GH, H, dt)
+                if w_hhT.size:
+                    packed.pack_cols(w_hhT, wp)
+                else:
+                    packed.pack_rows(w_hh, wp)
             # the threaded loops by units keep h in two buffers (parallel.py);
             # the last step's holds every row's final state
             hs = np.stack([h, h]) if par and not rows else h
@@ -407,11 +431,14 @@ class NumbaCPU:
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if fused:
+                    w_cat = np.concatenate((w_ih, w_hh), axis=1)
+                    wp = _panels(packed, GH, I + H, dt)
+                    packed.pack_rows(w_cat, wp)
                     rows(lstm.lstm_forward_fused_rows_part, nth, x2.reshape(T, B, I),
-                         np.concatenate((w_ih, w_hh), axis=1), b_ih + b_hh, h, c, perm, nb, reverse,
+                         w_cat, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs)
                 elif rows:
-                    rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, c, perm, nb, reverse,
+                    rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
@@ -424,7 +451,7 @@ class NumbaCPU:
                 Gs, HNs = tb((T, B, GH)), tb((T, B, H))
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
-                    rows(gru.gru_forward_rows_part, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse,
+                    rows(gru.gru_forward_rows_part, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, x2, w_ih, project)
                 else:
                     kern = gru.gru_forward_par if par else gru.gru_forward
@@ -434,7 +461,7 @@ class NumbaCPU:
             else:
                 As = tb((T, B, H))
                 if rows:
-                    rows(rnn.rnn_forward_rows_part, nth, xg, w_hh, b_ih + b_hh, h, perm, nb, reverse,
+                    rows(rnn.rnn_forward_rows_part, nth, xg, w_hh, wp, b_ih + b_hh, h, perm, nb, reverse,
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
@@ -455,7 +482,7 @@ class NumbaCPU:
 
     # ------------------------------------------------------------ backward
     def backward(self, p, dy, dh_n, dc_n):
-        gemm, gru, lstm, rnn, parallel = _kernels()
+        gemm, gru, lstm, rnn, parallel, packed = _kernels()
         mode = p["mode"]
         T, B, I, H = p["shape"]
         perm, nb, ident, reverse = p["perm"], p["nb"], p["ident"], p["reverse"]
@@ -508,6 +535,9 @@ class NumbaCPU:
                 after = _in_threads
                 _pool(nth).wake(AFTER_LOOP_WAKE_US)
             grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
+            if rows:    # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
+                wp = _panels(packed, H, GH, dt)
+                packed.pack_cols(w_hh, wp)
             if rows:    # the parts' sums, or None: the region after the parts
                 sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
                          np.empty((nth, GH), dt)) if own else (None,) * 4)
@@ -516,7 +546,7 @@ class NumbaCPU:
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
                 if rows:
-                    rows(lstm.lstm_backward_rows_part, nth, w_hhT, dy, dh, dc, perm, nb, reverse,
+                    rows(lstm.lstm_backward_rows_part, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse,
                          p["Gs"], p["Cs"], p["TCs"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
@@ -526,7 +556,7 @@ class NumbaCPU:
             elif mode == "gru":
                 dGh = alloc((T, B, GH), dt)
                 if rows:
-                    rows(gru.gru_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
+                    rows(gru.gru_backward_rows_part, nth, w_hhT, wp, dy, dh, perm, nb, reverse,
                          p["Hs"], p["Gs"], p["HNs"], dG, dGh, x2, *tail)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
@@ -534,7 +564,7 @@ class NumbaCPU:
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
-                    rows(rnn.rnn_backward_rows_part, nth, w_hhT, dy, dh, perm, nb, reverse,
+                    rows(rnn.rnn_backward_rows_part, nth, w_hhT, wp, dy, dh, perm, nb, reverse,
                          mode == "rnn_relu", p["As"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward

@@ -25,6 +25,7 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import _cols, mm_nt
+from .packed import step_product
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
@@ -274,7 +275,7 @@ def gru_backward_par(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, 
 # ---------------------------------------------------------------- threads, by rows
 
 @njit(**JIT)
-def gru_forward_rows_part(i, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs,
+def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs,
                           x2, w_ih, project):
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part)."""
@@ -293,13 +294,13 @@ def gru_forward_rows_part(i, nth, xg, w_hh, bx, bhn, h, perm, nb, reverse, train
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)
         if n > 0:
-            _cols(hp[:n], w_hh, gp[:n], 0, GH)
+            step_product(hp[:n], wp, w_hh, gp[:n])
         _fwd_units(t, n, 0, H, hp, hp, xg, gp, bx, bhn, pp, training, y, Hs, Gs, HNs, gws, hnws)
     put_rows(hp, h, i, nth)
 
 
 @njit(**JIT)
-def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh,
+def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh,
                            x2, w_ih, dx, dwi, dwh, dbi, dbh):
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
     T = dy.shape[0]
@@ -314,7 +315,7 @@ def gru_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, Hs, Gs, HNs
         n = rows_of(nb[t], i, nth)
         _bwd_units(t, n, 0, H, dy, dhp, Gs, HNs, Hs, dGi, buf, dGh, dhd, pp, False)
         if n > 0:
-            _cols(buf[:n], w_hhT, dhp[:n], 0, H)
+            step_product(buf[:n], wp, w_hhT, dhp[:n])
             _add_units(dhp, dhd, n, 0, H)
     put_rows(dhp, dh, i, nth)
     # this part's rows' share of the gradients after the loop, given its

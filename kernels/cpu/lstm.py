@@ -39,6 +39,7 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import _cols, mm_nt
+from .packed import step_product
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
@@ -295,7 +296,7 @@ def lstm_backward_par(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, T
 # ---------------------------------------------------------------- threads, by rows
 
 @njit(**JIT)
-def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs,
+def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs,
                            x2, w_ih, project):
     """Part i of nth of the forward time loop by rows (parallel.py, "by
     rows"): sorted rows i, i + nth, ... into a working state of its own, the
@@ -320,14 +321,14 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, bias, h, c, perm, nb, reverse, trai
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)      # sorted rows run longest first: a prefix
         if n > 0:
-            _cols(hp[:n], w_hh, gp[:n], 0, GH)
+            step_product(hp[:n], wp, w_hh, gp[:n])
         _fwd_units(t, n, 0, H, hp, hp, cp, xg, gp, bias, pp, training, y, Hs, Gs, Cs, TCs, gws, tcws)
     put_rows(hp, h, i, nth)
     put_rows(cp, c, i, nth)
 
 
 @njit(**JIT)
-def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs,
+def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs,
                                  TCs):
     """Part i of nth of the forward by rows with the input projection in the
     step (numba_cpu.FUSED_STEP_*): per step one product [x_t | h] @ w_cat.T,
@@ -364,7 +365,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse
             for k in range(I):
                 xr[k] = xs[k]
         if n > 0:
-            _cols(xh[:n], w_cat, gp[:n], 0, GH)
+            step_product(xh[:n], wp, w_cat, gp[:n])
         for j in range(n):
             b = pp[j]
             hr = xh[j, I:]
@@ -388,7 +389,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, bias, h, c, perm, nb, reverse
 
 
 @njit(**JIT)
-def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG,
+def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG,
                             x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh):
     """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part).
     The GEMMs after the loop: the caller runs them as a region of their own
@@ -407,7 +408,7 @@ def lstm_backward_rows_part(i, nth, w_hhT, dy, dh, dc, perm, nb, reverse, Gs, Cs
         n = rows_of(nb[t], i, nth)
         _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, False)
         if n > 0:
-            _cols(buf[:n], w_hhT, dhp[:n], 0, H)
+            step_product(buf[:n], wp, w_hhT, dhp[:n])
     put_rows(dhp, dh, i, nth)
     put_rows(dcp, dc, i, nth)
     # this part's rows' share of the gradients after the loop, given its

@@ -21,6 +21,7 @@ from .activations import tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import _cols, mm_nt
+from .packed import step_product
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
@@ -223,7 +224,7 @@ def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, 
 # ---------------------------------------------------------------- threads, by rows
 
 @njit(**JIT)
-def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As,
+def rnn_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, perm, nb, reverse, relu, training, y, Hs, As,
                           x2, w_ih, project):
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part)."""
@@ -238,13 +239,13 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, bias, h, perm, nb, reverse, relu, tr
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)
         if n > 0:
-            _cols(hp[:n], w_hh, gp[:n], 0, H)
+            step_product(hp[:n], wp, w_hh, gp[:n])
         _fwd_units(t, n, 0, H, hp, hp, xg, gp, bias, pp, relu, training, y, Hs, As)
     put_rows(hp, h, i, nth)
 
 
 @njit(**JIT)
-def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, dG,
+def rnn_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, relu, As, dG,
                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh):
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
     T = dy.shape[0]
@@ -257,7 +258,7 @@ def rnn_backward_rows_part(i, nth, w_hhT, dy, dh, perm, nb, reverse, relu, As, d
         n = rows_of(nb[t], i, nth)
         _bwd_units(t, n, 0, H, dy, dhp, As, buf, dG, pp, relu, False)
         if n > 0:
-            _cols(buf[:n], w_hhT, dhp[:n], 0, H)
+            step_product(buf[:n], wp, w_hhT, dhp[:n])
     put_rows(dhp, dh, i, nth)
     # this part's rows' share of the gradients after the loop, given its
     # sums; None leaves grads_own_rows out of the compiled part (~1 s of a

@@ -1,0 +1,111 @@
+"""The packed per-step product (kernels/cpu/packed.py): an outer-product
+kernel in LLVM IR over weights packed into panels of output columns,
+against the float64 product; its packing; and its guards, which send any
+operand the raw-pointer kernel cannot take to the dot form (gemm._cols)."""
+import numpy as np
+import pytest
+from numba import njit
+
+from fastrnn._kernels.cpu import packed
+
+PANEL = packed.PANEL
+
+
+@njit
+def _step_product(A, Pp, Bt, out):
+    packed.step_product(A, Pp, Bt, out)
+
+
+def _reference_panels(Bt):
+    N, K = Bt.shape
+    P = N // PANEL
+    return np.ascontiguousarray(Bt[:P * PANEL].reshape(P, PANEL, K).transpose(0, 2, 1))
+
+
+def _operands(M, K, N, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    Bt = rng.standard_normal((N, K)).astype(dtype)
+    Pp = packed.panels(N, K, dtype)
+    packed.pack_rows(Bt, Pp)
+    return A, Bt, Pp
+
+
+def _check(out, A, Bt):
+    want = A.astype(np.float64) @ Bt.astype(np.float64).T
+    scale = np.sqrt(A.shape[1]) * 4      # |terms| ~ 1, K of them: float32 rounding of the sum
+    assert np.isfinite(out).all(), "an output element was left unwritten (NaN)"
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-6 * scale)
+
+
+def test_packing_matches_the_panel_layout():
+    for N, K in [(64, 1), (64, 7), (130, 33), (256, 128), (63, 5)]:
+        A, Bt, Pp = _operands(1, K, N)
+        ref = _reference_panels(Bt)
+        assert Pp.shape == ref.shape == (N // PANEL, K, PANEL)
+        np.testing.assert_array_equal(Pp, ref)
+        Pc = packed.panels(N, K, np.float32)
+        packed.pack_cols(np.ascontiguousarray(Bt.T), Pc)
+        np.testing.assert_array_equal(Pc, ref)
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 7, 8, 9, 16])
+@pytest.mark.parametrize("K,N", [(1, 64), (3, 65), (64, 63), (64, 64), (130, 128), (33, 200), (256, 512)])
+def test_step_product_every_block_and_remainder(M, K, N):
+    # rows: blocks of 4 and the one-row block; columns: full panels and the
+    # dot form for the tail (N % 64), or for all of them (N < 64)
+    A, Bt, Pp = _operands(M, K, N, seed=M * 1000 + K + N)
+    out = np.full((M, N), np.nan, np.float32)
+    _step_product(A, Pp, Bt, out)
+    _check(out, A, Bt)
+
+
+def test_views_write_only_their_own_elements():
+    # out a view into a wider, taller array (row stride > N): the kernel
+    # writes through raw pointers, so every element outside the view must
+    # keep its NaN; A a view with a row stride > K
+    M, K, N = 6, 40, 130
+    A0, Bt, Pp = _operands(M + 2, K + 9, N)
+    A = A0[1:M + 1, 3:3 + K]
+    Bt = np.ascontiguousarray(Bt[:, :K])
+    Pp = packed.panels(N, K, np.float32)
+    packed.pack_rows(Bt, Pp)
+    big = np.full((M + 3, N + 11), np.nan, np.float32)
+    out = big[2:2 + M, 5:5 + N]
+    _step_product(A, Pp, Bt, out)
+    _check(out, A, Bt)
+    mask = np.ones(big.shape, bool)
+    mask[2:2 + M, 5:5 + N] = False
+    assert np.isnan(big[mask]).all(), "the kernel wrote outside its output view"
+
+
+def test_operands_the_kernel_cannot_take_go_to_the_dot_form():
+    M, K, N = 5, 20, 128
+    A, Bt, Pp = _operands(M, K, N)
+    # panels packed for another K (NaN: never read); A with a column stride;
+    # output with a column stride; panels not contiguous; float64 (panels()
+    # makes none)
+    wrong_k = packed.panels(N, K + 3, np.float32)
+    wrong_k[:] = np.nan
+    cases = [(A, wrong_k, np.full((M, N), np.nan, np.float32)),
+             (np.repeat(A, 2, axis=1)[:, ::2], Pp, np.full((M, N), np.nan, np.float32)),
+             (A, Pp, np.full((M, 2 * N), np.nan, np.float32)[:, ::2])]
+    for a, pp, out in cases:
+        _step_product(a, pp, Bt, out)
+        _check(out, a, Bt)
+    strided = np.full((Pp.shape[0], K, 2 * PANEL), np.nan, np.float32)[:, :, ::2]
+    strided[:] = Pp
+    out = np.full((M, N), np.nan, np.float32)
+    _step_product(A, strided, Bt, out)
+    _check(out, A, Bt)
+    A64, Bt64, Pp64 = _operands(M, K, N, np.float64)
+    assert Pp64.shape[0] == 0
+    out = np.full((M, N), np.nan)
+    _step_product(A64, Pp64, Bt64, out)
+    np.testing.assert_allclose(out, A64 @ Bt64.T, rtol=1e-12, atol=1e-12)
+
+
+def test_zero_rows_is_a_no_op():
+    A, Bt, Pp = _operands(0, 16, 64)
+    out = np.empty((0, 64), np.float32)
+    _step_product(A, Pp, Bt, out)
