@@ -109,3 +109,21 @@ def test_zero_rows_is_a_no_op():
     A, Bt, Pp = _operands(0, 16, 64)
     out = np.empty((0, 64), np.float32)
     _step_product(A, Pp, Bt, out)
+
+
+@njit
+def _step_product_range(A, Pp, Bt, out, n0, n1):
+    packed.step_product_range(A, Pp, Bt, out, n0, n1)
+
+
+@pytest.mark.parametrize("n0,n1", [(0, 200), (0, 64), (64, 192), (8, 136), (70, 100), (128, 200), (130, 131),
+                                   (192, 200), (5, 5)])
+def test_step_product_range_writes_its_columns_only(n0, n1):
+    # the loops by units give each thread a block of columns: panels inside
+    # it packed, its edges by the dot form; nothing outside it is written
+    M, K, N = 6, 37, 200
+    A, Bt, Pp = _operands(M, K, N)
+    out = np.full((M, N), np.nan, np.float32)
+    _step_product_range(A, Pp, Bt, out, n0, n1)
+    _check(out[:, n0:n1], A, Bt[n0:n1])
+    assert np.isnan(out[:, :n0]).all() and np.isnan(out[:, n1:]).all()

@@ -399,10 +399,10 @@ class NumbaCPU:
             # product (FUSED_STEP_*): no projection array at all
             fused = bool(rows) and mode == "lstm" and GH * (I + H) * dt.itemsize <= FUSED_STEP_MAX_BYTES
             xg = None if fused else alloc((T, B, GH), dt)
-            # the loops by rows multiply by W_hh's panels (packed.py), packed
+            # the threaded loops multiply by W_hh's panels (packed.py), packed
             # here once for every step (from W_hh^T's rows where there is one)
             wp = None
-            if rows and not fused:
+            if par and not fused:
                 wp = _panels(packed, GH, H, dt)
                 if w_hhT.size:
                     packed.pack_cols(w_hhT, wp)
@@ -442,7 +442,7 @@ class NumbaCPU:
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
-                    kern(x2, w_ih, xg, w_step, b_ih + b_hh, hs, c, perm, nb, reverse, training,
+                    kern(x2, w_ih, xg, w_step, *((wp,) if par else ()), b_ih + b_hh, hs, c, perm, nb, reverse, training,
                          y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
@@ -455,7 +455,7 @@ class NumbaCPU:
                          training, y, Hs, Gs, HNs, x2, w_ih, project)
                 else:
                     kern = gru.gru_forward_par if par else gru.gru_forward
-                    kern(x2, w_ih, xg, w_step, bx, bhn, hs, perm, nb, reverse,
+                    kern(x2, w_ih, xg, w_step, *((wp,) if par else ()), bx, bhn, hs, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
@@ -465,7 +465,8 @@ class NumbaCPU:
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
-                    kern(x2, w_ih, xg, w_step, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
+                    kern(x2, w_ih, xg, w_step, *((wp,) if par else ()), b_ih + b_hh, hs, perm, nb, reverse,
+                         mode == "rnn_relu",
                          training, y, Hs, As, gh, *last)
                 bufs = dict(As=As)
             if par and not rows:
@@ -535,7 +536,7 @@ class NumbaCPU:
                 after = _in_threads
                 _pool(nth).wake(AFTER_LOOP_WAKE_US)
             grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
-            if rows:    # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
+            if par:     # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
                 wp = _panels(packed, H, GH, dt)
                 packed.pack_cols(w_hh, wp)
             if rows:    # the parts' sums, or None: the region after the parts
@@ -550,7 +551,8 @@ class NumbaCPU:
                          p["Gs"], p["Cs"], p["TCs"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
-                    kern(dy, w_step, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
+                    kern(dy, w_step, *((wp,) if par else ()), dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"],
+                         p["Cs"], p["TCs"],
                          dG, dgs, *grads)
                 dc0 = _put_rows(dc, perm, ident)
             elif mode == "gru":
@@ -560,7 +562,7 @@ class NumbaCPU:
                          p["Hs"], p["Gs"], p["HNs"], dG, dGh, x2, *tail)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
-                    kern(dy, w_step, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
+                    kern(dy, w_step, *((wp,) if par else ()), dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
@@ -568,7 +570,7 @@ class NumbaCPU:
                          mode == "rnn_relu", p["As"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
-                    kern(dy, w_step, dh, perm, nb, reverse, mode == "rnn_relu", ident,
+                    kern(dy, w_step, *((wp,) if par else ()), dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          p["Hs"], p["As"], dG, dgs, *grads)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):

@@ -24,8 +24,8 @@ from numba import njit, prange
 from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
-from .gemm import _cols, mm_nt
-from .packed import step_product
+from .gemm import mm_nt
+from .packed import step_product, step_product_range
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
@@ -186,46 +186,46 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
 # ---------------------------------------------------------------- threads
 
 @inner
-def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
+def _fwd_step(p, parts, t, n, cur, nxt, w_hh, wp, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
     """Step t for block p of `parts` blocks of hidden units (see lstm._fwd_step)."""
     H = cur.shape[1]
     k0, k1 = split(H, parts, p, 8)
     if n > 0:
         for q in range(3):
-            _cols(cur[:n], w_hh, gh[:n], q * H + k0, q * H + k1)
+            step_product_range(cur[:n], wp, w_hh, gh[:n], q * H + k0, q * H + k1)
     _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
 @inner
-def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
+def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, wp, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
     """BPTT step t for block p of `parts` blocks of hidden units (see
     lstm._bwd_step); dh also gets the direct part dhd."""
     H = dh.shape[1]
     k0, k1 = split(H, parts, p, 8)
     if nprev > 0:
-        _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+        step_product_range(prev[:nprev], wp, w_hhT, dh[:nprev], k0, k1)
         _add_units(dh, dhd, nprev, k0, k1)
     if t >= 0:
         _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
 
 
 @inner_par
-def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
+def _fwd_steps(parts, t, n, cur, nxt, w_hh, wp, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws):
     """One fork/join: _fwd_step for every block of units, one block per
     thread (see lstm._fwd_steps for why the regions and indices look so)."""
     for p in prange(parts):
-        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, wp, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
 @inner_par
-def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
+def _bwd_steps(parts, t, n, nprev, prev, w_hhT, wp, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):
-        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, wp, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
 
 
 @njit(**JIT)
-def gru_forward_par(x2, w_ih, xg, w_hh, bx, bhn, hbuf, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
+def gru_forward_par(x2, w_ih, xg, w_hh, wp, bx, bhn, hbuf, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
                     gws, hnws, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
     p0, p1 = parts - parts, parts - parts + 1    # not literals: see _fwd_steps
@@ -239,13 +239,13 @@ def gru_forward_par(x2, w_ih, xg, w_hh, bx, bhn, hbuf, perm, nb, reverse, traini
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
         if parts > 1:
-            _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+            _fwd_steps(parts, t, n, cur, nxt, w_hh, wp, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
         else:
-            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, wp, gh, xg, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
 
 
 @njit(**JIT)
-def gru_backward_par(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
+def gru_backward_par(dy, w_hhT, wp, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     p0, p1 = parts - parts, parts - parts + 1
@@ -261,9 +261,9 @@ def gru_backward_par(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, 
             n = nb[t]
             buf = dGh[t] if ident else dgs[s % 2]
         if parts > 1:
-            _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+            _bwd_steps(parts, t, n, nprev, prev, w_hhT, wp, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
         else:
-            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, wp, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
         nprev = n
         prev = buf
 

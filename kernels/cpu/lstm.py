@@ -38,8 +38,8 @@ from numba import njit, prange
 from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
-from .gemm import _cols, mm_nt
-from .packed import step_product
+from .gemm import mm_nt
+from .packed import step_product, step_product_range
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
@@ -201,32 +201,32 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
 # ---------------------------------------------------------------- threads
 
 @inner
-def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
+def _fwd_step(p, parts, t, n, cur, nxt, w_hh, wp, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
     """Step t for block p of `parts` blocks of hidden units: its columns of
     the recurrent GEMM (all four gates), then its pointwise pass."""
     H = cur.shape[1]
     k0, k1 = split(H, parts, p, 8)
     if n > 0:
         for q in range(4):
-            _cols(cur[:n], w_hh, gh[:n], q * H + k0, q * H + k1)
+            step_product_range(cur[:n], wp, w_hh, gh[:n], q * H + k0, q * H + k1)
     _fwd_units(t, n, k0, k1, cur, nxt, c, xg, gh, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
 
 
 @inner
-def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
+def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, wp, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
     """BPTT step t for block p of `parts` blocks of hidden units: dh of these
     units from all of the previous step's gate gradients (prev, nprev rows),
     then their pointwise pass (none when t < 0: the final dh0 product)."""
     H = dh.shape[1]
     k0, k1 = split(H, parts, p, 8)
     if nprev > 0:
-        _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+        step_product_range(prev[:nprev], wp, w_hhT, dh[:nprev], k0, k1)
     if t >= 0:
         _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
 
 
 @inner_par
-def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
+def _fwd_steps(parts, t, n, cur, nxt, w_hh, wp, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws):
     """One fork/join: _fwd_step for every block of units, one block per thread.
     The parallel regions are these small functions rather than the whole
     loop, and the one-part calls pass p0, p1 (int64) rather than the
@@ -234,18 +234,18 @@ def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, 
     the whole step; for the same reason the block index, which prange makes
     unsigned, is cast to int64.  All of it keeps the cold compile shorter."""
     for p in prange(parts):
-        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
+        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, wp, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
 
 
 @inner_par
-def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
+def _bwd_steps(parts, t, n, nprev, prev, w_hhT, wp, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):
-        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, wp, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
 
 
 @njit(**JIT)
-def lstm_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
+def lstm_forward_par(x2, w_ih, xg, w_hh, wp, bias, hbuf, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
                      gws, tcws, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
     p0, p1 = parts - parts, parts - parts + 1    # not literals: see _fwd_steps
@@ -259,13 +259,13 @@ def lstm_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, c, perm, nb, reverse, train
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
         if parts > 1:
-            _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
+            _fwd_steps(parts, t, n, cur, nxt, w_hh, wp, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
         else:
-            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
+            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, wp, gh, c, xg, bias, perm, training, y, Hs, Gs, Cs, TCs, gws, tcws)
 
 
 @njit(**JIT)
-def lstm_backward_par(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
+def lstm_backward_par(dy, w_hhT, wp, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
                       x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     p0, p1 = parts - parts, parts - parts + 1
@@ -281,9 +281,9 @@ def lstm_backward_par(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, T
             n = nb[t]
             buf = dG[t] if ident else dgs[s % 2]
         if parts > 1:
-            _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+            _bwd_steps(parts, t, n, nprev, prev, w_hhT, wp, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
         else:
-            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, wp, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
         nprev = n
         prev = buf
 

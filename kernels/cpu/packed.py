@@ -39,23 +39,26 @@ from numba.extending import intrinsic
 from .common import JIT, inner, transpose_into
 from .gemm import _cols
 
-PANEL = 64          # output columns per panel: 4 zmm vectors of float32
+PANEL = 32          # output columns per panel: 2 zmm vectors of float32
 _LANES = 16
 _VECS = PANEL // _LANES
 
 
-def _block_intrinsic(rows):
+def _block_intrinsic(rows, chains):
     """An intrinsic block(a, lda, p, c, ldc, K) computing, for float32
     pointers a (rows x K, row stride lda elements), p (K x PANEL,
-    contiguous) and c (rows x PANEL, row stride ldc):
-    c = a @ p, accumulating in rows * _VECS vector registers."""
+    contiguous) and c (rows x PANEL, row stride ldc): c = a @ p, in
+    rows * _VECS * chains vector registers.  Each output's sum runs in
+    `chains` interleaved chains (k mod chains), added at the end: a
+    single chain of K FMAs rounded up to 2.5x worse than the float32
+    NumPy oracle (tests/test_threads.py), two chains halve its length."""
 
     @intrinsic
-    def block(typingctx, a_ptr, lda, p_ptr, c_ptr, ldc, K):
-        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
+    def block(typingctx, a_ptr, lda, p_ptr, c_ptr, ldc, K, add):
+        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            a_i, lda_i, p_i, c_i, ldc_i, k_n = args
+            a_i, lda_i, p_i, c_i, ldc_i, k_n, add_i = args
             f32 = ir.FloatType()
             vt = ir.VectorType(f32, _LANES)
             intp = a_i.type
@@ -70,49 +73,81 @@ def _block_intrinsic(rows):
             zero = ir.Constant(vt, [0.0] * _LANES)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
             undef = ir.Constant(vt, ir.Undefined)
+            n_acc = rows * _VECS
 
             def const(v):
                 return ir.Constant(intp, v)
+
+            def step(k, accs):
+                """accs (rows * _VECS) after the FMAs of term k."""
+                prow = builder.gep(p_base, [builder.mul(k, const(PANEL))])
+                bvec = [builder.load(builder.bitcast(builder.gep(prow, [const(v * _LANES)]), vt.as_pointer()),
+                                     align=4) for v in range(_VECS)]
+                out = []
+                for r in range(rows):
+                    a = builder.load(builder.gep(a_base, [builder.add(builder.mul(const(r), lda_i), k)]))
+                    av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
+                                                undef, splat)
+                    for v in range(_VECS):
+                        out.append(builder.call(fma, [av, bvec[v], accs[r * _VECS + v]]))
+                return out
 
             entry = builder.block
             fn = builder.function
             head = fn.append_basic_block("pk_head")
             body = fn.append_basic_block("pk_body")
+            tail_bb = fn.append_basic_block("pk_tail")
             done = fn.append_basic_block("pk_done")
+            # main loop: k, k + 1, ... k + chains - 1 per trip, one set of
+            # accumulators per chain
+            k_main = builder.sub(k_n, builder.srem(k_n, const(chains)))
             builder.branch(head)
-
             builder.position_at_end(head)
             k = builder.phi(intp)
-            accs = [builder.phi(vt) for _ in range(rows * _VECS)]
+            sets = [[builder.phi(vt) for _ in range(n_acc)] for _ in range(chains)]
             k.add_incoming(const(0), entry)
-            for acc in accs:
-                acc.add_incoming(zero, entry)
-            builder.cbranch(builder.icmp_signed("<", k, k_n), body, done)
-
+            for accs in sets:
+                for acc in accs:
+                    acc.add_incoming(zero, entry)
+            builder.cbranch(builder.icmp_signed("<", k, k_main), body, tail_bb)
             builder.position_at_end(body)
-            prow = builder.gep(p_base, [builder.mul(k, const(PANEL))])
-            bvec = [builder.load(builder.bitcast(builder.gep(prow, [const(v * _LANES)]), vt.as_pointer()),
-                                 align=4) for v in range(_VECS)]
-            new = []
-            for r in range(rows):
-                a = builder.load(builder.gep(a_base, [builder.add(builder.mul(const(r), lda_i), k)]))
-                av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
-                                            undef, splat)
-                for v in range(_VECS):
-                    new.append(builder.call(fma, [av, bvec[v], accs[r * _VECS + v]]))
-            tail = builder.block
-            k.add_incoming(builder.add(k, const(1)), tail)
-            for acc, val in zip(accs, new):
-                acc.add_incoming(val, tail)
+            new_sets = [step(builder.add(k, const(j)), sets[j]) for j in range(chains)]
+            last = builder.block
+            k.add_incoming(builder.add(k, const(chains)), last)
+            for accs, vals in zip(sets, new_sets):
+                for acc, val in zip(accs, vals):
+                    acc.add_incoming(val, last)
             builder.branch(head)
+            # the last K % chains terms, one at a time into the first set
+            builder.position_at_end(tail_bb)
+            kt = builder.phi(intp)
+            tacc = [builder.phi(vt) for _ in range(n_acc)]
+            kt.add_incoming(k, head)
+            for acc, first in zip(tacc, sets[0]):
+                acc.add_incoming(first, head)
+            tail_body = fn.append_basic_block("pk_tail_body")
+            builder.cbranch(builder.icmp_signed("<", kt, k_n), tail_body, done)
+            builder.position_at_end(tail_body)
+            tvals = step(kt, tacc)
+            tlast = builder.block
+            kt.add_incoming(builder.add(kt, const(1)), tlast)
+            for acc, val in zip(tacc, tvals):
+                acc.add_incoming(val, tlast)
+            builder.branch(tail_bb)
 
             builder.position_at_end(done)
+            total = list(tacc)
+            for accs in sets[1:]:
+                total = [builder.fadd(x, y) for x, y in zip(total, accs)]
+            keep = builder.icmp_signed("!=", add_i, const(0))
             for r in range(rows):
                 crow = builder.gep(c_base, [builder.mul(const(r), ldc_i)])
                 for v in range(_VECS):
-                    builder.store(accs[r * _VECS + v],
-                                  builder.bitcast(builder.gep(crow, [const(v * _LANES)]), vt.as_pointer()),
-                                  align=4)
+                    cptr = builder.bitcast(builder.gep(crow, [const(v * _LANES)]), vt.as_pointer())
+                    # add: c += the block's sums (select, so that whatever c
+                    # held before the first block is never read into them)
+                    old = builder.select(keep, builder.load(cptr, align=4), zero)
+                    builder.store(builder.fadd(total[r * _VECS + v], old), cptr, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -120,41 +155,75 @@ def _block_intrinsic(rows):
     return block
 
 
-_block4 = _block_intrinsic(4)
-_block1 = _block_intrinsic(1)
+ROWS = 4              # rows per block: with 2 chains, 16 zmm accumulators
+CHAINS = 2
+# the k terms in blocks of this many, each block's sums added to the output
+# (two chains of 16 FMAs, then one add a block): rounding as of a sum in
+# short pieces, where one chain of K FMAs rounded up to 2.5x worse than
+# the float32 NumPy oracle (tests/test_threads.py)
+KBLOCK = 32
+_blockR = _block_intrinsic(ROWS, CHAINS)
+_block1 = _block_intrinsic(1, CHAINS)
+
+
+@inner
+def _fits(A, Pp, Bt, out):
+    """Whether the raw-pointer blocks can take these operands: float32,
+    panels packed for A's K and within Bt's rows, unit column strides,
+    contiguous panels, an output as wide as Bt has rows."""
+    M, K = A.shape
+    P = Pp.shape[0]
+    return not (P == 0 or A.itemsize != 4 or Pp.itemsize != 4 or out.itemsize != 4
+                or Bt.shape[1] != K or Pp.shape[1] != K or Pp.shape[2] != PANEL or P * PANEL > Bt.shape[0]
+                or out.shape[0] < M or out.shape[1] < Bt.shape[0]
+                or A.strides[1] != 4 or out.strides[1] != 4
+                or Pp.strides[2] != 4 or Pp.strides[1] != 4 * PANEL or Pp.strides[0] != 4 * PANEL * K)
+
+
+@inner
+def step_product_range(A, Pp, Bt, out, n0, n1):
+    """out[:, n0:n1] = A @ Bt[n0:n1].T for A (M, K), Bt (N, K), out (M, N),
+    with Pp = pack_rows(Bt) (or an empty (0, K, PANEL) array): the panels
+    inside [n0, n1) by the packed blocks, the columns before the first and
+    after the last of them by _cols (everything by _cols where _fits says
+    no)."""
+    M, K = A.shape
+    if M == 0 or n0 >= n1:
+        return
+    q0 = (n0 + PANEL - 1) // PANEL
+    q1 = min(n1 // PANEL, Pp.shape[0])
+    if q0 >= q1 or not _fits(A, Pp, Bt, out):
+        _cols(A, Bt, out, n0, n1)
+        return
+    if n0 < q0 * PANEL:
+        _cols(A, Bt, out, n0, q0 * PANEL)
+    a0 = A.ctypes.data
+    p0 = Pp.ctypes.data
+    c0 = out.ctypes.data
+    lda = A.strides[0] // 4
+    ldc = out.strides[0] // 4
+    m4 = M - M % ROWS
+    for p in range(q0, q1):
+        pp = p0 + 4 * p * K * PANEL
+        for m in range(0, m4 + (M - m4), ROWS):
+            cm = c0 + 4 * (m * ldc + p * PANEL)
+            am = a0 + 4 * m * lda
+            for k0 in range(0, K, KBLOCK):
+                kn = min(KBLOCK, K - k0)
+                if m < m4:
+                    _blockR(am + 4 * k0, lda, pp + 4 * k0 * PANEL, cm, ldc, kn, k0)
+                else:
+                    for r in range(M - m4):
+                        _block1(am + 4 * (r * lda + k0), lda, pp + 4 * k0 * PANEL, cm + 4 * r * ldc, ldc, kn, k0)
+    if q1 * PANEL < n1:
+        _cols(A, Bt, out, q1 * PANEL, n1)
 
 
 @inner
 def step_product(A, Pp, Bt, out):
     """out = A @ Bt.T for A (M, K), Bt (N, K), out (M, N), with Pp =
     pack_rows(Bt) (or an empty (0, K, PANEL) array: _cols alone)."""
-    M, K = A.shape
-    N = Bt.shape[0]
-    P = Pp.shape[0]
-    if M == 0:
-        return
-    # everything the raw-pointer blocks rely on, else the dot form
-    if (P == 0 or A.itemsize != 4 or Pp.itemsize != 4 or out.itemsize != 4
-            or Pp.shape[1] != K or Pp.shape[2] != PANEL or P * PANEL > N
-            or out.shape[0] < M or out.shape[1] < N
-            or A.strides[1] != 4 or out.strides[1] != 4
-            or Pp.strides[2] != 4 or Pp.strides[1] != 4 * PANEL or Pp.strides[0] != 4 * PANEL * K):
-        _cols(A, Bt, out, 0, N)
-        return
-    a0 = A.ctypes.data
-    p0 = Pp.ctypes.data
-    c0 = out.ctypes.data
-    lda = A.strides[0] // 4
-    ldc = out.strides[0] // 4
-    m4 = M - M % 4
-    for p in range(P):
-        pp = p0 + 4 * p * K * PANEL
-        for m in range(0, m4, 4):
-            _block4(a0 + 4 * m * lda, lda, pp, c0 + 4 * (m * ldc + p * PANEL), ldc, K)
-        for m in range(m4, M):
-            _block1(a0 + 4 * m * lda, lda, pp, c0 + 4 * (m * ldc + p * PANEL), ldc, K)
-    if P * PANEL < N:
-        _cols(A, Bt, out, P * PANEL, N)
+    step_product_range(A, Pp, Bt, out, 0, Bt.shape[0])
 
 
 @njit(**JIT)

@@ -20,8 +20,8 @@ from numba import njit, prange
 from .activations import tanh_
 from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
-from .gemm import _cols, mm_nt
-from .packed import step_product
+from .gemm import mm_nt
+from .packed import step_product, step_product_range
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
                        input_projection, project_own_rows, put_rows, rows_of, take_rows)
 
@@ -139,43 +139,43 @@ def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
 # ---------------------------------------------------------------- threads
 
 @inner
-def _fwd_step(p, parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As):
+def _fwd_step(p, parts, t, n, cur, nxt, w_hh, wp, gh, xg, bias, perm, relu, training, y, Hs, As):
     """Step t for block p of `parts` blocks of hidden units (see lstm._fwd_step)."""
     H = cur.shape[1]
     k0, k1 = split(H, parts, p, 8)
     if n > 0:
-        _cols(cur[:n], w_hh, gh[:n], k0, k1)
+        step_product_range(cur[:n], wp, w_hh, gh[:n], k0, k1)
     _fwd_units(t, n, k0, k1, cur, nxt, xg, gh, bias, perm, relu, training, y, Hs, As)
 
 
 @inner
-def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident):
+def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, wp, dy, dh, As, buf, dG, perm, relu, ident):
     """BPTT step t for block p of `parts` blocks of hidden units (see lstm._bwd_step)."""
     H = dh.shape[1]
     k0, k1 = split(H, parts, p, 8)
     if nprev > 0:
-        _cols(prev[:nprev], w_hhT, dh[:nprev], k0, k1)
+        step_product_range(prev[:nprev], wp, w_hhT, dh[:nprev], k0, k1)
     if t >= 0:
         _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident)
 
 
 @inner_par
-def _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As):
+def _fwd_steps(parts, t, n, cur, nxt, w_hh, wp, gh, xg, bias, perm, relu, training, y, Hs, As):
     """One fork/join: _fwd_step for every block of units, one block per
     thread (see lstm._fwd_steps for why the regions and indices look so)."""
     for p in prange(parts):
-        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+        _fwd_step(np.int64(p), parts, t, n, cur, nxt, w_hh, wp, gh, xg, bias, perm, relu, training, y, Hs, As)
 
 
 @inner_par
-def _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident):
+def _bwd_steps(parts, t, n, nprev, prev, w_hhT, wp, dy, dh, As, buf, dG, perm, relu, ident):
     """One fork/join: _bwd_step for every block of units, one block per thread."""
     for p in prange(parts):
-        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+        _bwd_step(np.int64(p), parts, t, n, nprev, prev, w_hhT, wp, dy, dh, As, buf, dG, perm, relu, ident)
 
 
 @njit(**JIT)
-def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, training, y, Hs, As, gh, nth, parts):
+def rnn_forward_par(x2, w_ih, xg, w_hh, wp, bias, hbuf, perm, nb, reverse, relu, training, y, Hs, As, gh, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
     p0, p1 = parts - parts, parts - parts + 1    # not literals: see _fwd_steps
     input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
@@ -188,13 +188,13 @@ def rnn_forward_par(x2, w_ih, xg, w_hh, bias, hbuf, perm, nb, reverse, relu, tra
         copy_rows(cur, nxt, n, nprev)     # rows that just finished: keep their state in both
         nprev = n
         if parts > 1:
-            _fwd_steps(parts, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+            _fwd_steps(parts, t, n, cur, nxt, w_hh, wp, gh, xg, bias, perm, relu, training, y, Hs, As)
         else:
-            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, gh, xg, bias, perm, relu, training, y, Hs, As)
+            _fwd_step(p0, p1, t, n, cur, nxt, w_hh, wp, gh, xg, bias, perm, relu, training, y, Hs, As)
 
 
 @njit(**JIT)
-def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
+def rnn_backward_par(dy, w_hhT, wp, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     p0, p1 = parts - parts, parts - parts + 1
@@ -210,9 +210,9 @@ def rnn_backward_par(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, 
             n = nb[t]
             buf = dG[t] if ident else dgs[s % 2]
         if parts > 1:
-            _bwd_steps(parts, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+            _bwd_steps(parts, t, n, nprev, prev, w_hhT, wp, dy, dh, As, buf, dG, perm, relu, ident)
         else:
-            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, dy, dh, As, buf, dG, perm, relu, ident)
+            _bwd_step(p0, p1, t, n, nprev, prev, w_hhT, wp, dy, dh, As, buf, dG, perm, relu, ident)
         nprev = n
         prev = buf
 
