@@ -94,9 +94,9 @@ def test_threaded_odd_sizes(spy, mode, dtype, T, B, I, H):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("H", [128, 136])
 def test_threaded_steps_on_packed_panels(spy, mode, H):
-    # float32 with each thread's block of units holding whole 64-column
-    # panels (H = 128: blocks of 64) or panels and edges (H = 136: blocks
-    # of 72 and 64, the gates' columns shifted off the panel grid), so the
+    # float32 with each thread's block of units holding whole panels
+    # (H = 128: blocks of 64 units) or panels and edges (H = 136: blocks of
+    # 72 and 64, the gates' columns shifted off the panel grid), so the
     # by-units steps run kernels/cpu/packed.py's blocks; B = 5 and lengths:
     # blocks of 4 rows, one-row blocks, and shrinking row counts
     check_backend(mode, "numba", T=6, B=5, I=9, H=H, dtype="float32")

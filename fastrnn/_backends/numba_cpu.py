@@ -167,12 +167,14 @@ FUSED_STEP_MAX_BYTES = 3 << 19
 TRANSPOSE_KERNEL_MIN_BYTES = 1 << 20
 
 
-# The loops by rows multiply each step by the weights packed into panels
+# The threaded loops multiply each step by the weights packed into panels
 # of output columns (kernels/cpu/packed.py: an outer-product kernel in LLVM
 # IR, no horizontal sums), float32 only.  Measured on one thread against
-# gemm._cols, GFLOP/s: (4, 128, 384) 109 against 77, (4, 256, 512) 109
-# against 74-92, (16, 384, 1024) 107-112 against 72-92, (32, 512, 2048)
-# 109 against 85-89.  False: _cols, as before (for comparisons).
+# gemm._cols, GFLOP/s: (4, 128, 384) 108 against 78, (4, 256, 512) 107
+# against 89, (16, 384, 1024) 103 against 90, (32, 512, 2048) 108 against
+# 89; whole calls, torch at 2 threads, alternating in one process: forward
+# 1.03-1.15x, fwd+bwd 1.00-1.06x at S2-S5.  False: _cols, as before (for
+# comparisons).
 PACKED_STEP = True
 
 

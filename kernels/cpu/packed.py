@@ -12,9 +12,13 @@ outer-product kernel keeps a block of *output columns* in each vector
 but its accumulators must stay in registers across the whole k loop,
 which Numba's Python cannot say (a generated kernel with scalar
 accumulators was not vectorised, see docs/performance.md).  So the block
-(4 rows x 64 columns: 16 vector accumulators, per k 4 broadcasts, 4 vector
-loads and 16 FMAs) is emitted directly as LLVM IR by a Numba intrinsic,
-and the call's loops around it stay Python.
+is emitted directly as LLVM IR by a Numba intrinsic, and the call's loops
+around it stay Python: 4 rows x 32 columns, each output summed in two
+interleaved chains (k even, k odd), 16 zmm accumulators; per two values
+of k, 8 broadcasts, 4 vector loads and 16 FMAs.  The k terms go in
+blocks of KBLOCK, each block's sums added to the output: one chain of K
+FMAs rounded visibly worse than the dot form (docs/performance.md).
+One Zen 4 core: 103-110 GFLOP/s against _cols's 78-100.
 
 Packing.  The kernel reads, for one panel p, the K x PANEL block
 Pp[p] = Bt[p*PANEL:(p+1)*PANEL, :].T contiguously: one stream instead of
