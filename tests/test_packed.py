@@ -105,10 +105,15 @@ def test_operands_the_kernel_cannot_take_go_to_the_dot_form():
     np.testing.assert_allclose(out, A64 @ Bt64.T, rtol=1e-12, atol=1e-12)
 
 
-def test_zero_rows_is_a_no_op():
+def test_zero_rows_is_a_no_op_and_zero_terms_give_zeros():
     A, Bt, Pp = _operands(0, 16, 64)
     out = np.empty((0, 64), np.float32)
     _step_product(A, Pp, Bt, out)
+    A, Bt, Pp = _operands(5, 0, 70)
+    assert Pp.shape == (70 // PANEL, 0, PANEL)
+    out = np.full((5, 70), np.nan, np.float32)
+    _step_product(A, Pp, Bt, out)
+    assert np.array_equal(out, np.zeros((5, 70), np.float32))
 
 
 @njit

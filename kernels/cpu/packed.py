@@ -195,6 +195,8 @@ def step_product_range(A, Pp, Bt, out, n0, n1):
     if M == 0 or n0 >= n1:
         return
     q0 = (n0 + PANEL - 1) // PANEL
+    if K == 0:          # no terms: the dot form writes the zeros
+        q0 = n1
     q1 = min(n1 // PANEL, Pp.shape[0])
     if q0 >= q1 or not _fits(A, Pp, Bt, out):
         _cols(A, Bt, out, n0, n1)
@@ -209,7 +211,7 @@ def step_product_range(A, Pp, Bt, out, n0, n1):
     m4 = M - M % ROWS
     for p in range(q0, q1):
         pp = p0 + 4 * p * K * PANEL
-        for m in range(0, m4 + (M - m4), ROWS):
+        for m in range(0, M, ROWS):
             cm = c0 + 4 * (m * ldc + p * PANEL)
             am = a0 + 4 * m * lda
             for k0 in range(0, K, KBLOCK):
