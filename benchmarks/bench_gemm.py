@@ -1,4 +1,5 @@
-"""The per-step recurrent GEMM: fastrnn's own kernel (kernels/cpu/gemm.py)
+"""The per-step recurrent GEMM: fastrnn's own kernels (kernels/cpu/gemm.py,
+and kernels/cpu/packed.py on packed weights, which the threaded loops use)
 beside OpenBLAS (Numba's np.dot, the BLAS the kernels link), at the shapes the
 time loops use, each called T times inside one compiled loop as in a kernel.
 
@@ -33,7 +34,7 @@ from numba import njit
 from numba import prange
 
 from fastrnn import _threads
-from fastrnn._kernels.cpu import gemm
+from fastrnn._kernels.cpu import gemm, packed
 from fastrnn._kernels.cpu.blas import split
 from fastrnn._kernels.cpu.common import JIT, JIT_PAR
 
@@ -69,6 +70,18 @@ def _loop_split(A, Bt, out, steps, nth):
 
 
 @njit(**JIT)
+def _loop_packed(A, Pp, Bt, out, steps):
+    for _ in range(steps):
+        packed.step_product(A, Pp, Bt, out)
+
+
+def _panels(Bt):
+    Pp = packed.panels(Bt.shape[0], Bt.shape[1], Bt.dtype)
+    packed.pack_rows(Bt, Pp)
+    return Pp
+
+
+@njit(**JIT)
 def _loop_blas(A, BtT, out, steps):
     for _ in range(steps):
         np.dot(A, BtT, out)
@@ -95,7 +108,9 @@ def measure(M, K, N):
     A, Bt, BtT, out = _problem(M, K, N)
     axpy = gemm.axpy_fits(M, Bt.nbytes)
     ref = A.astype(np.float64) @ Bt.astype(np.float64).T
-    for name, fn in (("own", lambda: _loop_own(A, Bt, BtT, out, 1, axpy)), ("dot", lambda: _loop_dot(A, Bt, out, 1))):
+    Pp = _panels(Bt)
+    for name, fn in (("own", lambda: _loop_own(A, Bt, BtT, out, 1, axpy)), ("dot", lambda: _loop_dot(A, Bt, out, 1)),
+                     ("packed", lambda: _loop_packed(A, Pp, Bt, out, 1))):
         out[:] = np.nan
         fn()
         err = float(np.abs(out - ref).max() / np.abs(ref).max())
@@ -115,10 +130,12 @@ def measure(M, K, N):
     # the dot form where the loops take the axpy form instead
     dot = _median_call(lambda: _loop_dot(A, Bt, out, STEPS)) if axpy else float("nan")
     blas = _median_call(lambda: _loop_blas(A, BtT, out, STEPS))
+    pk = _median_call(lambda: _loop_packed(A, Pp, Bt, out, STEPS))
     flops = 2 * M * K * N
     return dict(M=M, K=K, N=N, own_us=own * 1e6, blas_us=blas * 1e6, dot_us=dot * 1e6, own_gflops=flops / own / 1e9,
                 blas_gflops=flops / blas / 1e9, own_over_blas=own / blas,
                 split_us=split_s * 1e6, split_gflops=flops / split_s / 1e9,
+                packed_us=pk * 1e6, packed_gflops=flops / pk / 1e9,
                 used="BLAS" if gemm.uses_blas(M, N, K) else "own (axpy)" if axpy else "own (dot)")
 
 
@@ -173,13 +190,13 @@ def lstm_gemm_floor(shape):
 
 def main():
     print("| M x K x N | own us | dot form us (where own is axpy) | BLAS us | split us | own GFLOP/s | BLAS GFLOP/s "
-          "| split GFLOP/s | own / BLAS | one-thread loops use |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| split GFLOP/s | own / BLAS | one-thread loops use | packed us | packed GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for M, K, N in SHAPES:
         r = measure(M, K, N)
         print(f"| {M}x{K}x{N} | {r['own_us']:.1f} | {r['dot_us']:.1f} | {r['blas_us']:.1f} | {r['split_us']:.1f} | "
               f"{r['own_gflops']:.1f} | {r['blas_gflops']:.1f} | {r['split_gflops']:.1f} | "
-              f"{r['own_over_blas']:.2f} | {r['used']} |", flush=True)
+              f"{r['own_over_blas']:.2f} | {r['used']} | {r['packed_us']:.1f} | {r['packed_gflops']:.1f} |", flush=True)
     print()
     print("LSTM forward+BPTT, ms: its GEMMs alone (as fastrnn calls them) beside the whole of it")
     print()
@@ -197,13 +214,16 @@ except ImportError:  # pragma: no cover - script use without pytest
     pytest = None
 
 if pytest is not None:
-    @pytest.mark.parametrize("impl", ["own", "blas"])
+    @pytest.mark.parametrize("impl", ["own", "packed", "blas"])
     @pytest.mark.parametrize("shape", [f"{m}x{k}x{n}" for m, k, n in SHAPES])
     def test_step_gemm(benchmark, shape, impl):
         M, K, N = (int(v) for v in shape.split("x"))
         A, Bt, BtT, out = _problem(M, K, N)
         if impl == "own":
             fn = lambda: _loop_own(A, Bt, BtT, out, STEPS, gemm.axpy_fits(M, Bt.nbytes))  # noqa: E731
+        elif impl == "packed":
+            Pp = _panels(Bt)
+            fn = lambda: _loop_packed(A, Pp, Bt, out, STEPS)  # noqa: E731
         else:
             fn = lambda: _loop_blas(A, BtT, out, STEPS)  # noqa: E731
         fn()
