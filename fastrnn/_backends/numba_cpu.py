@@ -418,6 +418,7 @@ class NumbaCPU:
             w_step = w_hh     # the loops' B operand of the step product (None for the axpy form)
             if not par:       # the one-thread loops: the form their steps take (gemm.step_operands)
                 w_step, *last = gemm.step_operands(B, w_hh, w_hhT)
+            w_ops = (w_step, wp) if par else (w_step,)   # the threaded loops take the panels too
             # the input projection, before any part's loop reads it: in the
             # parts themselves where the projection is small
             # (FUSED_PROJECTION_*), else as a region of its own
@@ -444,7 +445,7 @@ class NumbaCPU:
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
-                    kern(x2, w_ih, xg, w_step, *((wp,) if par else ()), b_ih + b_hh, hs, c, perm, nb, reverse, training,
+                    kern(x2, w_ih, xg, *w_ops, b_ih + b_hh, hs, c, perm, nb, reverse, training,
                          y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
@@ -457,7 +458,7 @@ class NumbaCPU:
                          training, y, Hs, Gs, HNs, x2, w_ih, project)
                 else:
                     kern = gru.gru_forward_par if par else gru.gru_forward
-                    kern(x2, w_ih, xg, w_step, *((wp,) if par else ()), bx, bhn, hs, perm, nb, reverse,
+                    kern(x2, w_ih, xg, *w_ops, bx, bhn, hs, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
@@ -467,8 +468,7 @@ class NumbaCPU:
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
-                    kern(x2, w_ih, xg, w_step, *((wp,) if par else ()), b_ih + b_hh, hs, perm, nb, reverse,
-                         mode == "rnn_relu",
+                    kern(x2, w_ih, xg, *w_ops, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
                          training, y, Hs, As, gh, *last)
                 bufs = dict(As=As)
             if par and not rows:
@@ -511,8 +511,13 @@ class NumbaCPU:
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
             w_step = w_hhT    # as in forward
+            wp = None
             if not par:
                 w_step, *last = gemm.step_operands(B, w_hhT, w_hh)
+            else:       # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
+                wp = _panels(packed, H, GH, dt)
+                packed.pack_cols(w_hh, wp)
+            w_ops = (w_step, wp) if par else (w_step,)
             # by rows with padding, the GEMMs after the loop in the parts
             # themselves (FUSED_GRADS_*), each part's weight and bias
             # gradients into sums of its own; else after the loop over all
@@ -538,9 +543,6 @@ class NumbaCPU:
                 after = _in_threads
                 _pool(nth).wake(AFTER_LOOP_WAKE_US)
             grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
-            if par:     # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
-                wp = _panels(packed, H, GH, dt)
-                packed.pack_cols(w_hh, wp)
             if rows:    # the parts' sums, or None: the region after the parts
                 sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
                          np.empty((nth, GH), dt)) if own else (None,) * 4)
@@ -553,8 +555,7 @@ class NumbaCPU:
                          p["Gs"], p["Cs"], p["TCs"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
-                    kern(dy, w_step, *((wp,) if par else ()), dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"],
-                         p["Cs"], p["TCs"],
+                    kern(dy, *w_ops, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
                          dG, dgs, *grads)
                 dc0 = _put_rows(dc, perm, ident)
             elif mode == "gru":
@@ -564,7 +565,7 @@ class NumbaCPU:
                          p["Hs"], p["Gs"], p["HNs"], dG, dGh, x2, *tail)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
-                    kern(dy, w_step, *((wp,) if par else ()), dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
+                    kern(dy, *w_ops, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
@@ -572,7 +573,7 @@ class NumbaCPU:
                          mode == "rnn_relu", p["As"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
-                    kern(dy, w_step, *((wp,) if par else ()), dh, perm, nb, reverse, mode == "rnn_relu", ident,
+                    kern(dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          p["Hs"], p["As"], dG, dgs, *grads)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):

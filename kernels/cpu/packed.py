@@ -49,13 +49,12 @@ _VECS = PANEL // _LANES
 
 
 def _block_intrinsic(rows, chains):
-    """An intrinsic block(a, lda, p, c, ldc, K) computing, for float32
+    """An intrinsic block(a, lda, p, c, ldc, K, add) computing, for float32
     pointers a (rows x K, row stride lda elements), p (K x PANEL,
     contiguous) and c (rows x PANEL, row stride ldc): c = a @ p, in
     rows * _VECS * chains vector registers.  Each output's sum runs in
-    `chains` interleaved chains (k mod chains), added at the end: a
-    single chain of K FMAs rounded up to 2.5x worse than the float32
-    NumPy oracle (tests/test_threads.py), two chains halve its length."""
+    `chains` interleaved chains (k mod chains), added at the end; with
+    `add` nonzero the result is added to c instead of stored."""
 
     @intrinsic
     def block(typingctx, a_ptr, lda, p_ptr, c_ptr, ldc, K, add):
@@ -163,8 +162,10 @@ ROWS = 4              # rows per block: with 2 chains, 16 zmm accumulators
 CHAINS = 2
 # the k terms in blocks of this many, each block's sums added to the output
 # (two chains of 16 FMAs, then one add a block): rounding as of a sum in
-# short pieces, where one chain of K FMAs rounded up to 2.5x worse than
-# the float32 NumPy oracle (tests/test_threads.py)
+# short pieces.  One chain of K FMAs per output rounded 1.3-2.5x worse
+# than _cols in whole rnn_tanh calls (2.6-6.0e-5 against 1.5-3.0e-5; the
+# float32 NumPy oracle 1.8-2.3e-5); these blocks 1.2-2.9e-5 there
+# (docs/performance.md, twelfth session)
 KBLOCK = 32
 _blockR = _block_intrinsic(ROWS, CHAINS)
 _block1 = _block_intrinsic(1, CHAINS)
@@ -211,16 +212,13 @@ def step_product_range(A, Pp, Bt, out, n0, n1):
     m4 = M - M % ROWS
     for p in range(q0, q1):
         pp = p0 + 4 * p * K * PANEL
-        for m in range(0, M, ROWS):
-            cm = c0 + 4 * (m * ldc + p * PANEL)
-            am = a0 + 4 * m * lda
-            for k0 in range(0, K, KBLOCK):
-                kn = min(KBLOCK, K - k0)
-                if m < m4:
-                    _blockR(am + 4 * k0, lda, pp + 4 * k0 * PANEL, cm, ldc, kn, k0)
-                else:
-                    for r in range(M - m4):
-                        _block1(am + 4 * (r * lda + k0), lda, pp + 4 * k0 * PANEL, cm + 4 * r * ldc, ldc, kn, k0)
+        for k0 in range(0, K, KBLOCK):
+            kn = min(KBLOCK, K - k0)
+            pk = pp + 4 * k0 * PANEL
+            for m in range(0, m4, ROWS):
+                _blockR(a0 + 4 * (m * lda + k0), lda, pk, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+            for m in range(m4, M):
+                _block1(a0 + 4 * (m * lda + k0), lda, pk, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
     if q1 * PANEL < n1:
         _cols(A, Bt, out, q1 * PANEL, n1)
 
