@@ -178,10 +178,12 @@ TRANSPOSE_KERNEL_MIN_BYTES = 1 << 20
 PACKED_STEP = True
 
 
-def _panels(packed, N, K, dt):
+def _panels(packed, N, K, dt, alloc):
     """The panel array for a step product with N output columns and K
-    terms: packed.panels, or none (the dot form) without PACKED_STEP."""
-    return packed.panels(N, K, dt) if PACKED_STEP else np.empty((0, K, packed.PANEL), dt)
+    terms (packed.panels' shape), from the call's allocator, or none (the
+    dot form) without PACKED_STEP or for float64."""
+    P = N // packed.PANEL if PACKED_STEP and dt == np.float32 else 0
+    return alloc((P, K, packed.PANEL), dt) if P else np.empty((0, K, packed.PANEL), dt)
 
 
 def _kernel_form(T, B, I, H, GH):
@@ -405,7 +407,7 @@ class NumbaCPU:
             # here once for every step (from W_hh^T's rows where there is one)
             wp = None
             if par and not fused:
-                wp = _panels(packed, GH, H, dt)
+                wp = _panels(packed, GH, H, dt, alloc)
                 if w_hhT.size:
                     packed.pack_cols(w_hhT, wp)
                 else:
@@ -434,8 +436,9 @@ class NumbaCPU:
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if fused:
-                    w_cat = np.concatenate((w_ih, w_hh), axis=1)
-                    wp = _panels(packed, GH, I + H, dt)
+                    w_cat = alloc((GH, I + H), dt)
+                    np.concatenate((w_ih, w_hh), axis=1, out=w_cat)
+                    wp = _panels(packed, GH, I + H, dt, alloc)
                     packed.pack_rows(w_cat, wp)
                     rows(lstm.lstm_forward_fused_rows_part, nth, x2.reshape(T, B, I),
                          w_cat, wp, b_ih + b_hh, h, c, perm, nb, reverse,
@@ -515,7 +518,7 @@ class NumbaCPU:
             if not par:
                 w_step, *last = gemm.step_operands(B, w_hhT, w_hh)
             else:       # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
-                wp = _panels(packed, H, GH, dt)
+                wp = _panels(packed, H, GH, dt, alloc)
                 packed.pack_cols(w_hh, wp)
             w_ops = (w_step, wp) if par else (w_step,)
             # by rows with padding, the GEMMs after the loop in the parts
