@@ -132,3 +132,80 @@ def test_step_product_range_writes_its_columns_only(n0, n1):
     _step_product_range(A, Pp, Bt, out, n0, n1)
     _check(out[:, n0:n1], A, Bt[n0:n1])
     assert np.isnan(out[:, :n0]).all() and np.isnan(out[:, n1:]).all()
+
+
+# ------------------------------------------------- the GEMMs after BPTT
+
+@njit
+def _gemm_nn(A, B, C):
+    packed.gemm_nn(A, B, C)
+
+
+@njit
+def _gemm_tn(A, B, C):
+    packed.gemm_tn(A, B, C)
+
+
+def _check_mm(C, want, K):
+    assert np.isfinite(C).all(), "an output element was left unwritten (NaN)"
+    np.testing.assert_allclose(C, want, rtol=0, atol=2e-6 * np.sqrt(max(K, 1)) * 4)
+
+
+# M: blocks of 4, the one-row block, more than one chunk of MB rows;
+# K: one term, part of a block of KBLOCK, several, more than one chunk of
+# KC; N: under a panel (BLAS alone), panels and a remainder
+@pytest.mark.parametrize("M", [1, 3, 4, 9, 70, 131])
+@pytest.mark.parametrize("K,N", [(1, 32), (5, 31), (7, 33), (31, 64), (33, 96), (200, 70), (300, 128)])
+def test_gemm_nn_and_tn_every_block_and_remainder(M, K, N):
+    rng = np.random.default_rng(M * 1000 + K + N)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    At = np.ascontiguousarray(A.T)          # (K, M) for A.T @ B
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    want = A.astype(np.float64) @ B.astype(np.float64)
+    C = np.full((M, N), np.nan, np.float32)
+    _gemm_nn(A, B, C)
+    _check_mm(C, want, K)
+    C = np.full((M, N), np.nan, np.float32)
+    _gemm_tn(At, B, C)
+    _check_mm(C, want, K)
+
+
+def test_gemm_nn_and_tn_on_views_write_only_their_own_elements():
+    # the shapes after_loop_part gives them: column slices of dG (row stride
+    # > width) and row slices; the output a view inside a NaN-filled array
+    rng = np.random.default_rng(5)
+    R, GH, I = 150, 200, 96
+    dG = rng.standard_normal((R, GH)).astype(np.float32)
+    x = rng.standard_normal((R, I + 7)).astype(np.float32)[:, 3:3 + I]
+    w = rng.standard_normal((GH, I)).astype(np.float32)
+    g0, g1, r0, r1 = 37, 141, 11, 130
+    for fn, A, B, want in ((_gemm_tn, dG[:, g0:g1], x, dG[:, g0:g1].T.astype(np.float64) @ x),
+                           (_gemm_nn, dG[r0:r1], w, dG[r0:r1].astype(np.float64) @ w)):
+        M = want.shape[0]
+        big = np.full((M + 4, I + 9), np.nan, np.float32)
+        C = big[1:1 + M, 6:6 + I]
+        fn(A, B, C)
+        _check_mm(C, want, A.shape[0] if fn is _gemm_tn else A.shape[1])
+        mask = np.ones(big.shape, bool)
+        mask[1:1 + M, 6:6 + I] = False
+        assert np.isnan(big[mask]).all(), f"{fn.__name__} wrote outside its output view"
+
+
+def test_gemm_nn_and_tn_hand_what_the_blocks_cannot_take_to_blas():
+    rng = np.random.default_rng(6)
+    M, K, N = 9, 40, 64
+    A = rng.standard_normal((M, K))
+    B = rng.standard_normal((K, N))
+    want = A @ B
+    for dt in (np.float64, np.float32):
+        C = np.full((M, N), np.nan, dt)
+        _gemm_nn(A.astype(dt), B.astype(dt), C)
+        _check_mm(C, want, K)
+        C = np.full((M, N), np.nan, dt)
+        _gemm_tn(np.ascontiguousarray(A.T).astype(dt), B.astype(dt), C)
+        _check_mm(C, want, K)
+    # no terms: zeros (BLAS's K = 0 case), over a NaN-filled output
+    for fn, A0 in ((_gemm_nn, np.zeros((M, 0), np.float32)), (_gemm_tn, np.zeros((0, M), np.float32))):
+        C = np.full((M, N), np.nan, np.float32)
+        fn(A0, np.zeros((0, N), np.float32), C)
+        np.testing.assert_array_equal(C, 0)

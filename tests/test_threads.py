@@ -169,6 +169,40 @@ def test_by_rows_odd_sizes(rows_spy, rows_mode, dtype, T, B, I, H):
     _assert_by_rows(rows_spy, mode)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("I,H", [(40, 70), (72, 64)])
+def test_gemms_after_bptt_on_own_blocks(rows_spy, mode, I, H, monkeypatch):
+    # float32, full lengths, G*H and I, H within numba_cpu.OWN_AFTER_*: the
+    # region after the parts runs packed.gemm_nn / gemm_tn (its last
+    # argument, own, True), with whole panels of I and H columns and
+    # remainders (40 = 32 + 8, 70 = 64 + 6, 72 = 64 + 8); float64 runs it on BLAS
+    regions = []
+    run_parts = numba_cpu._in_threads
+
+    def spy(fn, nth, *args):
+        regions.append((fn.__name__, args[-1]))
+        return run_parts(fn, nth, *args)
+    monkeypatch.setattr(numba_cpu, "_in_threads", spy)
+    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    assert numba_cpu.OWN_AFTER and G * H <= numba_cpu.OWN_AFTER_MAX_GH and max(I, H) <= numba_cpu.OWN_AFTER_MAX_IH
+    check_backend(mode, "numba", T=7, B=6, I=I, H=H, dtype="float32")
+    check_backend(mode, "numba", T=7, B=6, I=I, H=H, h0=False, reverse=True, dtype="float32")
+    _assert_by_rows(rows_spy, mode)
+    assert [r for r in regions if r[0] == "after_loop_part"] == [("after_loop_part", True)] * 2, regions
+    regions.clear()
+    check_backend(mode, "numba", T=7, B=6, I=I, H=H, dtype="float64")
+    assert [r for r in regions if r[0] == "after_loop_part"] == [("after_loop_part", False)], regions
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gemms_after_bptt_on_own_blocks_by_units(spy, mode):
+    # the same in the loops by units (parallel.after_loop_grads_par), with
+    # padding: x's copy with its padding zeroed goes into gemm_tn
+    check_backend(mode, "numba", T=7, B=6, I=40, H=70, dtype="float32")
+    check_backend(mode, "numba", T=7, B=6, I=40, H=70, lengths="random", dtype="float32")
+    _assert_threaded(spy, mode)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", ["edges", "random"])

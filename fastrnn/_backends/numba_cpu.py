@@ -6,8 +6,9 @@ all gates of the rows still running, then one fused pointwise pass).
 Backward: the time loop (fused pointwise pass, then dh = dG @ W_hh), then
 dx, dW_ih, dW_hh as big GEMMs over all T*B rows and the bias gradients as
 column sums.  The big GEMMs go through the BLAS Numba links (SciPy's
-OpenBLAS); the per-step recurrent GEMM is fastrnn's own (kernels/cpu/gemm.py:
-no per-step packing of W_hh).
+OpenBLAS), except the ones after BPTT for small layers (OWN_AFTER_*); the
+per-step recurrent GEMM is fastrnn's own (kernels/cpu/gemm.py, and
+kernels/cpu/packed.py in the threaded loops).
 
 Two forms of every loop.  Where fastrnn/_threads.py allows threads (the
 usual case), OpenBLAS is held at one thread for the call, and, from
@@ -176,6 +177,24 @@ TRANSPOSE_KERNEL_MIN_BYTES = 1 << 20
 # 1.03-1.15x, fwd+bwd 1.00-1.06x at S2-S5.  False: _cols, as before (for
 # comparisons).
 PACKED_STEP = True
+
+
+# The GEMMs after the BPTT loop (dx = dG @ W_ih, dW_ih = dG^T x, dW_hh =
+# dGh^T h_prev; parallel.after_loop_part) on fastrnn's own blocks
+# (packed.gemm_nn, gemm_tn: the step product's 4 x 32 block on the
+# operands as they lie), float32, up to OWN_AFTER_MAX_GH gate rows; BLAS
+# above it and for float64.  Measured on one thread, each thread's half of
+# the region (GFLOP/s, own against OpenBLAS's Haswell kernels): (T*B, GH,
+# I, H) = (800, 128, 128, 128), rnn_tanh S2: dx 105 against 102, dW_ih
+# and dW_hh 107-109 against 73; (800, 384, 128, 128), GRU S2: 107 against
+# 102, 105-109 against 89-90; (800, 512, 128, 128), LSTM S2: 107 against
+# 103, 105-108 against 92; (2048, 768, 128, 256), GRU S3: level, 102
+# against 94-99.  From GH = 1024 on, OpenBLAS's packing wins: LSTM S3
+# (2048, 1024, 128, 256) dW_hh 63-65 against 91-92 (dG's rows 4 KB apart
+# share cache sets), S4 57-71 against 100-105.
+OWN_AFTER = True
+OWN_AFTER_MAX_GH = 768
+OWN_AFTER_MAX_IH = 256
 
 
 def _panels(packed, N, K, dt, alloc):
@@ -545,7 +564,12 @@ class NumbaCPU:
                     and _torch_threads() <= 1):
                 after = _in_threads
                 _pool(nth).wake(AFTER_LOOP_WAKE_US)
-            grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, *last)
+            # the GEMMs after the loop on fastrnn's own blocks where they
+            # are small (OWN_AFTER_*), else on BLAS
+            own_after = bool(OWN_AFTER and dt == np.float32 and GH <= OWN_AFTER_MAX_GH
+                             and max(I, H) <= OWN_AFTER_MAX_IH)
+            grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
+                     *((own_after,) if par else ()), *last)
             if rows:    # the parts' sums, or None: the region after the parts
                 sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
                          np.empty((nth, GH), dt)) if own else (None,) * 4)
@@ -584,7 +608,7 @@ class NumbaCPU:
             elif rows or after:  # the GEMMs after the loop, once every gate gradient is in
                 (rows or after)(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
                      x2, p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
-                     dw_ih, dw_hh, db_ih, db_hh)
+                     dw_ih, dw_hh, db_ih, db_hh, own_after)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 

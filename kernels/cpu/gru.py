@@ -246,7 +246,7 @@ def gru_forward_par(x2, w_ih, xg, w_hh, wp, bx, bhn, hbuf, perm, nb, reverse, tr
 
 @njit(**JIT)
 def gru_backward_par(dy, w_hhT, wp, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
-                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
+                     x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     p0, p1 = parts - parts, parts - parts + 1
     H = dh.shape[1]
@@ -269,7 +269,7 @@ def gru_backward_par(dy, w_hhT, wp, dh, perm, nb, reverse, ident, Hs, Gs, HNs, d
 
     T_B = T * B
     after_loop_grads_par(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2,
-                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth)
+                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, own)
 
 
 # ---------------------------------------------------------------- threads, by rows

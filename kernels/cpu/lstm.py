@@ -266,7 +266,7 @@ def lstm_forward_par(x2, w_ih, xg, w_hh, wp, bias, hbuf, c, perm, nb, reverse, t
 
 @njit(**JIT)
 def lstm_backward_par(dy, w_hhT, wp, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
-                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, parts):
+                      x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, nth, parts):
     T, B = dy.shape[0], dy.shape[1]
     p0, p1 = parts - parts, parts - parts + 1
     H = dh.shape[1]
@@ -289,7 +289,7 @@ def lstm_backward_par(dy, w_hhT, wp, dh, dc, perm, nb, reverse, ident, Hs, Gs, C
 
     T_B = T * B
     after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
-                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth)
+                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, own)
 
 
 

@@ -31,15 +31,21 @@ Remainders: rows past the last block of 4 go through a one-row block;
 columns past the last full panel through _cols.  float64 (and an empty
 Pp) take _cols for everything.
 
+After BPTT.  gemm_nn (dx = dG @ W_ih) and gemm_tn (dW = dG^T @ x) run
+the same block on unpacked operands (its A and B strides are arguments),
+for small layers only (see the section below).
+
 Safety.  The intrinsic reads and writes through raw pointers, so
 step_product checks every shape and stride it relies on and otherwise
-runs _cols: a wrong argument can only cost speed, never memory.
+runs _cols (gemm_nn and gemm_tn: BLAS): a wrong argument can only cost
+speed, never memory.
 """
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .blas import gemm
 from .common import JIT, inner, transpose_into
 from .gemm import _cols
 
@@ -49,19 +55,22 @@ _VECS = PANEL // _LANES
 
 
 def _block_intrinsic(rows, chains):
-    """An intrinsic block(a, lda, p, c, ldc, K, add) computing, for float32
-    pointers a (rows x K, row stride lda elements), p (K x PANEL,
-    contiguous) and c (rows x PANEL, row stride ldc): c = a @ p, in
-    rows * _VECS * chains vector registers.  Each output's sum runs in
-    `chains` interleaved chains (k mod chains), added at the end; with
-    `add` nonzero the result is added to c instead of stored."""
+    """An intrinsic block(a, lda, sk, p, ldp, c, ldc, K, add) computing, for
+    float32 pointers a (rows x K: element (r, k) at a[r * lda + k * sk]),
+    p (K x PANEL, rows ldp elements apart, each row contiguous) and c
+    (rows x PANEL, row stride ldc): c = a @ p, in rows * _VECS * chains
+    vector registers.  Each output's sum runs in `chains` interleaved
+    chains (k mod chains), added at the end; with `add` nonzero the result
+    is added to c instead of stored.  The step product passes sk = 1 and
+    packed panels (ldp = PANEL); the products after the BPTT loop (mm_nn,
+    mm_tn) pass strided operands as they lie."""
 
     @intrinsic
-    def block(typingctx, a_ptr, lda, p_ptr, c_ptr, ldc, K, add):
-        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
+    def block(typingctx, a_ptr, lda, sk, p_ptr, ldp, c_ptr, ldc, K, add):
+        sig = types.void(*(types.intp,) * 9)
 
         def codegen(context, builder, signature, args):
-            a_i, lda_i, p_i, c_i, ldc_i, k_n, add_i = args
+            a_i, lda_i, sk_i, p_i, ldp_i, c_i, ldc_i, k_n, add_i = args
             f32 = ir.FloatType()
             vt = ir.VectorType(f32, _LANES)
             intp = a_i.type
@@ -83,12 +92,13 @@ def _block_intrinsic(rows, chains):
 
             def step(k, accs):
                 """accs (rows * _VECS) after the FMAs of term k."""
-                prow = builder.gep(p_base, [builder.mul(k, const(PANEL))])
+                prow = builder.gep(p_base, [builder.mul(k, ldp_i)])
                 bvec = [builder.load(builder.bitcast(builder.gep(prow, [const(v * _LANES)]), vt.as_pointer()),
                                      align=4) for v in range(_VECS)]
                 out = []
                 for r in range(rows):
-                    a = builder.load(builder.gep(a_base, [builder.add(builder.mul(const(r), lda_i), k)]))
+                    a = builder.load(builder.gep(a_base, [builder.add(builder.mul(const(r), lda_i),
+                                                                      builder.mul(k, sk_i))]))
                     av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
                                                 undef, splat)
                     for v in range(_VECS):
@@ -216,9 +226,9 @@ def step_product_range(A, Pp, Bt, out, n0, n1):
             kn = min(KBLOCK, K - k0)
             pk = pp + 4 * k0 * PANEL
             for m in range(0, m4, ROWS):
-                _blockR(a0 + 4 * (m * lda + k0), lda, pk, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+                _blockR(a0 + 4 * (m * lda + k0), lda, 1, pk, PANEL, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
             for m in range(m4, M):
-                _block1(a0 + 4 * (m * lda + k0), lda, pk, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+                _block1(a0 + 4 * (m * lda + k0), lda, 1, pk, PANEL, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
     if q1 * PANEL < n1:
         _cols(A, Bt, out, q1 * PANEL, n1)
 
@@ -257,3 +267,105 @@ def panels(N, K, dtype):
     for float32, else empty (the dot form)."""
     P = N // PANEL if np.dtype(dtype) == np.float32 else 0
     return np.empty((P, K, PANEL), dtype)
+
+
+# ---------------------------------------------------------------- after BPTT
+# The GEMMs after the BPTT loop (parallel.after_loop_part) on the same
+# blocks, for small operands, on the operands as they lie (no packing):
+# the B operand's rows (W_ih's, x's, h's) are read PANEL values at a time
+# at their own row stride, and in mm_tn A's columns (dG's) four at a time
+# from each of its rows.  Without packing, strided rows that fall into the
+# same cache sets (4 KB apart) and long k ranges run slower than OpenBLAS,
+# so the backend uses these only up to numba_cpu.OWN_AFTER_MAX_GH.
+MB = 64               # mm_nn: rows of A (and C) per chunk, kept in cache across the panels
+KC = 128              # mm_tn: terms per chunk, whose A and B rows stay in cache across the panels
+
+
+@inner
+def _mm_fits(A, B, C, M, K, N):
+    """Whether the raw-pointer blocks can take C (M, N) from A and B:
+    float32, the shapes the caller names, unit column strides and row
+    strides in whole elements."""
+    return not (A.itemsize != 4 or B.itemsize != 4 or C.itemsize != 4
+                or C.shape[0] != M or C.shape[1] != N or B.shape[0] != K or B.shape[1] != N
+                or A.strides[1] != 4 or B.strides[1] != 4 or C.strides[1] != 4
+                or A.strides[0] % 4 != 0 or B.strides[0] % 4 != 0 or C.strides[0] % 4 != 0)
+
+
+@inner
+def _mm_nn(A, B, C, N):
+    """C[:, :N] = A @ B[:, :N] for N a multiple of PANEL (see gemm_nn)."""
+    M, K = A.shape
+    P = N // PANEL
+    a0 = A.ctypes.data
+    b0 = B.ctypes.data
+    c0 = C.ctypes.data
+    lda = A.strides[0] // 4
+    ldb = B.strides[0] // 4
+    ldc = C.strides[0] // 4
+    for r0 in range(0, M, MB):
+        r1 = min(r0 + MB, M)
+        m4 = r0 + (r1 - r0) // ROWS * ROWS
+        for p in range(P):
+            for k0 in range(0, K, KBLOCK):
+                kn = min(KBLOCK, K - k0)
+                pk = b0 + 4 * (k0 * ldb + p * PANEL)
+                for m in range(r0, m4, ROWS):
+                    _blockR(a0 + 4 * (m * lda + k0), lda, 1, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+                for m in range(m4, r1):
+                    _block1(a0 + 4 * (m * lda + k0), lda, 1, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+
+
+@inner
+def _mm_tn(A, B, C, N):
+    """C[:, :N] = A.T @ B[:, :N] for N a multiple of PANEL (see gemm_tn)."""
+    K, M = A.shape
+    P = N // PANEL
+    a0 = A.ctypes.data
+    b0 = B.ctypes.data
+    c0 = C.ctypes.data
+    lda = A.strides[0] // 4
+    ldb = B.strides[0] // 4
+    ldc = C.strides[0] // 4
+    m4 = M // ROWS * ROWS
+    for q0 in range(0, K, KC):
+        q1 = min(q0 + KC, K)
+        for p in range(P):
+            for k0 in range(q0, q1, KBLOCK):
+                kn = min(KBLOCK, q1 - k0)
+                pk = b0 + 4 * (k0 * ldb + p * PANEL)
+                for m in range(0, m4, ROWS):
+                    _blockR(a0 + 4 * (k0 * lda + m), 1, lda, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+                for m in range(m4, M):
+                    _block1(a0 + 4 * (k0 * lda + m), 1, lda, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+
+
+@inner
+def gemm_nn(A, B, C):
+    """C = A @ B for A (M, K), B (K, N), C (M, N), row-major views with unit
+    column strides (blas.gemm's operands): the full panels of C's columns
+    by the blocks, the columns past them, and operands the blocks cannot
+    take (float64, other shapes or strides), by BLAS."""
+    M, K = A.shape
+    N = B.shape[1]
+    n = N // PANEL * PANEL
+    if M == 0 or K == 0 or not _mm_fits(A, B, C, M, K, N):
+        n = 0
+    if n > 0:
+        _mm_nn(A, B, C, n)
+    if n < N:
+        gemm(A, False, B[:, n:], False, C[:, n:], C.dtype.type(0))
+
+
+@inner
+def gemm_tn(A, B, C):
+    """C = A.T @ B for A (K, M), B (K, N), C (M, N) (see gemm_nn)."""
+    K, M = A.shape
+    N = B.shape[1]
+    n = N // PANEL * PANEL
+    if M == 0 or K == 0 or not _mm_fits(A, B, C, M, K, N):
+        n = 0
+    if n > 0:
+        _mm_tn(A, B, C, n)
+    if n < N:
+        gemm(A, True, B[:, n:], False, C[:, n:], C.dtype.type(0))

@@ -36,6 +36,7 @@ from numba import njit, prange
 
 from .blas import gemm, split
 from .common import JIT, inner, inner_par, colsum
+from .packed import gemm_nn, gemm_tn
 
 
 @njit(**JIT)
@@ -158,17 +159,23 @@ def grads_own_rows(i, nth, dG, dGh, x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, perm, 
 
 
 @njit(**JIT)
-def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own):
     """Block i of nth of common.after_loop_grads: its block of rows of dx,
-    of rows of dW_ih and dW_hh, and of bias columns."""
+    of rows of dW_ih and dW_hh, and of bias columns.  own: the GEMMs by
+    fastrnn's own blocks (packed.gemm_nn, gemm_tn), else by BLAS."""
     R = dG2.shape[0]
     GH = dG2.shape[1]
     z = dx2.dtype.type(0)
     r0, r1 = split(R, nth, i, 1)
-    gemm(dG2[r0:r1], False, w_ih, False, dx2[r0:r1], z)
     g0, g1 = split(GH, nth, i, 8)
-    gemm(dG2[:, g0:g1], True, x2, False, dw_ih[g0:g1], z)
-    gemm(dGh2[:, g0:g1], True, Hs2, False, dw_hh[g0:g1], z)
+    if own:
+        gemm_nn(dG2[r0:r1], w_ih, dx2[r0:r1])
+        gemm_tn(dG2[:, g0:g1], x2, dw_ih[g0:g1])
+        gemm_tn(dGh2[:, g0:g1], Hs2, dw_hh[g0:g1])
+    else:
+        gemm(dG2[r0:r1], False, w_ih, False, dx2[r0:r1], z)
+        gemm(dG2[:, g0:g1], True, x2, False, dw_ih[g0:g1], z)
+        gemm(dGh2[:, g0:g1], True, Hs2, False, dw_hh[g0:g1], z)
     colsum(dG2, db_ih, g0, g1)
     colsum(dGh2, db_hh, g0, g1)
 
@@ -214,7 +221,7 @@ def put_rows(part, dst, i, nth):
 
 
 @inner_par
-def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth):
+def after_loop_grads_par(dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, own):
     """common.after_loop_grads split over threads, one block per thread."""
     for p in prange(nth):
-        after_loop_part(np.int64(p), nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+        after_loop_part(np.int64(p), nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own)
