@@ -85,6 +85,45 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
 
 
 @inner
+def _fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs):
+    """The pointwise forward of a by-rows part's running rows [0, n) at
+    step t (gp holds their h_prev @ W_hh^T; h_prev in hp, overwritten):
+    _fwd_units on 2-D indices, without its row views (their reference
+    counts: lstm._cells_rows) and without its copy of h_prev into y's row,
+    which the views needed (reading hp[j, k] and writing it in the same
+    iteration through one index is no overlap LLVM has to check)."""
+    H = hp.shape[1]
+    if H <= 0:
+        return      # never taken; see lstm._fwd_units
+    for j in range(n):
+        b = perm[j]
+        if training:
+            for k in range(H):
+                Hs[t, b, k] = hp[j, k]
+            for k in range(H):
+                r = sigmoid_(xg[t, b, k] + gp[j, k] + bx[k])
+                z = sigmoid_(xg[t, b, H + k] + gp[j, H + k] + bx[H + k])
+                hn = gp[j, 2 * H + k] + bhn[k]
+                nn = tanh_(xg[t, b, 2 * H + k] + bx[2 * H + k] + r * hn)
+                hnew = nn + z * (hp[j, k] - nn)
+                hp[j, k] = hnew
+                y[t, b, k] = hnew
+                Gs[t, b, k] = r
+                Gs[t, b, H + k] = z
+                Gs[t, b, 2 * H + k] = nn
+                HNs[t, b, k] = hn
+        else:
+            for k in range(H):
+                r = sigmoid_(xg[t, b, k] + gp[j, k] + bx[k])
+                z = sigmoid_(xg[t, b, H + k] + gp[j, H + k] + bx[H + k])
+                nn = tanh_(xg[t, b, 2 * H + k] + bx[2 * H + k] + r * (gp[j, 2 * H + k] + bhn[k]))
+                hnew = nn + z * (hp[j, k] - nn)
+                hp[j, k] = hnew
+                y[t, b, k] = hnew
+    finished_rows(t, n, 0, H, perm, training, y, Hs)
+
+
+@inner
 def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): gate
     gradients to dGi[t] (input side) and buf (recurrent side, sorted rows;
@@ -288,14 +327,12 @@ def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, t
     pp = take_rows(perm, i, nth)
     m = pp.shape[0]
     gp = np.empty((m, GH), h.dtype)
-    gws = np.empty((m, GH), h.dtype)
-    hnws = np.empty((m, H), h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)
         if n > 0:
             step_product(hp[:n], wp, w_hh, gp[:n])
-        _fwd_units(t, n, 0, H, hp, hp, xg, gp, bx, bhn, pp, training, y, Hs, Gs, HNs, gws, hnws)
+        _fwd_rows(t, n, xg, gp, bx, bhn, hp, pp, training, y, Hs, Gs, HNs)
     put_rows(hp, h, i, nth)
 
 
