@@ -108,6 +108,9 @@ def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs):
                 hx[j, h0 + k] = hn
                 y[t, b, k] = hn
         else:
+            # the gates written out again, not through a helper: a helper
+            # returning the four values (an @inner function) left this loop
+            # scalar, 32 against 2.6 ns a unit (tests/test_vectorised.py)
             for k in range(H):
                 i = sigmoid_(gp[j, k] + bias[k])
                 f = sigmoid_(gp[j, H + k] + bias[H + k])

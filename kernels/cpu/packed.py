@@ -293,16 +293,17 @@ def _mm_fits(A, B, C, M, K, N):
 
 
 @inner
+def _raw(A, B, C):
+    """Each operand's address and row stride in elements (float32)."""
+    return A.ctypes.data, A.strides[0] // 4, B.ctypes.data, B.strides[0] // 4, C.ctypes.data, C.strides[0] // 4
+
+
+@inner
 def _mm_nn(A, B, C, N):
     """C[:, :N] = A @ B[:, :N] for N a multiple of PANEL (see gemm_nn)."""
     M, K = A.shape
     P = N // PANEL
-    a0 = A.ctypes.data
-    b0 = B.ctypes.data
-    c0 = C.ctypes.data
-    lda = A.strides[0] // 4
-    ldb = B.strides[0] // 4
-    ldc = C.strides[0] // 4
+    a0, lda, b0, ldb, c0, ldc = _raw(A, B, C)
     for r0 in range(0, M, MB):
         r1 = min(r0 + MB, M)
         m4 = r0 + (r1 - r0) // ROWS * ROWS
@@ -321,12 +322,7 @@ def _mm_tn(A, B, C, N):
     """C[:, :N] = A.T @ B[:, :N] for N a multiple of PANEL (see gemm_tn)."""
     K, M = A.shape
     P = N // PANEL
-    a0 = A.ctypes.data
-    b0 = B.ctypes.data
-    c0 = C.ctypes.data
-    lda = A.strides[0] // 4
-    ldb = B.strides[0] // 4
-    ldc = C.strides[0] // 4
+    a0, lda, b0, ldb, c0, ldc = _raw(A, B, C)
     m4 = M // ROWS * ROWS
     for q0 in range(0, K, KC):
         q1 = min(q0 + KC, K)
@@ -341,31 +337,34 @@ def _mm_tn(A, B, C, N):
 
 
 @inner
-def gemm_nn(A, B, C):
-    """C = A @ B for A (M, K), B (K, N), C (M, N), row-major views with unit
-    column strides (blas.gemm's operands): the full panels of C's columns
-    by the blocks, the columns past them, and operands the blocks cannot
-    take (float64, other shapes or strides), by BLAS."""
-    M, K = A.shape
+def _gemm_own(A, trans_a, B, C):
+    """C = op(A) @ B (op(A) = A.T when trans_a): the full panels of C's
+    columns by the blocks (_mm_nn, _mm_tn), the columns past them, and
+    operands the blocks cannot take (float64, other shapes or strides), by
+    BLAS."""
+    M = A.shape[1] if trans_a else A.shape[0]
+    K = A.shape[0] if trans_a else A.shape[1]
     N = B.shape[1]
     n = N // PANEL * PANEL
     if M == 0 or K == 0 or not _mm_fits(A, B, C, M, K, N):
         n = 0
     if n > 0:
-        _mm_nn(A, B, C, n)
+        if trans_a:
+            _mm_tn(A, B, C, n)
+        else:
+            _mm_nn(A, B, C, n)
     if n < N:
-        gemm(A, False, B[:, n:], False, C[:, n:], C.dtype.type(0))
+        gemm(A, trans_a, B[:, n:], False, C[:, n:], C.dtype.type(0))
+
+
+@inner
+def gemm_nn(A, B, C):
+    """C = A @ B for A (M, K), B (K, N), C (M, N), row-major views with unit
+    column strides (blas.gemm's operands); see _gemm_own."""
+    _gemm_own(A, False, B, C)
 
 
 @inner
 def gemm_tn(A, B, C):
     """C = A.T @ B for A (K, M), B (K, N), C (M, N) (see gemm_nn)."""
-    K, M = A.shape
-    N = B.shape[1]
-    n = N // PANEL * PANEL
-    if M == 0 or K == 0 or not _mm_fits(A, B, C, M, K, N):
-        n = 0
-    if n > 0:
-        _mm_tn(A, B, C, n)
-    if n < N:
-        gemm(A, True, B[:, n:], False, C[:, n:], C.dtype.type(0))
+    _gemm_own(A, True, B, C)
