@@ -76,6 +76,7 @@ class BufferCache:
         self.enabled = cap_bytes > 0 and gil
         self._lock = threading.Lock()
         self._bufs = []          # 1-D uint8 arrays, oldest first
+        self._sizes = []         # their sizes in bytes (the scan reads ints, not .nbytes)
         self.hits = self.misses = 0
 
     def empty(self, shape, dtype):
@@ -87,22 +88,26 @@ class BufferCache:
             return np.empty(shape, dtype)
         with self._lock:
             bufs = self._bufs
+            sizes = self._sizes
             best, size = -1, 2 * n + 1
-            for i in range(len(bufs)):
-                b = bufs[i].nbytes
+            i = 0
+            for b in sizes:
                 if n <= b < size and _refs(bufs, i) == _FREE_REFS:
                     best, size = i, b
                     if b == n:
                         break
+                i += 1
             if best >= 0:
                 buf = bufs.pop(best)
                 bufs.append(buf)      # most recently used last: the eviction drops the oldest
+                sizes.append(sizes.pop(best))
                 self.hits += 1
                 return buf[:n].view(dtype).reshape(shape)
             self.misses += 1
             self._trim(self.cap - n)
             buf = np.empty(n, np.uint8)
-            bufs.append(buf)
+            self._bufs.append(buf)
+            self._sizes.append(n)
             return buf.view(dtype).reshape(shape)
 
     def _trim(self, keep):
@@ -118,6 +123,7 @@ class BufferCache:
             total -= bufs[i].nbytes
         if drop:
             self._bufs = [bufs[i] for i in range(len(bufs)) if i not in drop]
+            self._sizes = [b.nbytes for b in self._bufs]
 
     def release(self):
         """Drop every free buffer; returns the bytes released."""
