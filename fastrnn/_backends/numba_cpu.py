@@ -201,8 +201,7 @@ def _panels(packed, N, K, dt, alloc):
     """The panel array for a step product with N output columns and K
     terms (packed.panels' shape), from the call's allocator, or none (the
     dot form) without PACKED_STEP or for float64."""
-    P = N // packed.PANEL if PACKED_STEP and dt == np.float32 else 0
-    return alloc((P, K, packed.PANEL), dt) if P else np.empty((0, K, packed.PANEL), dt)
+    return packed.panels(N if PACKED_STEP else 0, K, dt, alloc)
 
 
 def _kernel_form(T, B, I, H, GH):

@@ -62,8 +62,8 @@ def _block_intrinsic(rows, chains):
     vector registers.  Each output's sum runs in `chains` interleaved
     chains (k mod chains), added at the end; with `add` nonzero the result
     is added to c instead of stored.  The step product passes sk = 1 and
-    packed panels (ldp = PANEL); the products after the BPTT loop (mm_nn,
-    mm_tn) pass strided operands as they lie."""
+    packed panels (ldp = PANEL); the products after the BPTT loop (_mm_nn,
+    _mm_tn) pass strided operands as they lie."""
 
     @intrinsic
     def block(typingctx, a_ptr, lda, sk, p_ptr, ldp, c_ptr, ldc, K, add):
@@ -182,6 +182,18 @@ _block1 = _block_intrinsic(1, CHAINS)
 
 
 @inner
+def _rows(a, ra, sk, p, ldp, c, ldc, m0, m1, kn, add):
+    """Rows [m0, m1) of one panel's block of kn terms: blocks of ROWS rows,
+    then one-row blocks.  a and c are the addresses of row 0's first term
+    and first output column; row m's are m * ra and m * ldc elements on."""
+    m4 = m0 + (m1 - m0) // ROWS * ROWS
+    for m in range(m0, m4, ROWS):
+        _blockR(a + 4 * m * ra, ra, sk, p, ldp, c + 4 * m * ldc, ldc, kn, add)
+    for m in range(m4, m1):
+        _block1(a + 4 * m * ra, ra, sk, p, ldp, c + 4 * m * ldc, ldc, kn, add)
+
+
+@inner
 def _fits(A, Pp, Bt, out):
     """Whether the raw-pointer blocks can take these operands: float32,
     panels packed for A's K and within Bt's rows, unit column strides,
@@ -219,16 +231,11 @@ def step_product_range(A, Pp, Bt, out, n0, n1):
     c0 = out.ctypes.data
     lda = A.strides[0] // 4
     ldc = out.strides[0] // 4
-    m4 = M - M % ROWS
     for p in range(q0, q1):
         pp = p0 + 4 * p * K * PANEL
         for k0 in range(0, K, KBLOCK):
-            kn = min(KBLOCK, K - k0)
-            pk = pp + 4 * k0 * PANEL
-            for m in range(0, m4, ROWS):
-                _blockR(a0 + 4 * (m * lda + k0), lda, 1, pk, PANEL, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
-            for m in range(m4, M):
-                _block1(a0 + 4 * (m * lda + k0), lda, 1, pk, PANEL, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+            _rows(a0 + 4 * k0, lda, 1, pp + 4 * k0 * PANEL, PANEL, c0 + 4 * p * PANEL, ldc,
+                  0, M, min(KBLOCK, K - k0), k0)
     if q1 * PANEL < n1:
         _cols(A, Bt, out, q1 * PANEL, n1)
 
@@ -262,23 +269,24 @@ def pack_cols(BtT, Pp):
                 dst[j] = src[p * W + j]
 
 
-def panels(N, K, dtype):
+def panels(N, K, dtype, empty=np.empty):
     """An uninitialised panel array for Bt (N, K): (N // PANEL, K, PANEL)
-    for float32, else empty (the dot form)."""
+    for float32, from `empty` (the backend passes its buffer cache's),
+    else an empty one (the dot form)."""
     P = N // PANEL if np.dtype(dtype) == np.float32 else 0
-    return np.empty((P, K, PANEL), dtype)
+    return empty((P, K, PANEL), dtype) if P else np.empty((0, K, PANEL), dtype)
 
 
 # ---------------------------------------------------------------- after BPTT
 # The GEMMs after the BPTT loop (parallel.after_loop_part) on the same
 # blocks, for small operands, on the operands as they lie (no packing):
 # the B operand's rows (W_ih's, x's, h's) are read PANEL values at a time
-# at their own row stride, and in mm_tn A's columns (dG's) four at a time
+# at their own row stride, and in _mm_tn A's columns (dG's) four at a time
 # from each of its rows.  Without packing, strided rows that fall into the
 # same cache sets (4 KB apart) and long k ranges run slower than OpenBLAS,
 # so the backend uses these only up to numba_cpu.OWN_AFTER_MAX_GH.
-MB = 64               # mm_nn: rows of A (and C) per chunk, kept in cache across the panels
-KC = 128              # mm_tn: terms per chunk, whose A and B rows stay in cache across the panels
+MB = 64               # _mm_nn: rows of A (and C) per chunk, kept in cache across the panels
+KC = 128              # _mm_tn: terms per chunk, whose A and B rows stay in cache across the panels
 
 
 @inner
@@ -306,15 +314,10 @@ def _mm_nn(A, B, C, N):
     a0, lda, b0, ldb, c0, ldc = _raw(A, B, C)
     for r0 in range(0, M, MB):
         r1 = min(r0 + MB, M)
-        m4 = r0 + (r1 - r0) // ROWS * ROWS
         for p in range(P):
             for k0 in range(0, K, KBLOCK):
-                kn = min(KBLOCK, K - k0)
-                pk = b0 + 4 * (k0 * ldb + p * PANEL)
-                for m in range(r0, m4, ROWS):
-                    _blockR(a0 + 4 * (m * lda + k0), lda, 1, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
-                for m in range(m4, r1):
-                    _block1(a0 + 4 * (m * lda + k0), lda, 1, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+                _rows(a0 + 4 * k0, lda, 1, b0 + 4 * (k0 * ldb + p * PANEL), ldb, c0 + 4 * p * PANEL, ldc,
+                      r0, r1, min(KBLOCK, K - k0), k0)
 
 
 @inner
@@ -323,30 +326,25 @@ def _mm_tn(A, B, C, N):
     K, M = A.shape
     P = N // PANEL
     a0, lda, b0, ldb, c0, ldc = _raw(A, B, C)
-    m4 = M // ROWS * ROWS
     for q0 in range(0, K, KC):
         q1 = min(q0 + KC, K)
         for p in range(P):
             for k0 in range(q0, q1, KBLOCK):
-                kn = min(KBLOCK, q1 - k0)
-                pk = b0 + 4 * (k0 * ldb + p * PANEL)
-                for m in range(0, m4, ROWS):
-                    _blockR(a0 + 4 * (k0 * lda + m), 1, lda, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
-                for m in range(m4, M):
-                    _block1(a0 + 4 * (k0 * lda + m), 1, lda, pk, ldb, c0 + 4 * (m * ldc + p * PANEL), ldc, kn, k0)
+                _rows(a0 + 4 * k0 * lda, 1, lda, b0 + 4 * (k0 * ldb + p * PANEL), ldb, c0 + 4 * p * PANEL, ldc,
+                      0, M, min(KBLOCK, q1 - k0), k0)
 
 
 @inner
-def _gemm_own(A, trans_a, B, C):
-    """C = op(A) @ B (op(A) = A.T when trans_a): the full panels of C's
-    columns by the blocks (_mm_nn, _mm_tn), the columns past them, and
-    operands the blocks cannot take (float64, other shapes or strides), by
-    BLAS."""
+def _gemm_own(A, trans_a, B, C, blocks):
+    """C = op(A) @ B (op(A) = A.T when trans_a): with `blocks`, the full
+    panels of C's columns by the blocks (_mm_nn, _mm_tn); the columns past
+    them, operands the blocks cannot take (float64, other shapes or
+    strides), and everything without `blocks`, by BLAS."""
     M = A.shape[1] if trans_a else A.shape[0]
     K = A.shape[0] if trans_a else A.shape[1]
     N = B.shape[1]
     n = N // PANEL * PANEL
-    if M == 0 or K == 0 or not _mm_fits(A, B, C, M, K, N):
+    if not blocks or M == 0 or K == 0 or not _mm_fits(A, B, C, M, K, N):
         n = 0
     if n > 0:
         if trans_a:
@@ -358,13 +356,13 @@ def _gemm_own(A, trans_a, B, C):
 
 
 @inner
-def gemm_nn(A, B, C):
+def gemm_nn(A, B, C, blocks=True):
     """C = A @ B for A (M, K), B (K, N), C (M, N), row-major views with unit
     column strides (blas.gemm's operands); see _gemm_own."""
-    _gemm_own(A, False, B, C)
+    _gemm_own(A, False, B, C, blocks)
 
 
 @inner
-def gemm_tn(A, B, C):
+def gemm_tn(A, B, C, blocks=True):
     """C = A.T @ B for A (K, M), B (K, N), C (M, N) (see gemm_nn)."""
-    _gemm_own(A, True, B, C)
+    _gemm_own(A, True, B, C, blocks)

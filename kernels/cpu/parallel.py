@@ -163,19 +163,11 @@ def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, 
     """Block i of nth of common.after_loop_grads: its block of rows of dx,
     of rows of dW_ih and dW_hh, and of bias columns.  own: the GEMMs by
     fastrnn's own blocks (packed.gemm_nn, gemm_tn), else by BLAS."""
-    R = dG2.shape[0]
-    GH = dG2.shape[1]
-    z = dx2.dtype.type(0)
-    r0, r1 = split(R, nth, i, 1)
-    g0, g1 = split(GH, nth, i, 8)
-    if own:
-        gemm_nn(dG2[r0:r1], w_ih, dx2[r0:r1])
-        gemm_tn(dG2[:, g0:g1], x2, dw_ih[g0:g1])
-        gemm_tn(dGh2[:, g0:g1], Hs2, dw_hh[g0:g1])
-    else:
-        gemm(dG2[r0:r1], False, w_ih, False, dx2[r0:r1], z)
-        gemm(dG2[:, g0:g1], True, x2, False, dw_ih[g0:g1], z)
-        gemm(dGh2[:, g0:g1], True, Hs2, False, dw_hh[g0:g1], z)
+    r0, r1 = split(dG2.shape[0], nth, i, 1)
+    g0, g1 = split(dG2.shape[1], nth, i, 8)
+    gemm_nn(dG2[r0:r1], w_ih, dx2[r0:r1], own)
+    gemm_tn(dG2[:, g0:g1], x2, dw_ih[g0:g1], own)
+    gemm_tn(dGh2[:, g0:g1], Hs2, dw_hh[g0:g1], own)
     colsum(dG2, db_ih, g0, g1)
     colsum(dGh2, db_hh, g0, g1)
 
