@@ -78,6 +78,32 @@ def _cupy_for(t):
 
 
 _CUPY = None
+_STREAMS = {}   # (device index, cudaStream_t) -> CuPy's wrapper of that stream
+
+
+class _StreamHandle:
+    """A raw cudaStream_t behind the CUDA stream protocol (``__cuda_stream__``)."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def _cupy_stream(cp, index, ptr):
+    """CuPy's view of torch's stream ``ptr`` on device ``index`` (no ownership).
+    CuPy 14 deprecates ExternalStream for Stream.from_external; older CuPy
+    has only the former."""
+    from_external = getattr(cp.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        with cp.cuda.Device(index):
+            stream = from_external(_StreamHandle(ptr))
+        if stream.ptr == ptr:
+            return stream
+    return cp.cuda.ExternalStream(ptr, index)
 
 
 class _CudaScope:
@@ -86,9 +112,16 @@ class _CudaScope:
     __slots__ = ("cp", "stream", "device")
 
     def __init__(self, t):
-        self.cp = _cupy_for(t)
-        self.device = self.cp.cuda.Device(t.device.index)
-        self.stream = self.cp.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream)
+        self.cp = cp = _cupy_for(t)
+        index = t.device.index
+        self.device = cp.cuda.Device(index)
+        ptr = torch.cuda.current_stream(t.device).cuda_stream
+        stream = _STREAMS.get((index, ptr))
+        if stream is None:
+            if len(_STREAMS) >= 64:     # streams come and go in some programs
+                _STREAMS.clear()
+            stream = _STREAMS[(index, ptr)] = _cupy_stream(cp, index, ptr)
+        self.stream = stream
 
     def __enter__(self):
         self.device.__enter__()

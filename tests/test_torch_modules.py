@@ -413,6 +413,27 @@ def test_cuda_runs_on_the_current_stream():
 
 
 @CUDA
+def test_cuda_scope_wraps_the_current_stream_without_deprecated_api():
+    """CuPy's wrapper is of torch's current stream on the tensor's device, on
+    the default stream and inside torch.cuda.stream(side); it is made once per
+    stream, through the API CuPy does not deprecate."""
+    import warnings
+    x = torch.randn(2, 3, device="cuda")
+    side = torch.cuda.Stream()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        for ctx in (torch.cuda.stream(torch.cuda.current_stream()), torch.cuda.stream(side)):
+            with ctx:
+                want = torch.cuda.current_stream().cuda_stream
+                with frt._CudaScope(x) as s:
+                    assert s.stream.ptr == want
+                    assert s.cp.cuda.get_current_stream().ptr == want
+                    first = s.stream
+                with frt._CudaScope(x) as s:
+                    assert s.stream is first
+
+
+@CUDA
 def test_cuda_matches_torch():
     torch.manual_seed(0)
     ref = nn.LSTM(I, H, num_layers=2, bidirectional=True).cuda().double()
