@@ -143,12 +143,14 @@ def test_gradients_inside_the_bptt_parts(mode, B, lengths, reverse, dtype, kerne
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse)
     if kernel_form == "threaded by rows":
         assert any(r.endswith("backward_rows_part") for r in regions), regions
-        assert ("after_loop_part" in regions) != padded, f"padded={padded}, regions: {regions}"
+        # (after_loop_part, or the LSTM's after_loop_part_cat: numba_cpu.SAVE_XH)
+        after = any(r.startswith("after_loop_part") for r in regions)
+        assert after != padded, f"padded={padded}, regions: {regions}"
     regions.clear()
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse)
     if kernel_form == "threaded by rows":
-        assert "after_loop_part" in regions, f"no region after the BPTT parts: {regions}"
+        assert any(r.startswith("after_loop_part") for r in regions), f"no region after the BPTT parts: {regions}"
 
 
 @pytest.mark.parametrize("mode", MODES)

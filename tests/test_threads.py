@@ -1,6 +1,7 @@
 """The threaded Numba kernels (kernels/cpu/parallel.py and the *_par loops)
 against the float64 oracle, and the rules of fastrnn/_threads.py: when they
 run, what they do to SciPy's OpenBLAS, concurrent calls, fork."""
+import contextlib
 import multiprocessing as mp
 import os
 import threading
@@ -13,8 +14,8 @@ from fastrnn import _threads
 from fastrnn._backends import bufpool, numba_cpu
 from fastrnn._kernels.cpu import gru, lstm, rnn
 
-from .helpers import (check_backend, make_problem, nan_empty, poison_free_cached_buffers, run,
-                      spy_rows_parts)
+from .helpers import (TOL, assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers,
+                      run, spy_rows_parts)
 
 MODES = fastrnn.MODES
 PAR = {"lstm": (lstm, "lstm"), "gru": (gru, "gru"), "rnn_tanh": (rnn, "rnn"), "rnn_relu": (rnn, "rnn")}
@@ -191,7 +192,74 @@ def test_gemms_after_bptt_on_own_blocks(rows_spy, mode, I, H, monkeypatch):
     assert [r for r in regions if r[0] == "after_loop_part"] == [("after_loop_part", True)] * 2, regions
     regions.clear()
     check_backend(mode, "numba", T=7, B=6, I=I, H=H, dtype="float64")
-    assert [r for r in regions if r[0] == "after_loop_part"] == [("after_loop_part", False)], regions
+    # (the LSTM's on BLAS: both weight gradients in one GEMM, numba_cpu.SAVE_XH)
+    name = "after_loop_part_cat" if mode == "lstm" else "after_loop_part"
+    assert [r for r in regions if r[0].startswith("after_loop_part")] == [(name, False)], regions
+
+
+def _region_spy(monkeypatch):
+    regions = []
+    run_parts = numba_cpu._in_threads
+
+    def spy(fn, nth, *args):
+        regions.append(fn.__name__)
+        return run_parts(fn, nth, *args)
+    monkeypatch.setattr(numba_cpu, "_in_threads", spy)
+    return regions
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("I,H", [(5, 13), (40, 64)])
+def test_lstm_saves_x_and_h_for_one_dw_gemm(rows_spy, dtype, I, H, monkeypatch):
+    # the fused forward saves [x_t | h_prev] (numba_cpu.SAVE_XH) where the
+    # GEMMs after BPTT run on BLAS, and the region after the parts runs
+    # dW_ih and dW_hh as one GEMM (parallel.after_loop_part_cat); with
+    # padding too once the parts do not take the gradients themselves,
+    # where x's padding (NaN here) must not reach them
+    monkeypatch.setattr(numba_cpu, "OWN_AFTER", False)
+    regions = _region_spy(monkeypatch)
+    check_backend("lstm", "numba", T=7, B=6, I=I, H=H, dtype=dtype)
+    check_backend("lstm", "numba", T=7, B=6, I=I, H=H, h0=False, reverse=True, dtype=dtype)
+    assert regions.count("after_loop_part_cat") == 2 and "after_loop_part" not in regions, regions
+    monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)     # every element the kernels leave is NaN
+    regions.clear()
+    for reverse in (False, True):
+        check_backend("lstm", "numba", T=7, B=6, I=I, H=H, lengths="edges", reverse=reverse, dtype=dtype)
+    assert regions.count("after_loop_part_cat") == 2, regions
+    prob = make_problem("lstm", 6, 5, I, H, lengths=np.array([6, 2, 0, 3, 1]))
+    clean = run("lstm", prob, backend="numba", dtype=dtype)
+    x = prob["x"].copy()
+    x[2:, 1] = np.nan
+    x[:, 2] = np.inf
+    x[1:, 4] = np.nan
+    got = run("lstm", dict(prob, x=x), backend="numba", dtype=dtype)
+    for name in clean:
+        np.testing.assert_array_equal(got[name], clean[name], err_msg=name)
+    _assert_by_rows(rows_spy, "lstm")
+
+
+@pytest.mark.parametrize("other", ["one thread", "by units"])
+def test_lstm_saved_x_and_h_when_bptt_takes_another_path(rows_spy, other, monkeypatch):
+    # BPTT may run another form than its forward (the threads busy, say):
+    # it then takes h_prev out of the saved [x_t | h_prev] rows
+    monkeypatch.setattr(numba_cpu, "OWN_AFTER", False)
+    prob = make_problem("lstm", 7, 6, 40, 64, lengths="random")
+    monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
+    ref = run("lstm", prob, backend="numpy", dtype="float64")
+    x, w = prob["x"].astype(np.float32), [a.astype(np.float32) for a in prob["w"]]
+    h0 = tuple(a.astype(np.float32) for a in prob["h0"])
+    y, hn, saved = fastrnn.rnn_forward("lstm", x, w, h0, prob["lengths"], training=True, backend="numba")
+    assert saved.payload["xh"] and saved.payload["Hs"].shape == (7, 6, 40 + 64)
+    if other == "one thread":
+        monkeypatch.setattr(numba_cpu, "_kernel_form", lambda *a: contextlib.nullcontext((1, False, 1)))
+    else:
+        _force_split(monkeypatch)
+    dhn = tuple(a.astype(np.float32) for a in prob["dhn"])
+    dx, dh0, dw = fastrnn.rnn_backward(saved, prob["dy"].astype(np.float32), dhn)
+    for name, got, want in [("dx", dx, ref["dx"]), ("dh0", dh0[0], ref["dh0"]), ("dc0", dh0[1], ref["dc0"]),
+                            *[(n, g, ref[n]) for n, g in zip(("dw_ih", "dw_hh", "db_ih", "db_hh"), dw)]]:
+        assert_close(name, got, want, TOL["float32"])
 
 
 @pytest.mark.parametrize("mode", MODES)

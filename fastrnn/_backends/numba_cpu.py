@@ -160,6 +160,16 @@ FUSED_GRADS_MAX_BYTES = 1 << 21
 # of [W_ih | W_hh], which every step reads:
 FUSED_STEP_MAX_BYTES = 3 << 19
 
+# In training, the fused forward saves each step's [x_t | h_prev] row, the
+# step product's own left operand, instead of h_prev alone, so that BPTT
+# runs dW_ih = dG^T x and dW_hh = dG^T h_prev as one GEMM over I + H
+# columns (parallel.after_loop_part_cat), and x's padding needs no zeroed
+# copy.  Where BPTT takes another path it copies h_prev out.  On BLAS only
+# (LSTM S3, fwd+bwd, SAVE_XH False/True alternating in one process, 12
+# rounds: 30.2 against 29.5 ms); on the own blocks (OWN_AFTER_*) the one
+# GEMM was slower than two (LSTM S2, 20 rounds: 5.24 against 4.94 ms).
+SAVE_XH = True
+
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
 # (common.transpose_into) from this size up, with NumPy below it: NumPy's
 # transpose is as fast there (0.27 against 0.13 ms at 1 MB, 3.9 against
@@ -322,6 +332,30 @@ def _allocator(T, B, GH, dt):
     return e
 
 
+def _own_after(GH, I, H, dt):
+    """Whether the GEMMs after BPTT run on fastrnn's own blocks (OWN_AFTER_*)."""
+    return bool(OWN_AFTER and dt == np.float32 and GH <= OWN_AFTER_MAX_GH and max(I, H) <= OWN_AFTER_MAX_IH)
+
+
+def _own_grads(rows, padded, T, B, GH, I, H, dt):
+    """Whether the BPTT parts by rows compute their rows' share of the
+    gradients after the loop (FUSED_GRADS_*): with padding (padded, the
+    lengths, not None), small batches and weights."""
+    return bool(rows) and padded is not None and B <= FUSED_GRADS_MAX_ROWS and (
+        GH * (I + H) * dt.itemsize <= FUSED_GRADS_MAX_BYTES)
+
+
+def _transposed(gemm, w_hh, alloc):
+    """W_hh^T, C-contiguous (w_hh C-contiguous): the tiled kernel for big
+    ones, NumPy's copy below TRANSPOSE_KERNEL_MIN_BYTES."""
+    GH, H = w_hh.shape
+    if w_hh.nbytes >= TRANSPOSE_KERNEL_MIN_BYTES:
+        w_hhT = alloc((H, GH), w_hh.dtype)
+        gemm.transpose_into(w_hh, w_hhT)
+        return w_hhT
+    return np.ascontiguousarray(w_hh.T)
+
+
 def _schedule(lengths, T, B):
     """(perm, nb, ident): sorted-row order, rows active per step, and whether
     the order is the identity.  The full-length schedule of each (T, B) is
@@ -400,20 +434,16 @@ class NumbaCPU:
         gh = np.empty((B, GH), dt)
         dummy = np.empty((1, 1, 1), dt)
         tb = (lambda shape: alloc(shape, dt)) if training else (lambda shape: dummy)
-        Hs = tb((T, B, H))
         c = None
         with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
             # in BPTT; the forward itself needs the W_hh^T copy only where the
             # one-thread loop hands a step to BLAS (gemm.uses_blas) or, at 1-2
-            # rows, to the axpy form (gemm.uses_axpy), so inference skips the
-            # G*H*H copy otherwise.
-            if training or (not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes))):
-                if w_hh.nbytes >= TRANSPOSE_KERNEL_MIN_BYTES:
-                    w_hhT = alloc((H, GH), dt)
-                    gemm.transpose_into(w_hh, w_hhT)
-                else:
-                    w_hhT = np.ascontiguousarray(w_hh.T)
+            # rows, to the axpy form (gemm.uses_axpy).  BPTT makes its own
+            # where it needs one (backward), so the G*H*H copy is skipped
+            # otherwise, in training too.
+            if not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes)):
+                w_hhT = _transposed(gemm, w_hh, alloc)
             else:
                 w_hhT = np.empty((0, 0), dt)
             rows = par and _by_rows(mode, B, H, GH, dt, nth)
@@ -421,6 +451,14 @@ class NumbaCPU:
             # product (FUSED_STEP_*): no projection array at all
             fused = bool(rows) and mode == "lstm" and GH * (I + H) * dt.itemsize <= FUSED_STEP_MAX_BYTES
             xg = None if fused else alloc((T, B, GH), dt)
+            # the fused forward saves [x_t | h_prev] rows where BPTT will
+            # run both weight gradients as one GEMM after its loop
+            # (parallel.after_loop_part_cat), i.e. unless its parts compute
+            # them (padding: _own_grads)
+            padded = lengths if training and lengths is not None and lengths.min() < T else None
+            xh = (training and fused and SAVE_XH and not _own_after(GH, I, H, dt)
+                  and not _own_grads(rows, padded, T, B, GH, I, H, dt))
+            Hs = tb((T, B, I + H) if xh else (T, B, H))
             # the threaded loops multiply by W_hh's panels (packed.py), packed
             # here once for every step (from W_hh^T's rows where there is one)
             wp = None
@@ -498,10 +536,8 @@ class NumbaCPU:
         c_n = _put_rows(c, perm, ident) if c is not None else None
         payload = None
         if training:
-            # lengths, where the batch has padding (see backward: x's padding)
-            padded = lengths if lengths is not None and lengths.min() < T else None
-            payload = dict(mode=mode, x2=x2, w_ih=w_ih, w_hh=w_hh, w_hhT=w_hhT, Hs=Hs, perm=perm, nb=nb,
-                           ident=ident, reverse=reverse, shape=(T, B, I, H), padded=padded, **bufs)
+            payload = dict(mode=mode, x2=x2, w_ih=w_ih, w_hh=w_hh, w_hhT=w_hhT if w_hhT.size else None, Hs=Hs,
+                           xh=xh, perm=perm, nb=nb, ident=ident, reverse=reverse, shape=(T, B, I, H), padded=padded, **bufs)
         return y, h_n, c_n, payload
 
     # ------------------------------------------------------------ backward
@@ -531,6 +567,15 @@ class NumbaCPU:
             dgs = np.empty((2, 1 if ident else B, GH), dt) if par and not rows else np.empty((B, GH), dt)
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
+            if w_hhT is None:
+                if rows and dt == np.float32 and H % packed.PANEL == 0:
+                    # by rows with every column of dh = dG @ W_hh in a panel
+                    # (packed below), the step product never reads its
+                    # operand's rows: W_hh's transposed view serves, no copy
+                    # (0.34 ms of LSTM S3's fwd+bwd, cold, 2-core VM)
+                    w_hhT = w_hh.T
+                else:
+                    w_hhT = _transposed(gemm, w_hh, alloc)
             w_step = w_hhT    # as in forward
             wp = None
             if not par:
@@ -544,10 +589,15 @@ class NumbaCPU:
             # gradients into sums of its own; else after the loop over all
             # T*B rows
             padded = p["padded"]
-            own = bool(rows) and padded is not None and B <= FUSED_GRADS_MAX_ROWS and (
-                GH * (I + H) * dt.itemsize <= FUSED_GRADS_MAX_BYTES)
+            own = _own_grads(rows, padded, T, B, GH, I, H, dt)
             x2 = p["x2"]
-            if padded is not None and not own:
+            Hs = p["Hs"]
+            # the forward's [x_t | h_prev] rows: one dW GEMM where the
+            # region after the parts runs (LSTM), else h_prev alone
+            cat = p["xh"] and bool(rows) and not own and mode == "lstm"
+            if p["xh"] and not cat:
+                Hs = np.ascontiguousarray(Hs[:, :, I:])
+            if padded is not None and not own and not cat:
                 # x's padding may hold anything (even NaN), and the GEMMs over
                 # all T*B rows multiply it by dG = 0: a copy with it zeroed
                 xz = alloc((T, B, I), dt)
@@ -565,8 +615,7 @@ class NumbaCPU:
                 _pool(nth).wake(AFTER_LOOP_WAKE_US)
             # the GEMMs after the loop on fastrnn's own blocks where they
             # are small (OWN_AFTER_*), else on BLAS
-            own_after = bool(OWN_AFTER and dt == np.float32 and GH <= OWN_AFTER_MAX_GH
-                             and max(I, H) <= OWN_AFTER_MAX_IH)
+            own_after = _own_after(GH, I, H, dt)
             grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
                      *((own_after,) if par else ()), *last)
             if rows:    # the parts' sums, or None: the region after the parts
@@ -578,10 +627,10 @@ class NumbaCPU:
                 dc = _take_rows(dc_n, perm, ident)
                 if rows:
                     rows(lstm.lstm_backward_rows_part, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse,
-                         p["Gs"], p["Cs"], p["TCs"], dG, x2, p["Hs"], *tail)
+                         p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
-                    kern(dy, *w_ops, dh, dc, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["Cs"], p["TCs"],
+                    kern(dy, *w_ops, dh, dc, perm, nb, reverse, ident, Hs, p["Gs"], p["Cs"], p["TCs"],
                          dG, dgs, *grads)
                 dc0 = _put_rows(dc, perm, ident)
             elif mode == "gru":
@@ -604,9 +653,12 @@ class NumbaCPU:
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
+            elif cat:   # the GEMMs after the loop, the weight gradients as one
+                rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,
+                     dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_after)
             elif rows or after:  # the GEMMs after the loop, once every gate gradient is in
                 (rows or after)(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
-                     x2, p["Hs"].reshape(T * B, H), w_ih, dx.reshape(T * B, I),
+                     x2, Hs.reshape(T * B, H), w_ih, dx.reshape(T * B, I),
                      dw_ih, dw_hh, db_ih, db_hh, own_after)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh

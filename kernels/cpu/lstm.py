@@ -75,21 +75,26 @@ def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs):
     """The cell's forward for a by-rows part's running rows [0, n) at step
     t: gate pre-activations gp[j] + bias, c in cp[j] (updated), h_prev in
     hx[j, h0:h0 + H] (overwritten with h); rows b = perm[j] of y and, when
-    training, of the saved buffers.  Indexed in 2-D, without the row views
+    training, of the saved buffers.  Hs saves hx's last Hs.shape[2] columns
+    of each row before the cell: h_prev (width H) or, from the fused
+    forward, [x_t | h_prev] (width I + H, for one dW GEMM after BPTT).  Indexed in 2-D, without the row views
     _fwd_units passes _cell_fwd: a row's views cost ~170 ns (their
     reference counts), which at H = 128 was 30 % of the cell's time (4.0
     against 2.7 ns a unit, one thread), and without scratch stores when
     not training.  Rows [n, B) get y = 0 (and Hs = 0)."""
     H = cp.shape[1]
-    if H <= 0 or h0 < 0:
+    w = Hs.shape[2]
+    s0 = h0 + H - w
+    if H <= 0 or h0 < 0 or s0 < 0:
         return      # never taken; see _fwd_units (h0 + k too must be provably >= 0)
     for j in range(n):
         b = perm[j]
         if training:
-            # the state saved first, in a loop of its own: with those two
+            # the state saved first, in loops of their own: with those
             # stores in it the cell's loop ran scalar (26.6 ns a unit)
+            for k in range(w):
+                Hs[t, b, k] = hx[j, s0 + k]
             for k in range(H):
-                Hs[t, b, k] = hx[j, h0 + k]
                 Cs[t, b, k] = cp[j, k]
             for k in range(H):
                 i = sigmoid_(gp[j, k] + bias[k])
@@ -121,7 +126,12 @@ def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs):
                 cp[j, k] = cn
                 hx[j, h0 + k] = hn
                 y[t, b, k] = hn
-    finished_rows(t, n, 0, H, perm, training, y, Hs)
+    finished_rows(t, n, 0, H, perm, False, y, Hs)
+    if training:    # the rows no longer running: saved zeros, read by dW's GEMM against dG = 0
+        for j in range(n, perm.shape[0]):
+            b = perm[j]
+            for k in range(w):
+                Hs[t, b, k] = 0
 
 
 @inner
