@@ -209,3 +209,29 @@ def test_gemm_nn_and_tn_hand_what_the_blocks_cannot_take_to_blas():
         C = np.full((M, N), np.nan, np.float32)
         fn(A0, np.zeros((0, N), np.float32), C)
         np.testing.assert_array_equal(C, 0)
+
+
+@pytest.mark.parametrize("M", [1, 4, 5, 16])
+@pytest.mark.parametrize("K1,K2,N", [(1, 7, 32), (5, 16, 64), (128, 256, 256), (33, 40, 96)])
+def test_panels_of_two_weights_and_the_product_without_them(M, K1, K2, N):
+    # pack_rows2(B1, B2) packs [B1 | B2] without making it; step_product
+    # with Bt None then runs on the panels alone, into a NaN-filled output
+    rng = np.random.default_rng(K1 + K2 + N)
+    B1 = rng.standard_normal((N, K1)).astype(np.float32)
+    B2 = rng.standard_normal((N, K2)).astype(np.float32)
+    Bt = np.concatenate((B1, B2), axis=1)
+    Pp = np.full((N // PANEL, K1 + K2, PANEL), np.nan, np.float32)
+    packed.pack_rows2(B1, B2, Pp)
+    np.testing.assert_array_equal(Pp, _reference_panels(Bt))
+    A = rng.standard_normal((M, K1 + K2)).astype(np.float32)
+    out = np.full((M, N), np.nan, np.float32)
+    _step_product(A, Pp, None, out)
+    _check(out, A, Bt)
+
+
+def test_product_without_weights_refuses_panels_that_do_not_cover_the_output():
+    A, Bt, Pp = _operands(4, 64, 96)
+    for bad_out, bad_A in [(np.empty((4, 128), np.float32), A),        # more columns than panels
+                           (np.empty((4, 96), np.float32), A[:, :63])]:  # K other than the panels'
+        with pytest.raises(ValueError, match="do not cover"):
+            _step_product(bad_A, Pp, None, bad_out)

@@ -492,10 +492,16 @@ class NumbaCPU:
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if fused:
-                    w_cat = alloc((GH, I + H), dt)
-                    np.concatenate((w_ih, w_hh), axis=1, out=w_cat)
                     wp = _panels(packed, GH, I + H, dt, alloc)
-                    packed.pack_rows(w_cat, wp)
+                    if wp.shape[0] * packed.PANEL == GH:
+                        # every column in a panel: packed from the two
+                        # weights, no [W_ih | W_hh] copy made
+                        w_cat = None
+                        packed.pack_rows2(np.ascontiguousarray(w_ih), w_hh, wp)
+                    else:
+                        w_cat = alloc((GH, I + H), dt)
+                        np.concatenate((w_ih, w_hh), axis=1, out=w_cat)
+                        packed.pack_rows(w_cat, wp)
                     rows(lstm.lstm_forward_fused_rows_part, nth, x2.reshape(T, B, I),
                          w_cat, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs)

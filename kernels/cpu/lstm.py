@@ -404,10 +404,11 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
     rows to amortise its horizontal sums over, and no (T, B, 4H) projection
     is written and read back.  The row's working vector xh = [x_t | h]
     holds the state: the pointwise pass writes h into its tail.  x (T, B, I)
-    in the caller's row order; the rest as in lstm_forward_rows_part."""
+    in the caller's row order; the rest as in lstm_forward_rows_part.
+    w_cat None: wp holds every column (packed.pack_rows2)."""
     T, B, I = x.shape
     H = h.shape[1]
-    GH = w_cat.shape[0]
+    GH = bias.shape[0]
     pp = take_rows(perm, i, nth)
     m = pp.shape[0]
     dt = h.dtype
