@@ -332,6 +332,14 @@ def _allocator(T, B, GH, dt):
     return e
 
 
+def _whhT_unread(packed, rows, dt, H):
+    """Whether BPTT's step product never reads W_hh^T's rows: by rows, with
+    every column of dh = dG @ W_hh in a panel (packed from W_hh itself).
+    There the W_hh^T copy is not made and its transposed view serves
+    (0.34 ms of LSTM S3's fwd+bwd, cold caches, 2-core VM)."""
+    return bool(rows) and dt == np.float32 and PACKED_STEP and H % packed.PANEL == 0
+
+
 def _own_after(GH, I, H, dt):
     """Whether the GEMMs after BPTT run on fastrnn's own blocks (OWN_AFTER_*)."""
     return bool(OWN_AFTER and dt == np.float32 and GH <= OWN_AFTER_MAX_GH and max(I, H) <= OWN_AFTER_MAX_IH)
@@ -436,17 +444,19 @@ class NumbaCPU:
         tb = (lambda shape: alloc(shape, dt)) if training else (lambda shape: dummy)
         c = None
         with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
+            rows = par and _by_rows(mode, B, H, GH, dt, nth)
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
-            # in BPTT; the forward itself needs the W_hh^T copy only where the
-            # one-thread loop hands a step to BLAS (gemm.uses_blas) or, at 1-2
-            # rows, to the axpy form (gemm.uses_axpy).  BPTT makes its own
-            # where it needs one (backward), so the G*H*H copy is skipped
-            # otherwise, in training too.
-            if not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes)):
+            # in BPTT.  The forward itself needs the W_hh^T copy only where
+            # the one-thread loop hands a step to BLAS (gemm.uses_blas) or, at
+            # 1-2 rows, to the axpy form (gemm.uses_axpy); in training it
+            # makes it for BPTT too (and packs the panels from it), except
+            # where BPTT by rows never reads it (_whhT_unread), so the G*H*H
+            # copy is skipped there.
+            if ((not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes)))
+                    or (training and not _whhT_unread(packed, rows, dt, H))):
                 w_hhT = _transposed(gemm, w_hh, alloc)
             else:
                 w_hhT = np.empty((0, 0), dt)
-            rows = par and _by_rows(mode, B, H, GH, dt, nth)
             # the LSTM by rows with the input projection in each step's
             # product (FUSED_STEP_*): no projection array at all
             fused = bool(rows) and mode == "lstm" and GH * (I + H) * dt.itemsize <= FUSED_STEP_MAX_BYTES
@@ -574,13 +584,9 @@ class NumbaCPU:
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
             if w_hhT is None:
-                if rows and dt == np.float32 and H % packed.PANEL == 0:
-                    # by rows with every column of dh = dG @ W_hh in a panel
-                    # (packed below), the step product never reads its
-                    # operand's rows: W_hh's transposed view serves, no copy
-                    # (0.34 ms of LSTM S3's fwd+bwd, cold, 2-core VM)
-                    w_hhT = w_hh.T
-                else:
+                if _whhT_unread(packed, rows, dt, H):
+                    w_hhT = w_hh.T      # a view the step product never reads
+                else:                   # (the threads were busy in the forward, say)
                     w_hhT = _transposed(gemm, w_hh, alloc)
             w_step = w_hhT    # as in forward
             wp = None
