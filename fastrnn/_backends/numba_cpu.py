@@ -553,7 +553,8 @@ class NumbaCPU:
         payload = None
         if training:
             payload = dict(mode=mode, x2=x2, w_ih=w_ih, w_hh=w_hh, w_hhT=w_hhT if w_hhT.size else None, Hs=Hs,
-                           xh=xh, perm=perm, nb=nb, ident=ident, reverse=reverse, shape=(T, B, I, H), padded=padded, **bufs)
+                           xh=xh, perm=perm, nb=nb, ident=ident, reverse=reverse, shape=(T, B, I, H),
+                           padded=padded, **bufs)
         return y, h_n, c_n, payload
 
     # ------------------------------------------------------------ backward

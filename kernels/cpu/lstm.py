@@ -26,7 +26,8 @@ Shapes: xg (T, B, 4H) = x @ w_ih.T (bias not added); w_hh (4H, H) and
 w_hhT (H, 4H), C-contiguous (gemm.py reads their rows); bias (4H,) = b_ih + b_hh;
 h, c, dh, dc (B, H) sorted working state (the parallel forward keeps h in two
 buffers, hbuf (2, B, H)); nb (T,) = rows active at each t; y, Hs, Cs, TCs
-(T, B, H); Gs, dG (T, B, 4H); gh, gws (B, 4H) and tcws (B, H) workspaces;
+(T, B, H), except Hs (T, B, I + H) where the fused forward saves [x_t | h_prev]
+(_cells_rows); Gs, dG (T, B, 4H); gh, gws (B, 4H) and tcws (B, H) workspaces;
 dgs (B, 4H), or (2, B, 4H) in the parallel BPTT.  The one-thread loops'
 step product is gemm.mm_nt(A, Bt, out, axpyT, blasT), with Bt = w_hh in the
 forward and w_hhT in BPTT, None in the axpy form; the backend picks the form
