@@ -99,13 +99,20 @@ def set_threads(n):
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
-def gemm_rate(n=1024, reps=7):
-    """float32 GEMM rate of this machine (FLOP/s), best of reps: the floor's rate."""
+def gemm_call(n=1024):
+    """(fn, flops): one float32 n^3 GEMM on the BLAS's threads."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.copy()
-    a @ b
-    best = min(timeit.repeat(lambda: a @ b, number=1, repeat=reps))
-    return 2 * n ** 3 / best
+    return (lambda: a @ b), 2 * n ** 3
+
+
+def gemm_rate(n=1024, reps=7):
+    """float32 GEMM rate of this machine (FLOP/s), best of reps (the run's
+    header; each shape's floor uses the GEMMs timed beside that shape)."""
+    fn, flops = gemm_call(n)
+    fn()
+    best = min(timeit.repeat(fn, number=1, repeat=reps))
+    return flops / best
 
 
 def fwd_bwd_flops(cell, B, T, I, H):
@@ -250,16 +257,24 @@ def check_shape(cell, B, T, I, H):
             raise AssertionError(f"{cell} {(B, T, I, H)} {name}: max relative error {err:.2e} vs torch.nn")
 
 
-def bench_shapes(cells, shapes, reps, rate):
+def bench_shapes(cells, shapes, reps):
     rows = []
     for cell in cells:
         for name, (B, T, I, H) in shapes.items():
             check_shape(cell, B, T, I, H)
-            floor = fwd_bwd_flops(cell, B, T, I, H) / rate
-            row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H, floor_ms=1e3 * floor)
+            row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H)
             runs = {impl: fwd_bwd_runner(impl, cell, B, T, I, H)[0] for impl in ("torch", "fastrnn")}
             runs["raw"] = raw_runner(cell, B, T, I, H)
-            for impl, ts in paired_times(runs, reps, warmup=2).items():
+            # the floor's GEMM rate, timed in the same repetitions as the
+            # row (this VM's speed drifts by 1.5-2x within minutes; one rate
+            # for the whole run put some rows' floor fraction above 1)
+            gemm, gemm_flops = gemm_call()
+            runs["gemm"] = gemm
+            times = paired_times(runs, reps, warmup=2)
+            row["gemm_gflops"] = gemm_flops / statistics.median(times.pop("gemm")) / 1e9
+            floor = fwd_bwd_flops(cell, B, T, I, H) / (row["gemm_gflops"] * 1e9)
+            row["floor_ms"] = 1e3 * floor
+            for impl, ts in times.items():
                 med = statistics.median(ts)
                 row[f"{impl}_ms"] = 1e3 * med
                 row[f"{impl}_floor_fraction"] = floor / med
@@ -393,7 +408,8 @@ def markdown(res):
     m = res["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), "
              f"numba {m.get('numba', '-')} ({m.get('numba_threads', '-')} threads), "
-             f"fastrnn backend {m['fastrnn_backend']}; float32 GEMM rate {res['gemm_gflops']:.0f} GFLOP/s.", ""]
+             f"fastrnn backend {m['fastrnn_backend']}; float32 GEMM rate {res['gemm_gflops']:.0f} GFLOP/s "
+             "at the start.", ""]
     if "training" in res:
         t = res["train_config"]
         lines += [f"Training steps/s (Embedding {t['V']}x{t['E']} -> {{cell}} H={t['H']} -> Linear, Adam, "
@@ -405,14 +421,15 @@ def markdown(res):
         lines.append("")
     if "shapes" in res:
         lines += [f"Recurrent layer forward+backward, ms (median of {res['reps']}, the two taking turns); "
-                  "floor = FLOPs / GEMM rate:", "",
+                  "floor = FLOPs / the rate of a 1024^3 GEMM timed in the same repetitions:", "",
                   "| cell | shape (B,T,I,H) | floor ms | torch.nn ms | fastrnn.torch ms | speedup | "
-                  "fastrnn floor fraction | raw fastrnn ms (no torch) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "fastrnn floor fraction | raw fastrnn ms (no torch) | GEMM GFLOP/s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in res["shapes"]:
             lines.append(f"| {r['cell']} | {r['shape']} ({r['B']},{r['T']},{r['I']},{r['H']}) | "
                          f"{r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['fastrnn_ms']:.2f} | "
-                         f"{r['speedup']:.2f}x | {r['fastrnn_floor_fraction']:.2f} | {r['raw_ms']:.2f} |")
+                         f"{r['speedup']:.2f}x | {r['fastrnn_floor_fraction']:.2f} | {r['raw_ms']:.2f} | "
+                         f"{r['gemm_gflops']:.0f} |")
         lines.append("")
     if "overhead" in res:
         o = res["overhead"]
@@ -460,7 +477,7 @@ def main(argv=None):
         shapes = {k: SHAPES[k] for k in args.shapes.split(",")}
         if args.quick:
             shapes = {"tiny": (2, 5, 8, 8)}
-        res["shapes"] = bench_shapes(args.shape_cells.split(","), shapes, reps, res["gemm_gflops"] * 1e9)
+        res["shapes"] = bench_shapes(args.shape_cells.split(","), shapes, reps)
     if "overhead" not in skip:
         res["overhead"] = bench_overhead(rounds=3 if args.quick else 9, number=100 if args.quick else 200)
     res["wall_s"] = time.perf_counter() - t0
