@@ -289,8 +289,9 @@ def pack_rows(Bt, Pp):
 def pack_rows2(B1, B2, Pp):
     """pack_rows([B1 | B2], Pp) without [B1 | B2]: B1 (N, K1) and B2 (N, K2)
     C-contiguous, Pp (N // PANEL, K1 + K2, PANEL).  The fused LSTM step's
-    [W_ih | W_hh] panels straight from the two weights (no concatenated
-    copy, 0.14-0.2 ms a call at S3)."""
+    [W_ih | W_hh] panels straight from the two weights, no concatenated
+    copy: 0.25 against 0.33 ms for the copy and its packing at S3, with
+    cold caches."""
     K1 = B1.shape[1]
     for p in range(Pp.shape[0]):
         transpose_into(B1[p * PANEL:(p + 1) * PANEL], Pp[p, :K1])
