@@ -79,10 +79,10 @@ def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs):
     training, of the saved buffers.  Hs saves hx's last Hs.shape[2] columns
     of each row before the cell: h_prev (width H) or, from the fused
     forward, [x_t | h_prev] (width I + H, for one dW GEMM after BPTT).
-    Indexed in 2-D, without the row views _fwd_units passes _cell_fwd: a row's views cost ~170 ns (their
-    reference counts), which at H = 128 was 30 % of the cell's time (4.0
-    against 2.7 ns a unit, one thread), and without scratch stores when
-    not training.  Rows [n, B) get y = 0 (and Hs = 0)."""
+    Indexed in 2-D, without the row views _fwd_units passes _cell_fwd: a
+    row's views cost ~170 ns (their reference counts), which at H = 128
+    was 30 % of the cell's time (4.0 against 2.7 ns a unit, one thread),
+    and without scratch stores when not training.  Rows [n, B) get y = 0 (and Hs = 0)."""
     H = cp.shape[1]
     w = Hs.shape[2]
     s0 = h0 + H - w
