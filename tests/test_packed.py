@@ -49,7 +49,7 @@ def test_packing_matches_the_panel_layout():
         np.testing.assert_array_equal(Pc, ref)
 
 
-@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 7, 8, 9, 16])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 21])
 @pytest.mark.parametrize("K,N", [(1, 64), (3, 65), (64, 63), (64, 64), (130, 128), (33, 200), (256, 512)])
 def test_step_product_every_block_and_remainder(M, K, N):
     # rows: blocks of 4 and the one-row block; columns: full panels and the
