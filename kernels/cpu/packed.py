@@ -194,17 +194,42 @@ def _rows(a, ra, sk, p, ldp, c, ldc, m0, m1, kn, add):
 
 
 @inner
-def _fits(A, Pp, Bt, out):
-    """Whether the raw-pointer blocks can take these operands: float32,
-    panels packed for A's K and within Bt's rows, unit column strides,
-    contiguous panels, an output as wide as Bt has rows."""
+def _panels_fit(A, Pp, out):
+    """Whether the raw-pointer blocks can take A and the panels Pp into
+    out: float32, panels packed for A's K, contiguous panels, unit column
+    strides, an output with A's rows and at least the panels' columns."""
     M, K = A.shape
     P = Pp.shape[0]
     return not (P == 0 or A.itemsize != 4 or Pp.itemsize != 4 or out.itemsize != 4
-                or Bt.shape[1] != K or Pp.shape[1] != K or Pp.shape[2] != PANEL or P * PANEL > Bt.shape[0]
-                or out.shape[0] < M or out.shape[1] < Bt.shape[0]
+                or Pp.shape[1] != K or Pp.shape[2] != PANEL
+                or out.shape[0] < M or out.shape[1] < P * PANEL
                 or A.strides[1] != 4 or out.strides[1] != 4
                 or Pp.strides[2] != 4 or Pp.strides[1] != 4 * PANEL or Pp.strides[0] != 4 * PANEL * K)
+
+
+@inner
+def _fits(A, Pp, Bt, out):
+    """_panels_fit, with the panels within Bt's rows (Bt of A's K) and an
+    output as wide as Bt has rows."""
+    return (_panels_fit(A, Pp, out) and Bt.shape[1] == A.shape[1]
+            and Pp.shape[0] * PANEL <= Bt.shape[0] and out.shape[1] >= Bt.shape[0])
+
+
+@inner
+def _panel_range(A, Pp, out, q0, q1):
+    """out's columns [q0 * PANEL, q1 * PANEL) = A @ panels q0..q1 - 1, by
+    the blocks (operands _panels_fit accepts)."""
+    M, K = A.shape
+    a0 = A.ctypes.data
+    p0 = Pp.ctypes.data
+    c0 = out.ctypes.data
+    lda = A.strides[0] // 4
+    ldc = out.strides[0] // 4
+    for p in range(q0, q1):
+        pp = p0 + 4 * p * K * PANEL
+        for k0 in range(0, K, KBLOCK):
+            _rows(a0 + 4 * k0, lda, 1, pp + 4 * k0 * PANEL, PANEL, c0 + 4 * p * PANEL, ldc,
+                  0, M, min(KBLOCK, K - k0), k0)
 
 
 @inner
@@ -226,16 +251,7 @@ def step_product_range(A, Pp, Bt, out, n0, n1):
         return
     if n0 < q0 * PANEL:
         _cols(A, Bt, out, n0, q0 * PANEL)
-    a0 = A.ctypes.data
-    p0 = Pp.ctypes.data
-    c0 = out.ctypes.data
-    lda = A.strides[0] // 4
-    ldc = out.strides[0] // 4
-    for p in range(q0, q1):
-        pp = p0 + 4 * p * K * PANEL
-        for k0 in range(0, K, KBLOCK):
-            _rows(a0 + 4 * k0, lda, 1, pp + 4 * k0 * PANEL, PANEL, c0 + 4 * p * PANEL, ldc,
-                  0, M, min(KBLOCK, K - k0), k0)
+    _panel_range(A, Pp, out, q0, q1)
     if q1 * PANEL < n1:
         _cols(A, Bt, out, q1 * PANEL, n1)
 
@@ -256,24 +272,11 @@ def step_product(A, Pp, Bt, out):
 def _panels_product(A, Pp, out):
     """out = A @ (the matrix Pp packs).T, every column from the panels."""
     M, K = A.shape
-    P = Pp.shape[0]
     if M == 0:
         return
-    if (P == 0 or K == 0 or A.itemsize != 4 or Pp.itemsize != 4 or out.itemsize != 4
-            or Pp.shape[1] != K or Pp.shape[2] != PANEL or out.shape[1] != P * PANEL or out.shape[0] < M
-            or A.strides[1] != 4 or out.strides[1] != 4
-            or Pp.strides[2] != 4 or Pp.strides[1] != 4 * PANEL or Pp.strides[0] != 4 * PANEL * K):
+    if K == 0 or not _panels_fit(A, Pp, out) or out.shape[1] != Pp.shape[0] * PANEL:
         raise ValueError("packed._panels_product: the panels do not cover the output")
-    a0 = A.ctypes.data
-    p0 = Pp.ctypes.data
-    c0 = out.ctypes.data
-    lda = A.strides[0] // 4
-    ldc = out.strides[0] // 4
-    for p in range(P):
-        pp = p0 + 4 * p * K * PANEL
-        for k0 in range(0, K, KBLOCK):
-            _rows(a0 + 4 * k0, lda, 1, pp + 4 * k0 * PANEL, PANEL, c0 + 4 * p * PANEL, ldc,
-                  0, M, min(KBLOCK, K - k0), k0)
+    _panel_range(A, Pp, out, 0, Pp.shape[0])
 
 
 @njit(**JIT)
