@@ -386,6 +386,52 @@ def test_one_thread_loops_with_the_gemms_after_bptt_on_the_threads(mode, B, leng
     assert calls == [("kernel, x2 None", True), ("after_loop_part", _threads.available_threads())], calls
     calls.clear()
     monkeypatch.setattr(numba_cpu, "AFTER_LOOP_THREADS_MIN_MACS", 9 * B * 4 * 11 * (2 * 5 + 11) + 1)
+    monkeypatch.setattr(numba_cpu, "AFTER_LOOP_OWN_MIN_MACS", 1 << 62)
+    check_backend(mode, "numba", **kw)
+    assert calls == [("kernel, x2 None", False)], calls
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B,lengths,reverse,H", [(1, "full", False, 11), (3, [9, 0, 4], True, 40),
+                                                 (5, "random", False, 33)])
+def test_one_thread_loops_with_the_gemms_after_bptt_by_own_blocks(mode, B, lengths, reverse, H, dtype,
+                                                                  monkeypatch):
+    """Where the one-thread loops' GEMMs after the BPTT loop stay off the
+    threads (torch busy, or below AFTER_LOOP_THREADS_MIN_MACS), from
+    AFTER_LOOP_OWN_MIN_MACS up they run as the region's function on the
+    calling thread, by the own blocks (float32, OWN_AFTER_*); float64 keeps
+    them in the kernel (BLAS).  Against the oracle with every allocation
+    NaN-filled, and which kernels and functions ran, with the bound at 0
+    and above the call's size."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 1 << 62)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)    # torch busy: no region on the threads
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    mod, prefix = PAR[mode]
+    calls = []
+    kern = getattr(mod, f"{prefix}_backward")
+
+    def wrapped(*a):
+        calls.append(("kernel, x2 None", a[-9] is None))
+        return kern(*a)
+    monkeypatch.setattr(mod, f"{prefix}_backward", wrapped)
+    real = numba_cpu._on_this_thread
+
+    def spy(fn, nth, *a):
+        calls.append((fn.__name__, a[-1]))     # the region's function, and its `own`
+        return real(fn, nth, *a)
+    monkeypatch.setattr(numba_cpu, "_on_this_thread", spy)
+    kw = dict(T=9, B=B, I=5, H=H, dtype=dtype, lengths=lengths, reverse=reverse)
+    monkeypatch.setattr(numba_cpu, "AFTER_LOOP_OWN_MIN_MACS", 0)
+    check_backend(mode, "numba", **kw)
+    if dtype == "float32":
+        assert calls == [("kernel, x2 None", True), ("after_loop_part", True)], calls
+    else:
+        assert calls == [("kernel, x2 None", False)], calls
+    calls.clear()
+    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    monkeypatch.setattr(numba_cpu, "AFTER_LOOP_OWN_MIN_MACS", 9 * B * G * H * (2 * 5 + H) + 1)
     check_backend(mode, "numba", **kw)
     assert calls == [("kernel, x2 None", False)], calls
 

@@ -82,6 +82,15 @@ AFTER_LOOP_THREADS_MIN_MACS = 1 << 21
 # than spinpool.SPIN_US): the backward wakes them before its loop
 # (SpinPool.wake), to spin up to this long for the region.
 AFTER_LOOP_WAKE_US = 3000.0
+# Where the one-thread loops' GEMMs after the loop do not go to the threads
+# (torch busy on the other core, or below AFTER_LOOP_THREADS_MIN_MACS), they
+# run on the calling thread by fastrnn's own blocks (OWN_AFTER_*) from this
+# many multiply-adds up, instead of by BLAS inside the kernel.  Measured,
+# one thread, float32, the two alternating 1000 times (G: gates):
+# (B, T, I, H) = (1, 100, 64, 64), G = 4, 4.9 M: 96 against 121 us (1.25x);
+# G = 3 1.28x; G = 1 1.47x; (3, 63, 32, 40) LSTM 1.24x; (1, 20, 32, 32)
+# LSTM, 0.25 M: 6.1 against 11.0 us; (2, 10, 16, 16) LSTM, 61 K: 0.93x.
+AFTER_LOOP_OWN_MIN_MACS = 1 << 17
 # The threaded kernels have two schemes (kernels/cpu/parallel.py): each time
 # step split over the threads by hidden units (one fork/join per step), or
 # the batch rows split (each thread runs the whole sequence on its own rows:
@@ -306,6 +315,11 @@ def _in_threads(fn, nth, *args):
     _pool(nth).run(fn, nth, *args)
 
 
+def _on_this_thread(fn, nth, *args):
+    """A region's function as its one part, on the calling thread."""
+    fn(0, 1, *args)
+
+
 def _drop_pool_in_child():
     global _POOL
     _POOL = None        # its threads do not exist in a forked child
@@ -519,9 +533,10 @@ class NumbaCPU:
                     rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:
+                    scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
                     kern(x2, w_ih, xg, *w_ops, b_ih + b_hh, hs, c, perm, nb, reverse, training,
-                         y, Hs, Gs, Cs, TCs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
+                         y, Hs, Gs, Cs, TCs, gh, *scratch, *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
                 bx = b_ih.copy()
@@ -532,9 +547,10 @@ class NumbaCPU:
                     rows(gru.gru_forward_rows_part, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, x2, w_ih, project)
                 else:
+                    scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = gru.gru_forward_par if par else gru.gru_forward
                     kern(x2, w_ih, xg, *w_ops, bx, bhn, hs, perm, nb, reverse,
-                         training, y, Hs, Gs, HNs, gh, np.empty((B, GH), dt), np.empty((B, H), dt), *last)
+                         training, y, Hs, Gs, HNs, gh, *scratch, *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
                 As = tb((T, B, H))
@@ -617,18 +633,22 @@ class NumbaCPU:
                 np.copyto(xz, x2.reshape(T, B, I))
                 xz[np.arange(T)[:, None] >= padded[None, :]] = 0
                 x2 = xz.reshape(T * B, I)
-            # the one-thread loops leave their GEMMs after the loop to a
-            # region on fastrnn's threads where those are big enough
-            # (AFTER_LOOP_THREADS_MIN_MACS; x2 None tells the kernel), the
-            # workers woken now, while the loop runs
-            after = None
-            if (not par and nth > 1 and T * B * GH * (2 * I + H) >= AFTER_LOOP_THREADS_MIN_MACS
-                    and _torch_threads() <= 1):
-                after = _in_threads
-                _pool(nth).wake(AFTER_LOOP_WAKE_US)
             # the GEMMs after the loop on fastrnn's own blocks where they
             # are small (OWN_AFTER_*), else on BLAS
             own_after = _own_after(GH, I, H, dt)
+            # the one-thread loops leave their GEMMs after the loop (x2 None
+            # tells the kernel) to a region on fastrnn's threads where those
+            # are big enough (AFTER_LOOP_THREADS_MIN_MACS), the workers woken
+            # now, while the loop runs; else, where the own blocks take them,
+            # to the same function on this thread (AFTER_LOOP_OWN_MIN_MACS)
+            after = None
+            after_macs = T * B * GH * (2 * I + H)
+            if not par:
+                if nth > 1 and after_macs >= AFTER_LOOP_THREADS_MIN_MACS and _torch_threads() <= 1:
+                    after = _in_threads
+                    _pool(nth).wake(AFTER_LOOP_WAKE_US)
+                elif own_after and after_macs >= AFTER_LOOP_OWN_MIN_MACS:
+                    after = _on_this_thread
             grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
                      *((own_after,) if par else ()), *last)
             if rows:    # the parts' sums, or None: the region after the parts

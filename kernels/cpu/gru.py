@@ -186,10 +186,10 @@ def _add_units(dh, dhd, n, k0, k1):
 # ---------------------------------------------------------------- one thread
 
 @njit(**JIT)
-def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh,
-                gws, hnws, axpyT, blasT):
+def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh, axpyT, blasT):
+    """The one-thread forward: per step the recurrent product into gh,
+    then the cell on whole rows (_fwd_rows, as the loops by rows)."""
     T, B = xg.shape[0], xg.shape[1]
-    H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
     np.dot(x2, w_ih.T, xg.reshape((T * B, xg.shape[2])))
     for s in range(T):
@@ -197,7 +197,7 @@ def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, 
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
-        _fwd_units(t, n, 0, H, h, h, xg, gh, bx, bhn, perm, training, y, Hs, Gs, HNs, gws, hnws)
+        _fwd_rows(t, n, xg, gh, bx, bhn, h, perm, training, y, Hs, Gs, HNs)
 
 
 @njit(**JIT)

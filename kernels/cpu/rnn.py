@@ -165,8 +165,9 @@ def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
 
 @njit(**JIT)
 def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, y, Hs, As, gh, axpyT, blasT):
+    """The one-thread forward: per step the recurrent product into gh,
+    then the cell on whole rows (_fwd_rows, as the loops by rows)."""
     T, B = xg.shape[0], xg.shape[1]
-    H = h.shape[1]
     # input projection for all T*B rows: one GEMM, before the loop
     np.dot(x2, w_ih.T, xg.reshape((T * B, xg.shape[2])))
     for s in range(T):
@@ -174,7 +175,7 @@ def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, 
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
-        _fwd_units(t, n, 0, H, h, h, xg, gh, bias, perm, relu, training, y, Hs, As)
+        _fwd_rows(t, n, xg, gh, bias, h, perm, relu, training, y, Hs, As)
 
 
 @njit(**JIT)
