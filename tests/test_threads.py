@@ -352,6 +352,25 @@ def test_tiny_call_runs_one_thread_loops_with_blas_held(monkeypatch):
     assert all(c[1] == 1 for c in calls)
 
 
+def _one_thread_backward_calls(monkeypatch, mode):
+    """The one-thread loops for every call (TINY_WORK 0, PAR_MIN_WORK out of
+    reach), every allocation NaN-filled, and a list that records, for each
+    call of the mode's one-thread BPTT kernel, whether it got x2 None (its
+    GEMMs after the loop left to the caller)."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 1 << 62)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    mod, prefix = PAR[mode]
+    calls = []
+    kern = getattr(mod, f"{prefix}_backward")
+
+    def wrapped(*a):
+        calls.append(("kernel, x2 None", a[-9] is None))
+        return kern(*a)
+    monkeypatch.setattr(mod, f"{prefix}_backward", wrapped)
+    return calls
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("B,lengths,reverse", [(1, "full", False), (3, [9, 0, 4], True), (5, "random", False)])
@@ -362,18 +381,8 @@ def test_one_thread_loops_with_the_gemms_after_bptt_on_the_threads(mode, B, leng
     as a region on the threads (the kernel gets x2 None and skips them).
     Against the oracle with every allocation NaN-filled, and which kernels
     and regions ran, with the bound at 0 and above the call's size."""
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 1 << 62)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)    # fastrnn's own threads
-    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
-    mod, prefix = PAR[mode]
-    calls = []
-    kern = getattr(mod, f"{prefix}_backward")
-
-    def wrapped(*a):
-        calls.append(("kernel, x2 None", a[-9] is None))
-        return kern(*a)
-    monkeypatch.setattr(mod, f"{prefix}_backward", wrapped)
+    calls = _one_thread_backward_calls(monkeypatch, mode)
     real = numba_cpu._in_threads
 
     def spy(fn, nth, *a):
@@ -404,18 +413,8 @@ def test_one_thread_loops_with_the_gemms_after_bptt_by_own_blocks(mode, B, lengt
     them in the kernel (BLAS).  Against the oracle with every allocation
     NaN-filled, and which kernels and functions ran, with the bound at 0
     and above the call's size."""
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 1 << 62)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)    # torch busy: no region on the threads
-    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
-    mod, prefix = PAR[mode]
-    calls = []
-    kern = getattr(mod, f"{prefix}_backward")
-
-    def wrapped(*a):
-        calls.append(("kernel, x2 None", a[-9] is None))
-        return kern(*a)
-    monkeypatch.setattr(mod, f"{prefix}_backward", wrapped)
+    calls = _one_thread_backward_calls(monkeypatch, mode)
     real = numba_cpu._on_this_thread
 
     def spy(fn, nth, *a):
