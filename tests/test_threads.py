@@ -14,7 +14,7 @@ from fastrnn import _threads
 from fastrnn._backends import bufpool, numba_cpu
 from fastrnn._kernels.cpu import gru, lstm, rnn
 
-from .helpers import (TOL, assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers,
+from .helpers import (TOL, _cast, assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers,
                       run, spy_rows_parts)
 
 MODES = fastrnn.MODES
@@ -260,6 +260,38 @@ def test_lstm_saved_x_and_h_when_bptt_takes_another_path(rows_spy, other, monkey
     for name, got, want in [("dx", dx, ref["dx"]), ("dh0", dh0[0], ref["dh0"]), ("dc0", dh0[1], ref["dc0"]),
                             *[(n, g, ref[n]) for n, g in zip(("dw_ih", "dw_hh", "db_ih", "db_hh"), dw)]]:
         assert_close(name, got, want, TOL["float32"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("H,copied", [(64, False), (96, True)])
+def test_whhT_copy_by_units_only_where_bptt_reads_it(spy, mode, H, copied, monkeypatch):
+    """By units, float32: the training forward makes W_hh^T for BPTT only
+    where a block of units does not start on a panel's edge (H = 96 cuts
+    at 48; H = 64 at 32), else BPTT gets W_hh's transposed view, which its
+    panels never read.  The copies counted, results against the oracle
+    with every allocation NaN-filled; and a BPTT that runs on one thread
+    after such a forward (the threads busy) makes the copy itself."""
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    made = []
+    real = numba_cpu._transposed
+    monkeypatch.setattr(numba_cpu, "_transposed", lambda *a: (made.append(1), real(*a))[1])
+    check_backend(mode, "numba", T=6, B=5, I=7, H=H, lengths="random", dtype="float32")
+    _assert_threaded(spy, mode)
+    assert len(made) == (1 if copied else 0), made
+    if copied:
+        return
+    prob = make_problem(mode, 6, 5, 7, H, lengths="random")
+    ref = run(mode, prob, backend="numpy", dtype="float64")
+    f32 = lambda a: _cast(a, "float32")  # noqa: E731
+    y, hn, saved = fastrnn.rnn_forward(mode, f32(prob["x"]), f32(prob["w"]), f32(prob["h0"]),
+                                       prob["lengths"], training=True, backend="numba")
+    assert saved.payload["w_hhT"] is None and not made
+    monkeypatch.setattr(numba_cpu, "_kernel_form", lambda *a: contextlib.nullcontext((1, False, 1)))
+    dx, dh0, dw = fastrnn.rnn_backward(saved, f32(prob["dy"]), f32(prob["dhn"]))
+    assert len(made) == 1, "the one-thread BPTT reads W_hh^T: it must make the copy"
+    assert_close("dx", dx, ref["dx"], TOL["float32"])
+    for name, got in zip(("dw_ih", "dw_hh", "db_ih", "db_hh"), dw):
+        assert_close(name, got, ref[name], TOL["float32"])
 
 
 @pytest.mark.parametrize("mode", MODES)

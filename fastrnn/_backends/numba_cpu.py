@@ -346,12 +346,20 @@ def _allocator(T, B, GH, dt):
     return e
 
 
-def _whhT_unread(packed, rows, dt, H):
-    """Whether BPTT's step product never reads W_hh^T's rows: by rows, with
-    every column of dh = dG @ W_hh in a panel (packed from W_hh itself).
-    There the W_hh^T copy is not made and its transposed view serves
-    (0.34 ms of LSTM S3's fwd+bwd, cold caches, 2-core VM)."""
-    return bool(rows) and dt == np.float32 and PACKED_STEP and H % packed.PANEL == 0
+def _whhT_unread(packed, par, rows, parts, dt, H):
+    """Whether the threaded BPTT's step product never reads W_hh^T's rows:
+    every column of dh = dG @ W_hh it computes lies in a panel (packed
+    from W_hh itself), by rows, or by units with every block of units
+    (the kernels' _bwd_step: split(H, parts, p, 8)) starting and ending
+    on a panel's edge.  There the W_hh^T copy is not made and its
+    transposed view serves (were a column outside the panels, the dot
+    form would read the view, right but slower): 0.34 ms of LSTM S3's
+    fwd+bwd (cold caches, 2-core VM) and, by units, the 16 MB copy of
+    LSTM S5's training forward, 4.5 ms."""
+    if not (par and dt == np.float32 and PACKED_STEP and H % packed.PANEL == 0):
+        return False
+    split = _kernels()[4].split.py_func     # blas.split in Python: the units as the kernels cut them
+    return bool(rows) or all(split(H, parts, p, 8)[0] % packed.PANEL == 0 for p in range(1, parts))
 
 
 def _own_after(GH, I, H, dt):
@@ -464,10 +472,10 @@ class NumbaCPU:
             # the one-thread loop hands a step to BLAS (gemm.uses_blas) or, at
             # 1-2 rows, to the axpy form (gemm.uses_axpy); in training it
             # makes it for BPTT too (and packs the panels from it), except
-            # where BPTT by rows never reads it (_whhT_unread), so the G*H*H
-            # copy is skipped there.
+            # where the threaded BPTT never reads it (_whhT_unread), so the
+            # G*H*H copy is skipped there.
             if ((not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes)))
-                    or (training and not _whhT_unread(packed, rows, dt, H))):
+                    or (training and not _whhT_unread(packed, par, rows, parts, dt, H))):
                 w_hhT = _transposed(gemm, w_hh, alloc)
             else:
                 w_hhT = np.empty((0, 0), dt)
@@ -601,7 +609,7 @@ class NumbaCPU:
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
             if w_hhT is None:
-                if _whhT_unread(packed, rows, dt, H):
+                if _whhT_unread(packed, par, rows, parts, dt, H):
                     w_hhT = w_hh.T      # a view the step product never reads
                 else:                   # (the threads were busy in the forward, say)
                     w_hhT = _transposed(gemm, w_hh, alloc)
