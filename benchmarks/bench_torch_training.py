@@ -100,10 +100,18 @@ def set_threads(n):
 
 
 def gemm_call(n=1024):
-    """(fn, flops): one float32 n^3 GEMM on the BLAS's threads."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    b = a.copy()
-    return (lambda: a @ b), 2 * n ** 3
+    """(fn, flops): one float32 n^3 GEMM, torch.mm on torch's intra-op
+    threads (those torch.nn's RNNs run on, and fastrnn's parts by rows
+    with torch at more than one thread).  Not NumPy's matmul: NumPy's
+    OpenBLAS (a copy of its own) leaves its workers spinning on the cores
+    for tens of ms after each call, and the next function in the same
+    repetition then shared its cores with them: torch.nn's LSTM took
+    17-92 ms at S2 against 5 (fifteenth session)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = a.clone()
+    out = torch.empty(n, n)
+    return (lambda: torch.mm(a, b, out=out)), 2 * n ** 3
 
 
 def gemm_rate(n=1024, reps=7):
