@@ -8,13 +8,14 @@ Rows run in sorted order (see lstm.py for the convention).  Shapes:
 xg (T, B, 3H) = x @ w_ih.T; w_hh (3H, H) and w_hhT (H, 3H), C-contiguous (gemm.py reads their rows); bx (3H,) =
 [b_ir + b_hr, b_iz + b_hz, b_in]; bhn (H,) = b_hn; h, dh (B, H) sorted;
 y, Hs, HNs (T, B, H) where HNs = W_hn h + b_hn; Gs, dGi, dGh (T, B, 3H);
-gh, dgs, gws (B, 3H) and dhd, hnws (B, H) workspaces (dgs (2, B, 3H) in the
+gh, dgs, gws (B, 3H) and dhd, hnws (B, H) workspaces (gws, hnws by units) (dgs (2, B, 3H) in the
 parallel BPTT, and the parallel forward keeps h in hbuf (2, B, H)).
 The one-thread loops' step product takes its form as lstm.py says (w_hh, or
 w_hhT in BPTT, is None in the axpy form).
-The one-thread and threaded loops share the pointwise code (_fwd_units,
-_bwd_units over hidden units [k0, k1)); lstm.py and parallel.py describe
-the scheme.
+The loops by units run the pointwise code over hidden units [k0, k1)
+(_fwd_units, _bwd_units; every BPTT runs _bwd_units); the forwards on
+whole rows (one thread, by rows) run _fwd_rows; lstm.py and parallel.py
+describe the scheme.
 The input-side and recurrent-side gradients differ in the n block
 (d(W_hn h) = r * d(pre-activation of n)), hence dGi and dGh.
 """

@@ -10,9 +10,10 @@ activated output; gh, dgs (B, H) workspaces (dgs (2, B, H) in the parallel
 BPTT, whose forward keeps h in hbuf (2, B, H)).  relu selects the activation.
 The one-thread loops' step product takes its form as lstm.py says (w_hh, or
 w_hhT in BPTT, is None in the axpy form).
-The one-thread and threaded loops share the pointwise code (_fwd_units,
-_bwd_units over hidden units [k0, k1)); lstm.py and parallel.py describe
-the scheme.
+The loops by units run the pointwise code over hidden units [k0, k1)
+(_fwd_units, _bwd_units; the one-thread BPTT too); the forwards on whole
+rows (one thread, by rows) and the BPTT by rows run _fwd_rows and
+_bwd_rows; lstm.py and parallel.py describe the scheme.
 """
 import numpy as np
 from numba import njit, prange
