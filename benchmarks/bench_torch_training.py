@@ -273,13 +273,17 @@ def bench_shapes(cells, shapes, reps):
             row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H)
             runs = {impl: fwd_bwd_runner(impl, cell, B, T, I, H)[0] for impl in ("torch", "fastrnn")}
             runs["raw"] = raw_runner(cell, B, T, I, H)
-            # the floor's GEMM rate, timed in the same repetitions as the
-            # row (this VM's speed drifts by 1.5-2x within minutes; one rate
-            # for the whole run put some rows' floor fraction above 1)
+            # the floor's GEMM rate, timed in blocks just before and just
+            # after the row's repetitions (this VM's speed drifts by 1.5-2x
+            # within minutes; one rate for the whole run put some rows'
+            # floor fraction above 1).  Not inside them: the call after it
+            # in each repetition then met torch's threads just out of a big
+            # GEMM (torch.nn's LSTM at S1: 1.5-2.1 ms against 0.9-1.0)
             gemm, gemm_flops = gemm_call()
-            runs["gemm"] = gemm
+            around = paired_times({"gemm": gemm}, reps)["gemm"]
             times = paired_times(runs, reps, warmup=2)
-            row["gemm_gflops"] = gemm_flops / statistics.median(times.pop("gemm")) / 1e9
+            around += paired_times({"gemm": gemm}, reps)["gemm"]
+            row["gemm_gflops"] = gemm_flops / statistics.median(around) / 1e9
             floor = fwd_bwd_flops(cell, B, T, I, H) / (row["gemm_gflops"] * 1e9)
             row["floor_ms"] = 1e3 * floor
             for impl, ts in times.items():
