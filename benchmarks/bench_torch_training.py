@@ -433,7 +433,7 @@ def markdown(res):
         lines.append("")
     if "shapes" in res:
         lines += [f"Recurrent layer forward+backward, ms (median of {res['reps']}, the two taking turns); "
-                  "floor = FLOPs / the rate of a 1024^3 GEMM timed in the same repetitions:", "",
+                  "floor = FLOPs / the rate of a 1024^3 torch.mm timed just before and after the row:", "",
                   "| cell | shape (B,T,I,H) | floor ms | torch.nn ms | fastrnn.torch ms | speedup | "
                   "fastrnn floor fraction | raw fastrnn ms (no torch) | GEMM GFLOP/s |",
                   "|---|---|---|---|---|---|---|---|---|"]
