@@ -194,7 +194,45 @@ def test_gemms_after_bptt_on_own_blocks(rows_spy, mode, I, H, monkeypatch):
     check_backend(mode, "numba", T=7, B=6, I=I, H=H, dtype="float64")
     # (the LSTM's on BLAS: both weight gradients in one GEMM, numba_cpu.SAVE_XH)
     name = "after_loop_part_cat" if mode == "lstm" else "after_loop_part"
-    assert [r for r in regions if r[0].startswith("after_loop_part")] == [(name, False)], regions
+    assert [r for r in regions if r[0].startswith("after_loop_part")] == [(name, None)], regions
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,H", [("float32", 64), ("float32", 40), ("float64", 64)])
+def test_parts_by_rows_take_no_weights_where_the_panels_hold_them(mode, dtype, H, monkeypatch):
+    """numba_cpu.PANELS_ONLY_ROWS: where the panels hold every column
+    (float32; G*H a multiple of 32 for the forward's product, H for
+    BPTT's) the parts by rows get None for W_hh and W_hh^T (the
+    panels-only product), else the arrays (H = 40: the LSTM's forward
+    none, G*H = 160, its BPTT the array); against the oracle with every
+    allocation NaN-filled."""
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)    # the LSTM's unfused forward too
+    seen = {}
+
+    def record(name, i, nth):
+        return name
+    calls = spy_rows_parts(monkeypatch, record)
+    real = numba_cpu._in_threads
+
+    def spy(fn, nth, *a):
+        if fn.__name__ != "wrapped":
+            return real(fn, nth, *a)
+        before = len(calls)
+        out = real(fn, nth, *a)
+        # the forward parts take (xg, w_hh, ...), the BPTT parts (w_hhT, ...)
+        seen[calls[before]] = a[1] if "_forward_" in calls[before] else a[0]
+        return out
+    monkeypatch.setattr(numba_cpu, "_in_threads", spy)
+    check_backend(mode, "numba", T=5, B=6, I=7, H=H, lengths="random", dtype=dtype)
+    prefix = PAR[mode][1]
+    assert {f"{prefix}_forward_rows_part", f"{prefix}_backward_rows_part"} <= set(seen), seen
+    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    for name, w in seen.items():
+        width = G * H if "_forward_" in name else H
+        whole = dtype == "float32" and width % 32 == 0
+        assert (w is None) == whole, (name, None if w is None else w.shape)
 
 
 def _region_spy(monkeypatch):

@@ -196,6 +196,15 @@ TRANSPOSE_KERNEL_MIN_BYTES = 1 << 20
 # 1.03-1.15x, fwd+bwd 1.00-1.06x at S2-S5.  False: _cols, as before (for
 # comparisons).
 PACKED_STEP = True
+# The parts by rows take None for W_hh (forward) and W_hh^T (BPTT, where
+# _whhT_unread) wherever the panels hold every column: the step product is
+# then the panels-only one (packed._panels_product), the one the LSTM's
+# fused forward uses, and the parts do not compile the dot form (_cols)
+# for the columns past the panels that they never have.  The same
+# products; a cold first call at S3 compiles less (LSTM fwd+bwd, Numba's
+# compile events: the BPTT part 5.9 -> 1.6 s; GRU and vanilla RNN
+# forwards likewise, below).  False: the weights passed as before.
+PANELS_ONLY_ROWS = True
 
 
 # The GEMMs after the BPTT loop (dx = dG @ W_ih, dW_ih = dG^T x, dW_hh =
@@ -500,6 +509,10 @@ class NumbaCPU:
                     packed.pack_cols(w_hhT, wp)
                 else:
                     packed.pack_rows(w_hh, wp)
+            # the parts by rows take None for W_hh where the panels hold
+            # every column: the panels-only product (PANELS_ONLY_ROWS)
+            rows_w = (None if rows and PANELS_ONLY_ROWS and wp is not None and wp.shape[0] * packed.PANEL == GH
+                      else w_hh)
             # the threaded loops by units keep h in two buffers (parallel.py);
             # the last step's holds every row's final state
             hs = np.stack([h, h]) if par and not rows else h
@@ -538,7 +551,7 @@ class NumbaCPU:
                          w_cat, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs)
                 elif rows:
-                    rows(lstm.lstm_forward_rows_part, nth, xg, w_hh, wp, b_ih + b_hh, h, c, perm, nb, reverse,
+                    rows(lstm.lstm_forward_rows_part, nth, xg, rows_w, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
@@ -552,7 +565,7 @@ class NumbaCPU:
                 Gs, HNs = tb((T, B, GH)), tb((T, B, H))
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
-                    rows(gru.gru_forward_rows_part, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse,
+                    rows(gru.gru_forward_rows_part, nth, xg, rows_w, wp, bx, bhn, h, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, x2, w_ih, project)
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
@@ -563,7 +576,7 @@ class NumbaCPU:
             else:
                 As = tb((T, B, H))
                 if rows:
-                    rows(rnn.rnn_forward_rows_part, nth, xg, w_hh, wp, b_ih + b_hh, h, perm, nb, reverse,
+                    rows(rnn.rnn_forward_rows_part, nth, xg, rows_w, wp, b_ih + b_hh, h, perm, nb, reverse,
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
@@ -608,11 +621,15 @@ class NumbaCPU:
             dgs = np.empty((2, 1 if ident else B, GH), dt) if par and not rows else np.empty((B, GH), dt)
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
+            unread = _whhT_unread(packed, par, rows, parts, dt, H)
             if w_hhT is None:
-                if _whhT_unread(packed, par, rows, parts, dt, H):
+                if unread:
                     w_hhT = w_hh.T      # a view the step product never reads
                 else:                   # (the threads were busy in the forward, say)
                     w_hhT = _transposed(gemm, w_hh, alloc)
+            # the parts by rows then take None: the panels-only product, the
+            # one the forward compiled (numba_cpu.PANELS_ONLY_ROWS)
+            rows_bt = None if rows and unread and PANELS_ONLY_ROWS else w_hhT
             w_step = w_hhT    # as in forward
             wp = None
             if not par:
@@ -644,6 +661,9 @@ class NumbaCPU:
             # the GEMMs after the loop on fastrnn's own blocks where they
             # are small (OWN_AFTER_*), else on BLAS
             own_after = _own_after(GH, I, H, dt)
+            # what the regions' and kernels' `own` gets: None where the GEMMs
+            # stay on BLAS, so that the blocks are not compiled there
+            own_arg = True if own_after else None
             # the one-thread loops leave their GEMMs after the loop (x2 None
             # tells the kernel) to a region on fastrnn's threads where those
             # are big enough (AFTER_LOOP_THREADS_MIN_MACS), the workers woken
@@ -658,7 +678,7 @@ class NumbaCPU:
                 elif own_after and after_macs >= AFTER_LOOP_OWN_MIN_MACS:
                     after = _on_this_thread
             grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
-                     *((own_after,) if par else ()), *last)
+                     *((own_arg,) if par else ()), *last)
             if rows:    # the parts' sums, or None: the region after the parts
                 sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
                          np.empty((nth, GH), dt)) if own else (None,) * 4)
@@ -667,7 +687,7 @@ class NumbaCPU:
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
                 if rows:
-                    rows(lstm.lstm_backward_rows_part, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse,
+                    rows(lstm.lstm_backward_rows_part, nth, rows_bt, wp, dy, dh, dc, perm, nb, reverse,
                          p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
@@ -677,7 +697,7 @@ class NumbaCPU:
             elif mode == "gru":
                 dGh = alloc((T, B, GH), dt)
                 if rows:
-                    rows(gru.gru_backward_rows_part, nth, w_hhT, wp, dy, dh, perm, nb, reverse,
+                    rows(gru.gru_backward_rows_part, nth, rows_bt, wp, dy, dh, perm, nb, reverse,
                          p["Hs"], p["Gs"], p["HNs"], dG, dGh, x2, *tail)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
@@ -685,7 +705,7 @@ class NumbaCPU:
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
-                    rows(rnn.rnn_backward_rows_part, nth, w_hhT, wp, dy, dh, perm, nb, reverse,
+                    rows(rnn.rnn_backward_rows_part, nth, rows_bt, wp, dy, dh, perm, nb, reverse,
                          mode == "rnn_relu", p["As"], dG, x2, p["Hs"], *tail)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
@@ -696,11 +716,11 @@ class NumbaCPU:
                     np.sum(part, axis=0, out=total)
             elif cat:   # the GEMMs after the loop, the weight gradients as one
                 rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,
-                     dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_after)
+                     dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_arg)
             elif rows or after:  # the GEMMs after the loop, once every gate gradient is in
                 (rows or after)(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
                      x2, Hs.reshape(T * B, H), w_ih, dx.reshape(T * B, I),
-                     dw_ih, dw_hh, db_ih, db_hh, own_after)
+                     dw_ih, dw_hh, db_ih, db_hh, own_arg)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 

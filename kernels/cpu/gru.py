@@ -323,7 +323,7 @@ def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, t
         project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
     H = h.shape[1]
-    GH = w_hh.shape[0]
+    GH = xg.shape[2]
     hp = take_rows(h, i, nth)
     pp = take_rows(perm, i, nth)
     m = pp.shape[0]

@@ -383,12 +383,14 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, 
     pointwise pass over whole rows), the final state back into h, c.  The
     caller runs the nth parts at once, one per thread, after the input
     projection (xg) is complete (project = parallel.PROJECT_BEFORE), or each
-    part first computes its own rows of it (x2, w_ih; parallel.project_own_rows)."""
+    part first computes its own rows of it (x2, w_ih; parallel.project_own_rows).
+    w_hh None: wp holds every column (numba_cpu.PANELS_ONLY_ROWS); the BPTT
+    parts take w_hhT None the same way."""
     if project != PROJECT_BEFORE:   # this part's own rows of the input projection
         project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
     H = h.shape[1]
-    GH = w_hh.shape[0]
+    GH = xg.shape[2]
     hp = take_rows(h, i, nth)
     cp = take_rows(c, i, nth)
     pp = take_rows(perm, i, nth)

@@ -384,7 +384,12 @@ def _gemm_own(A, trans_a, B, C, blocks):
     """C = op(A) @ B (op(A) = A.T when trans_a): with `blocks`, the full
     panels of C's columns by the blocks (_mm_nn, _mm_tn); the columns past
     them, operands the blocks cannot take (float64, other shapes or
-    strides), and everything without `blocks`, by BLAS."""
+    strides), and everything without `blocks`, by BLAS.  blocks None:
+    BLAS alone, and Numba leaves the blocks out of what it compiles
+    (an `is None` test on an argument; the callers' `own`)."""
+    if blocks is None:
+        gemm(A, trans_a, B, False, C, C.dtype.type(0))
+        return
     M = A.shape[1] if trans_a else A.shape[0]
     K = A.shape[0] if trans_a else A.shape[1]
     N = B.shape[1]
