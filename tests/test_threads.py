@@ -12,6 +12,7 @@ import pytest
 import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import bufpool, numba_cpu
+from fastrnn.cells import spec
 from fastrnn._kernels.cpu import gru, lstm, rnn
 
 from .helpers import (TOL, _cast, assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers,
@@ -184,7 +185,7 @@ def test_gemms_after_bptt_on_own_blocks(rows_spy, mode, I, H, monkeypatch):
         regions.append((fn.__name__, args[-1]))
         return run_parts(fn, nth, *args)
     monkeypatch.setattr(numba_cpu, "_in_threads", spy)
-    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    G = spec(mode).gates
     assert numba_cpu.OWN_AFTER and G * H <= numba_cpu.OWN_AFTER_MAX_GH and max(I, H) <= numba_cpu.OWN_AFTER_MAX_IH
     check_backend(mode, "numba", T=7, B=6, I=I, H=H, dtype="float32")
     check_backend(mode, "numba", T=7, B=6, I=I, H=H, h0=False, reverse=True, dtype="float32")
@@ -228,7 +229,7 @@ def test_parts_by_rows_take_no_weights_where_the_panels_hold_them(mode, dtype, H
     check_backend(mode, "numba", T=5, B=6, I=7, H=H, lengths="random", dtype=dtype)
     prefix = PAR[mode][1]
     assert {f"{prefix}_forward_rows_part", f"{prefix}_backward_rows_part"} <= set(seen), seen
-    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    G = spec(mode).gates
     for name, w in seen.items():
         width = G * H if "_forward_" in name else H
         whole = dtype == "float32" and width % 32 == 0
@@ -499,7 +500,7 @@ def test_one_thread_loops_with_the_gemms_after_bptt_by_own_blocks(mode, B, lengt
     else:
         assert calls == [("kernel, x2 None", False)], calls
     calls.clear()
-    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    G = spec(mode).gates
     monkeypatch.setattr(numba_cpu, "AFTER_LOOP_OWN_MIN_MACS", 9 * B * G * H * (2 * 5 + H) + 1)
     check_backend(mode, "numba", **kw)
     assert calls == [("kernel, x2 None", False)], calls

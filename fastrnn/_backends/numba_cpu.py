@@ -232,6 +232,13 @@ def _panels(packed, N, K, dt, alloc):
     return packed.panels(N if PACKED_STEP else 0, K, dt, alloc)
 
 
+def _panels_cover(packed, N, dt):
+    """Whether _panels' array for N output columns holds every one of
+    them (N > 0): the step product then never reads the weights
+    themselves, and the panels-only product can run."""
+    return PACKED_STEP and dt == np.float32 and N % packed.PANEL == 0
+
+
 def _kernel_form(T, B, I, H, GH):
     """The form one call's kernels take, the same for its forward and its
     BPTT: a context that yields (nth, par, parts), where par says whether
@@ -355,7 +362,7 @@ def _allocator(T, B, GH, dt):
     return e
 
 
-def _whhT_unread(packed, par, rows, parts, dt, H):
+def _whhT_unread(par, rows, parts, dt, H):
     """Whether the threaded BPTT's step product never reads W_hh^T's rows:
     every column of dh = dG @ W_hh it computes lies in a panel (packed
     from W_hh itself), by rows, or by units with every block of units
@@ -365,9 +372,10 @@ def _whhT_unread(packed, par, rows, parts, dt, H):
     form would read the view, right but slower): 0.34 ms of LSTM S3's
     fwd+bwd (cold caches, 2-core VM) and, by units, the 16 MB copy of
     LSTM S5's training forward, 4.5 ms."""
-    if not (par and dt == np.float32 and PACKED_STEP and H % packed.PANEL == 0):
+    *_, parallel, packed = _kernels()
+    if not (par and _panels_cover(packed, H, dt)):
         return False
-    split = _kernels()[4].split.py_func     # blas.split in Python: the units as the kernels cut them
+    split = parallel.split.py_func      # blas.split in Python: the units as the kernels cut them
     return bool(rows) or all(split(H, parts, p, 8)[0] % packed.PANEL == 0 for p in range(1, parts))
 
 
@@ -484,7 +492,7 @@ class NumbaCPU:
             # where the threaded BPTT never reads it (_whhT_unread), so the
             # G*H*H copy is skipped there.
             if ((not par and (gemm.uses_blas(B, GH, H) or gemm.uses_axpy(B, T, w_hh.nbytes)))
-                    or (training and not _whhT_unread(packed, par, rows, parts, dt, H))):
+                    or (training and not _whhT_unread(par, rows, parts, dt, H))):
                 w_hhT = _transposed(gemm, w_hh, alloc)
             else:
                 w_hhT = np.empty((0, 0), dt)
@@ -511,8 +519,7 @@ class NumbaCPU:
                     packed.pack_rows(w_hh, wp)
             # the parts by rows take None for W_hh where the panels hold
             # every column: the panels-only product (PANELS_ONLY_ROWS)
-            rows_w = (None if rows and PANELS_ONLY_ROWS and wp is not None and wp.shape[0] * packed.PANEL == GH
-                      else w_hh)
+            rows_w = None if rows and PANELS_ONLY_ROWS and _panels_cover(packed, GH, dt) else w_hh
             # the threaded loops by units keep h in two buffers (parallel.py);
             # the last step's holds every row's final state
             hs = np.stack([h, h]) if par and not rows else h
@@ -538,7 +545,7 @@ class NumbaCPU:
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
                 if fused:
                     wp = _panels(packed, GH, I + H, dt, alloc)
-                    if wp.shape[0] * packed.PANEL == GH:
+                    if _panels_cover(packed, GH, dt):
                         # every column in a panel: packed from the two
                         # weights, no [W_ih | W_hh] copy made
                         w_cat = None
@@ -621,7 +628,7 @@ class NumbaCPU:
             dgs = np.empty((2, 1 if ident else B, GH), dt) if par and not rows else np.empty((B, GH), dt)
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
-            unread = _whhT_unread(packed, par, rows, parts, dt, H)
+            unread = _whhT_unread(par, rows, parts, dt, H)
             if w_hhT is None:
                 if unread:
                     w_hhT = w_hh.T      # a view the step product never reads
@@ -698,19 +705,19 @@ class NumbaCPU:
                 dGh = alloc((T, B, GH), dt)
                 if rows:
                     rows(gru.gru_backward_rows_part, nth, rows_bt, wp, dy, dh, perm, nb, reverse,
-                         p["Hs"], p["Gs"], p["HNs"], dG, dGh, x2, *tail)
+                         Hs, p["Gs"], p["HNs"], dG, dGh, x2, *tail)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
-                    kern(dy, *w_ops, dh, perm, nb, reverse, ident, p["Hs"], p["Gs"], p["HNs"],
+                    kern(dy, *w_ops, dh, perm, nb, reverse, ident, Hs, p["Gs"], p["HNs"],
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
                     rows(rnn.rnn_backward_rows_part, nth, rows_bt, wp, dy, dh, perm, nb, reverse,
-                         mode == "rnn_relu", p["As"], dG, x2, p["Hs"], *tail)
+                         mode == "rnn_relu", p["As"], dG, x2, Hs, *tail)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                     kern(dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
-                         p["Hs"], p["As"], dG, dgs, *grads)
+                         Hs, p["As"], dG, dgs, *grads)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
