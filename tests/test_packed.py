@@ -235,3 +235,60 @@ def test_product_without_weights_refuses_panels_that_do_not_cover_the_output():
                            (np.empty((4, 96), np.float32), A[:, :63])]:  # K other than the panels'
         with pytest.raises(ValueError, match="do not cover"):
             _step_product(bad_A, Pp, None, bad_out)
+
+
+def _sum_in_pieces(A, B):
+    """A @ B (float32) in the order the blocks sum it, emulated: the k terms
+    in pieces of KBLOCK, each piece in CHAINS chains (term k of a piece
+    into chain (k - piece start) % CHAINS, a piece's odd last term into
+    chain 0), each by fused multiply-adds (the float32 product is exact in
+    float64), the chains added, then each piece's sum added to the total
+    so far: ((piece_1 + 0) + piece_2) + ..."""
+    f32, f64 = np.float32, np.float64
+    M, K = A.shape
+    total = np.zeros((M, B.shape[1]), f32)
+    for k0 in range(0, K, packed.KBLOCK):
+        kn = min(packed.KBLOCK, K - k0)
+        chains = [np.zeros_like(total) for _ in range(packed.CHAINS)]
+        main = kn - kn % packed.CHAINS
+        for j in range(kn):
+            c = j % packed.CHAINS if j < main else 0
+            k = k0 + j
+            chains[c] = (np.outer(A[:, k].astype(f64), B[k].astype(f64)) + chains[c]).astype(f32)
+        piece = chains[0]
+        for c in chains[1:]:
+            piece = piece + c
+        total = piece + total
+    return total
+
+
+@pytest.mark.parametrize("M,K,N", [(4, 96, 32), (5, 97, 64), (9, 130, 96), (1, 64, 32)])
+def test_blocks_sum_each_output_in_pieces_in_order(M, K, N):
+    # The blocks keep each piece's sum in registers and add it to a running
+    # total (not to the output in memory, as each piece's call once did);
+    # those adds carry a flag so that Numba's fastmath pass adds no
+    # 'reassoc' to them.  Without it LLVM moved the total into chain 1's add
+    # (c0 + (c1 + total)), which rounded 10-20 % worse.  Every bit of the
+    # step product and both after-loop products must match the emulated
+    # order.  (The emulation rounds each product-plus-sum once from
+    # float64, which can differ from a true fused multiply-add in rare
+    # double-rounding cases; the operands are fixed, so the test is
+    # deterministic, and it matches on these.)
+    rng = np.random.default_rng(M * 1000 + K + N)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    want = _sum_in_pieces(A, B)
+    Bt = np.ascontiguousarray(B.T)
+    Pp = packed.panels(N, K, np.float32)
+    packed.pack_rows(Bt, Pp)
+    out = np.full((M, N), np.nan, np.float32)
+    _step_product(A, Pp, Bt, out)
+    np.testing.assert_array_equal(out, want)
+    C = np.full((M, N), np.nan, np.float32)
+    _gemm_nn(A, B, C)
+    np.testing.assert_array_equal(C, want)
+    At = np.empty((K, M), np.float32)       # unit column stride also at M = 1
+    At[...] = A.T
+    C = np.full((M, N), np.nan, np.float32)
+    _gemm_tn(At, B, C)
+    np.testing.assert_array_equal(C, want)

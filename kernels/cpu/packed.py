@@ -16,8 +16,9 @@ is emitted directly as LLVM IR by a Numba intrinsic, and the call's loops
 around it stay Python: 4 rows x 32 columns, each output summed in two
 interleaved chains (k even, k odd), 16 zmm accumulators; per two values
 of k, 8 broadcasts, 4 vector loads and 16 FMAs.  The k terms go in
-blocks of KBLOCK, each block's sums added to the output: one chain of K
-FMAs rounded visibly worse than the dot form (docs/performance.md).
+pieces of KBLOCK, each piece's sums added to a running total in 8 more
+zmm registers, stored once: one chain of K FMAs rounded visibly worse
+than the dot form (docs/performance.md).
 One Zen 4 core: 103-110 GFLOP/s against _cols's 78-100.
 
 Packing.  The kernel reads, for one panel p, the K x PANEL block
@@ -54,16 +55,26 @@ _LANES = 16
 _VECS = PANEL // _LANES
 
 
-def _block_intrinsic(rows, chains):
+def _block_intrinsic(rows, chains, kblock):
     """An intrinsic block(a, lda, sk, p, ldp, c, ldc, K, add) computing, for
     float32 pointers a (rows x K: element (r, k) at a[r * lda + k * sk]),
     p (K x PANEL, rows ldp elements apart, each row contiguous) and c
-    (rows x PANEL, row stride ldc): c = a @ p, in rows * _VECS * chains
-    vector registers.  Each output's sum runs in `chains` interleaved
-    chains (k mod chains), added at the end; with `add` nonzero the result
-    is added to c instead of stored.  The step product passes sk = 1 and
-    packed panels (ldp = PANEL); the products after the BPTT loop (_mm_nn,
-    _mm_tn) pass strided operands as they lie."""
+    (rows x PANEL, row stride ldc): c = a @ p, or with `add` nonzero
+    c += a @ p.  The K terms go in pieces of `kblock`; each piece's sums
+    run in rows * _VECS * chains vector registers, in `chains` interleaved
+    chains (k mod chains) added at the piece's end, and each piece's sum is
+    added to a running total kept in rows * _VECS more registers (c's old
+    values where `add`), stored to c once at the end.  The step product
+    passes sk = 1 and packed panels (ldp = PANEL); the products after the
+    BPTT loop (_mm_nn, _mm_tn) pass strided operands as they lie.
+
+    Rounding: each output is ((piece_1 + c_or_0) + piece_2) + ..., each
+    piece (chain_0 + chain_1): the sum the kernel made when each piece was
+    a call of its own that added its sums to c in memory.  Those adds carry
+    an explicit flag ('arcp'), so Numba's fastmath pass (which flags only
+    unflagged float instructions) leaves them without 'reassoc' and LLVM
+    keeps their order (with it, LLVM moved the total into chain 1's add
+    and rounded 10-20 % worse)."""
 
     @intrinsic
     def block(typingctx, a_ptr, lda, sk, p_ptr, ldp, c_ptr, ldc, K, add):
@@ -86,6 +97,7 @@ def _block_intrinsic(rows, chains):
             splat = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
             undef = ir.Constant(vt, ir.Undefined)
             n_acc = rows * _VECS
+            keep_order = ("arcp",)
 
             def const(v):
                 return ir.Constant(intp, v)
@@ -105,23 +117,52 @@ def _block_intrinsic(rows, chains):
                         out.append(builder.call(fma, [av, bvec[v], accs[r * _VECS + v]]))
                 return out
 
-            entry = builder.block
             fn = builder.function
+            entry = builder.block
+            cptrs = []
+            for r in range(rows):
+                crow = builder.gep(c_base, [builder.mul(const(r), ldc_i)])
+                for v in range(_VECS):
+                    cptrs.append(builder.bitcast(builder.gep(crow, [const(v * _LANES)]), vt.as_pointer()))
+            # the running totals start at c's values where `add` (c is
+            # never read otherwise), else at zero
+            load_bb = fn.append_basic_block("pk_load")
+            piece_head = fn.append_basic_block("pk_piece_head")
+            builder.cbranch(builder.icmp_signed("!=", add_i, const(0)), load_bb, piece_head)
+            builder.position_at_end(load_bb)
+            old = [builder.load(cp, align=4) for cp in cptrs]
+            builder.branch(piece_head)
+            # one trip per piece of kblock terms: [k0, kend)
+            builder.position_at_end(piece_head)
+            k0 = builder.phi(intp)
+            tot = [builder.phi(vt) for _ in range(n_acc)]
+            k0.add_incoming(const(0), entry)
+            k0.add_incoming(const(0), load_bb)
+            for t, o in zip(tot, old):
+                t.add_incoming(zero, entry)
+                t.add_incoming(o, load_bb)
+            piece = fn.append_basic_block("pk_piece")
+            done = fn.append_basic_block("pk_done")
+            builder.cbranch(builder.icmp_signed("<", k0, k_n), piece, done)
+            builder.position_at_end(piece)
+            kend = builder.add(k0, const(kblock))
+            kend = builder.select(builder.icmp_signed("<", kend, k_n), kend, k_n)
+            # main loop: k, k + 1, ... k + chains - 1 per trip, one set of
+            # accumulators per chain
+            k_main = builder.sub(kend, builder.srem(builder.sub(kend, k0), const(chains)))
             head = fn.append_basic_block("pk_head")
             body = fn.append_basic_block("pk_body")
             tail_bb = fn.append_basic_block("pk_tail")
-            done = fn.append_basic_block("pk_done")
-            # main loop: k, k + 1, ... k + chains - 1 per trip, one set of
-            # accumulators per chain
-            k_main = builder.sub(k_n, builder.srem(k_n, const(chains)))
+            tail_body = fn.append_basic_block("pk_tail_body")
+            piece_end = fn.append_basic_block("pk_piece_end")
             builder.branch(head)
             builder.position_at_end(head)
             k = builder.phi(intp)
             sets = [[builder.phi(vt) for _ in range(n_acc)] for _ in range(chains)]
-            k.add_incoming(const(0), entry)
+            k.add_incoming(k0, piece)
             for accs in sets:
                 for acc in accs:
-                    acc.add_incoming(zero, entry)
+                    acc.add_incoming(zero, piece)
             builder.cbranch(builder.icmp_signed("<", k, k_main), body, tail_bb)
             builder.position_at_end(body)
             new_sets = [step(builder.add(k, const(j)), sets[j]) for j in range(chains)]
@@ -131,15 +172,15 @@ def _block_intrinsic(rows, chains):
                 for acc, val in zip(accs, vals):
                     acc.add_incoming(val, last)
             builder.branch(head)
-            # the last K % chains terms, one at a time into the first set
+            # the piece's last (kend - k0) % chains terms, one at a time into
+            # the first set
             builder.position_at_end(tail_bb)
             kt = builder.phi(intp)
             tacc = [builder.phi(vt) for _ in range(n_acc)]
             kt.add_incoming(k, head)
             for acc, first in zip(tacc, sets[0]):
                 acc.add_incoming(first, head)
-            tail_body = fn.append_basic_block("pk_tail_body")
-            builder.cbranch(builder.icmp_signed("<", kt, k_n), tail_body, done)
+            builder.cbranch(builder.icmp_signed("<", kt, kend), tail_body, piece_end)
             builder.position_at_end(tail_body)
             tvals = step(kt, tacc)
             tlast = builder.block
@@ -147,20 +188,19 @@ def _block_intrinsic(rows, chains):
             for acc, val in zip(tacc, tvals):
                 acc.add_incoming(val, tlast)
             builder.branch(tail_bb)
-
-            builder.position_at_end(done)
+            # the piece's sum into the totals
+            builder.position_at_end(piece_end)
             total = list(tacc)
             for accs in sets[1:]:
-                total = [builder.fadd(x, y) for x, y in zip(total, accs)]
-            keep = builder.icmp_signed("!=", add_i, const(0))
-            for r in range(rows):
-                crow = builder.gep(c_base, [builder.mul(const(r), ldc_i)])
-                for v in range(_VECS):
-                    cptr = builder.bitcast(builder.gep(crow, [const(v * _LANES)]), vt.as_pointer())
-                    # add: c += the block's sums (select, so that whatever c
-                    # held before the first block is never read into them)
-                    old = builder.select(keep, builder.load(cptr, align=4), zero)
-                    builder.store(builder.fadd(total[r * _VECS + v], old), cptr, align=4)
+                total = [builder.fadd(x, y, flags=keep_order) for x, y in zip(total, accs)]
+            for t, x in zip(tot, total):
+                t.add_incoming(builder.fadd(x, t, flags=keep_order), piece_end)
+            k0.add_incoming(kend, piece_end)
+            builder.branch(piece_head)
+
+            builder.position_at_end(done)
+            for t, cp in zip(tot, cptrs):
+                builder.store(t, cp, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -170,15 +210,15 @@ def _block_intrinsic(rows, chains):
 
 ROWS = 4              # rows per block: with 2 chains, 16 zmm accumulators
 CHAINS = 2
-# the k terms in blocks of this many, each block's sums added to the output
-# (two chains of 16 FMAs, then one add a block): rounding as of a sum in
+# the k terms in pieces of this many, each piece's sums added to the
+# block's running total (two chains of 16 FMAs, then one add a piece): rounding as of a sum in
 # short pieces.  One chain of K FMAs per output rounded 1.3-2.5x worse
 # than _cols in whole rnn_tanh calls (2.6-6.0e-5 against 1.5-3.0e-5; the
 # float32 NumPy oracle 1.8-2.3e-5); these blocks 1.2-2.9e-5 there
 # (docs/performance.md, twelfth session)
 KBLOCK = 32
-_blockR = _block_intrinsic(ROWS, CHAINS)
-_block1 = _block_intrinsic(1, CHAINS)
+_blockR = _block_intrinsic(ROWS, CHAINS, KBLOCK)
+_block1 = _block_intrinsic(1, CHAINS, KBLOCK)
 
 
 @inner
@@ -226,10 +266,12 @@ def _panel_range(A, Pp, out, q0, q1):
     lda = A.strides[0] // 4
     ldc = out.strides[0] // 4
     for p in range(q0, q1):
-        pp = p0 + 4 * p * K * PANEL
-        for k0 in range(0, K, KBLOCK):
-            _rows(a0 + 4 * k0, lda, 1, pp + 4 * k0 * PANEL, PANEL, c0 + 4 * p * PANEL, ldc,
-                  0, M, min(KBLOCK, K - k0), k0)
+        # each block of rows over all K terms at once (its pieces of KBLOCK
+        # summed in registers): one store of the block per panel, where a
+        # call per piece loaded and stored it K / KBLOCK times (one thread,
+        # (M, K, N) = (32, 512, 2048): 110 against 94 GFLOP/s; (16, 1024,
+        # 4096): 93 against 60)
+        _rows(a0, lda, 1, p0 + 4 * p * K * PANEL, PANEL, c0 + 4 * p * PANEL, ldc, 0, M, K, 0)
 
 
 @inner
@@ -360,9 +402,12 @@ def _mm_nn(A, B, C, N):
     for r0 in range(0, M, MB):
         r1 = min(r0 + MB, M)
         for p in range(P):
-            for k0 in range(0, K, KBLOCK):
-                _rows(a0 + 4 * k0, lda, 1, b0 + 4 * (k0 * ldb + p * PANEL), ldb, c0 + 4 * p * PANEL, ldc,
-                      r0, r1, min(KBLOCK, K - k0), k0)
+            # all K terms in one call a block of rows (as _panel_range; one
+            # thread, (M, K, N) = (1024, 768, 128): 75 against 62 GFLOP/s,
+            # (400, 512, 128) 91 against 83).  Not in _mm_tn, whose A
+            # reads go down dG's columns: there pieces of KBLOCK per call
+            # stayed fastest (KC = 128: 66-73 against 59-70 with 64-128)
+            _rows(a0, lda, 1, b0 + 4 * p * PANEL, ldb, c0 + 4 * p * PANEL, ldc, r0, r1, K, 0)
 
 
 @inner
