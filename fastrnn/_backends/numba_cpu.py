@@ -165,9 +165,15 @@ FUSED_GRADS_MAX_BYTES = 1 << 21
 # 2 MB, forward 0.95-1.05x, fwd+bwd 0.97-1.03x; (32, 64, 256, 384),
 # 3.9 MB, 0.98-0.99x and 0.95-1.00x; S4, 8 MB, 0.81-0.98x and
 # 0.93-0.97x.  A cold first fwd+bwd at S3 also
-# compiles less: 10.4-11.2 s against 13.3-13.4 s.  Up to this many bytes
-# of [W_ih | W_hh], which every step reads:
-FUSED_STEP_MAX_BYTES = 3 << 19
+# compiles less: 10.4-11.2 s against 13.3-13.4 s.  With the blocks over
+# all K at once (8a1d8a4; the longer K, the more that gains) the bound was
+# measured again (benchmarks as above, abflag: fused or not alternating in
+# one process, torch at 2 threads, medians of the per-round ratios, 8-12
+# rounds): S4 (8 MB) fwd+bwd 1.04-1.05x and forward 1.04x fused (two
+# runs); (32, 64, 256, 384), 3.9 MB, 1.02x and 1.05x; S5 (16 MB) 1.01x and
+# 0.99x, level.  Up to this many bytes of [W_ih | W_hh], which every step
+# reads:
+FUSED_STEP_MAX_BYTES = 1 << 23
 
 # In training, the fused forward saves each step's [x_t | h_prev] row, the
 # step product's own left operand, instead of h_prev alone, so that BPTT
