@@ -73,6 +73,17 @@ def _cell_fwd(xr, gr, bs, cj, ho, yr, sg, stc, m, H):
 
 
 @inner
+def _add_input(t, n, gp, xg, perm):
+    """gp[j] += xg[t, perm[j]] for the running rows [0, n): the input's share
+    of the gates, added to the step product's before the cell (the
+    one-thread forward and the forward by rows)."""
+    for j in range(n):
+        b = perm[j]
+        for k in range(gp.shape[1]):
+            gp[j, k] += xg[t, b, k]
+
+
+@inner
 def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs):
     """The cell's forward for a by-rows part's running rows [0, n) at step
     t: gate pre-activations gp[j] + bias, c in cp[j] (updated), h_prev in
@@ -249,10 +260,7 @@ def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y,
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
-        for j in range(n):
-            b = perm[j]
-            for k in range(GH):
-                gh[j, k] += xg[t, b, k]
+        _add_input(t, n, gh, xg, perm)
         _cells_rows(t, n, gh, bias, h, 0, c, perm, training, y, Hs, Gs, Cs, TCs)
 
 
@@ -401,10 +409,7 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, 
         n = rows_of(nb[t], i, nth)      # sorted rows run longest first: a prefix
         if n > 0:
             step_product(hp[:n], wp, w_hh, gp[:n])
-        for j in range(n):      # the input's share of the gates, then the cell
-            b = pp[j]
-            for k in range(GH):
-                gp[j, k] += xg[t, b, k]
+        _add_input(t, n, gp, xg, pp)        # the input's share of the gates, then the cell
         _cells_rows(t, n, gp, bias, hp, 0, cp, pp, training, y, Hs, Gs, Cs, TCs)
     put_rows(hp, h, i, nth)
     put_rows(cp, c, i, nth)
