@@ -93,3 +93,14 @@ def test_a_library_already_loaded_keeps_its_own_choice():
     # scipy.linalg imported first: OpenBLAS chose at that load (SkylakeX on Zen 4)
     r = _probe(pre="import scipy.linalg")
     assert r == {"core": "SkylakeX", "env": None}
+
+
+@needs_zen4_openblas
+def test_the_torch_team_made_first_keeps_fastrnns_choice():
+    # torch_team's compiled member imports scipy.linalg when it compiles or
+    # loads; the runner loads SciPy's OpenBLAS fastrnn's way before that
+    pytest.importorskip("torch", reason="the team is torch's")
+    pre = ("import torch\nfrom fastrnn._backends import torch_team\n"
+           "torch_team.runner()\n")
+    r = _probe(pre=pre)
+    assert r == {"core": "Haswell", "env": None}

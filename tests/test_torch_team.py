@@ -72,6 +72,46 @@ def test_an_error_in_a_part_reaches_the_caller_and_the_team_still_works():
     assert sorted(c[1] for c in calls) == [0, 1]
 
 
+def test_a_members_python_thread_state_lasts_from_one_region_to_the_next():
+    # The members other than the caller are OpenMP threads Python did not
+    # make; torch_team keeps the thread state their first callback created
+    # (else every callback would make and drop one, ~20 us).  A
+    # threading.local value lives in the thread state: set by part 1 in one
+    # region, part 1 (the same OpenMP thread) sees it in the next.
+    local = threading.local()
+    seen = []
+
+    def part(i, nth):
+        if i == 1:
+            seen.append((threading.get_native_id(), getattr(local, "mark", None)))
+            local.mark = "set"
+    for _ in range(3):
+        RUN(part, 2)
+    ids = {s[0] for s in seen}
+    if len(ids) == 1:   # libgomp kept the same worker (it does unless its pool changes)
+        assert [s[1] for s in seen] == [None, "set", "set"], seen
+        assert seen[0][0] != threading.get_native_id()
+
+
+def test_every_part_runs_when_a_member_keeps_the_gil_past_its_post():
+    # Member k waits for member k - 1's post, then a few microseconds more,
+    # before it asks for the GIL.  A Python part holds the GIL throughout:
+    # the next member then waits for the GIL itself, and every part still
+    # runs once, each on its own thread.
+    import time
+
+    calls = []
+
+    def part(i, nth):
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.002:      # 2 ms holding the GIL
+            pass
+        calls.append((i, threading.get_native_id()))
+    RUN(part, 3)
+    assert sorted(c[0] for c in calls) == [0, 1, 2], calls
+    assert len({c[1] for c in calls}) == 3
+
+
 def test_concurrent_callers_each_get_their_own_parts():
     results, errors = {}, []
 

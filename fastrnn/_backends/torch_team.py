@@ -12,6 +12,20 @@ compiles to), whose members each call the compiled part for their share
 of the part numbers.  The parts release the GIL; a member holds it only
 to enter one.
 
+What a region costs is the GIL's hand-over (an empty one: 25-43 us on the
+dev VM before, 10-14 us now, fastrnn's own pool 10):
+  * each member enters through a compiled C callback (kernels/cpu/team.py)
+    that, for members other than the caller, spins without the GIL until
+    the member before it has posted that it is about to enter its part,
+    and only then calls the Python member: two threads asking for the
+    GIL at once cost the loser a sleep and a wake-up;
+  * the OpenMP threads keep the Python thread state their first callback
+    made (_pin_thread_state); otherwise ctypes makes one and drops it at
+    every callback, ~20 us each.
+Measured in whole calls (torch at 2 threads, separate processes taking
+turns with the version before, 8 rounds, medians): fwd+bwd at S2 rnn_tanh
+1.19x, GRU 1.05x, LSTM 1.06x; forward 1.13x, 1.11x, 1.05x.
+
 Only where this can be done safely: Linux, torch imported, the libgomp
 it runs on already mapped in this process (never loaded here; see
 _find_gomp for which one that is), and not in a forked
@@ -24,10 +38,14 @@ import ctypes
 import itertools
 import os
 import sys
+import threading
+import time
+
+import numpy as np
 
 _RUNNER = None      # (torch module, run function or None)
 _FORKED = False
-_JOBS = {}          # key -> (fn, nth, args, errors): one per region running
+_JOBS = {}          # key -> (fn, nth, args, errors, ctl): one per region running
 _KEYS = itertools.count(1)
 _MEMBER = None      # the ctypes callback (kept alive here)
 
@@ -68,35 +86,100 @@ def _find_gomp(torch):
     return None
 
 
+# A member k > 0 waits up to this long for member k - 1's post before it
+# asks for the GIL all the same (its Python member then simply waits for
+# the GIL); after the post, GRACE_US more (spinpool.py's reasoning: the
+# poster still holds the GIL until its part's dispatch releases it).
+WAIT_US = 500.0
+GRACE_US = 6.0
+_PINNED = set()     # the team's threads whose Python thread state is kept
+
+
+def _pin_thread_state():
+    """Keep this (foreign, OpenMP) thread's Python thread state for good.
+
+    A ctypes callback entered on a thread Python did not make creates a
+    thread state on entry and deletes it on return (PyGILState_Ensure and
+    _Release): ~20 us a call on the dev VM, paid by every member but the
+    caller in every region.  One unmatched PyGILState_Ensure keeps the
+    state's count above zero, so later callbacks only take and drop the GIL.
+    The cost: one thread state (a few hundred bytes) per OpenMP thread that
+    has ever run a part, freed when the interpreter finalises."""
+    ensure = ctypes.pythonapi.PyGILState_Ensure
+    ensure.restype = ctypes.c_int
+    ensure.argtypes = []
+    ensure()
+
+
+def _round_seconds(member, team):
+    """Seconds per spin round of team_member's wait (its key-0 call spins
+    without a region); the least of three timings of 20 000 rounds."""
+    ctl = np.zeros(team.CTL_SIZE, np.int64)
+    ctl[team.CTL_ROUNDS] = 20000
+    best = None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        member(ctl.ctypes.data)
+        dt = (time.perf_counter() - t0) / 20000
+        best = dt if best is None else min(best, dt)
+    return max(best, 1e-9)
+
+
 def _make_runner(gomp):
     global _MEMBER
-    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    from .. import _threads
+    # SciPy's OpenBLAS loaded first the way fastrnn loads it (its kernel set
+    # on Zen 4, see _threads.py): compiling or loading team_member imports
+    # scipy.linalg, which would otherwise load it with OpenBLAS's own choice
+    _threads._blas_control()
+    from .._kernels.cpu import team
     parallel = gomp.GOMP_parallel
-    parallel.argtypes = [callback, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     parallel.restype = None
-    thread_num, num_threads = gomp.omp_get_thread_num, gomp.omp_get_num_threads
-    thread_num.restype = num_threads.restype = ctypes.c_int
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    pin = hasattr(ctypes, "pythonapi")
 
-    def member(key):
-        fn, nth, args, errors = _JOBS[key]
+    def member(key, k, members):
+        fn, nth, args, errors, ctl = _JOBS[key]
+        if k > 0 and pin:
+            ident = threading.get_ident()
+            if ident not in _PINNED:
+                _pin_thread_state()
+                _PINNED.add(ident)
+        # posted before this member's first part: its dispatch releases the
+        # GIL within microseconds, and member k + 1 asks for it after that
+        ctl[team.CTL_POST] = k + 1
         try:
             # The team may be smaller than asked (nested in another region,
             # a thread limit): each member takes every n-th part.
-            for i in range(thread_num(), nth, max(1, num_threads())):
+            for i in range(k, nth, max(1, members)):
                 fn(i, nth, *args)
         except BaseException as e:      # re-raised by run() on the caller
             errors.append(e)
 
     _MEMBER = callback(member)
+    entry = team.team_member.address
+    per_round = _round_seconds(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(entry), team)
+    rounds = max(1, int(WAIT_US * 1e-6 / per_round))
+    grace = max(1, int(GRACE_US * 1e-6 / per_round))
+    template = np.zeros(team.CTL_SIZE, np.int64)
+    for slot, value in ((team.CTL_ROUNDS, rounds), (team.CTL_GRACE, grace),
+                        (team.CTL_THREAD_NUM, addr(gomp.omp_get_thread_num)),
+                        (team.CTL_NUM_THREADS, addr(gomp.omp_get_num_threads)),
+                        (team.CTL_MEMBER, addr(_MEMBER))):
+        template[slot] = value
 
     def run(fn, nth, *args):
         """fn(i, nth, *args) for i in range(nth) on a team of nth of
         torch's OpenMP threads (the calling thread is member 0)."""
         key = next(_KEYS)
         errors = []
-        _JOBS[key] = (fn, nth, args, errors)
+        ctl = template.copy()
+        ctl[team.CTL_KEY] = key
+        _JOBS[key] = (fn, nth, args, errors, ctl)
         try:
-            parallel(_MEMBER, key, nth, 0)
+            parallel(entry, ctl.ctypes.data, nth, 0)
         finally:
             del _JOBS[key]
         if errors:

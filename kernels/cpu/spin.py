@@ -107,3 +107,17 @@ def spin_rounds(ctl, rounds):
         s += _load_acquire(ctl, 0)
         _pause()
     return s
+
+
+@njit(**JIT)
+def wait_at_least(ctl, idx, target, rounds, grace):
+    """Spin until ctl[idx] >= target, then `grace` more rounds; or until
+    `rounds` rounds pass (a timeout, after which the caller goes on all the
+    same: waiting here only saves time, it never guards correctness)."""
+    for _ in range(rounds):
+        if _load_acquire(ctl, idx) >= target:
+            for _ in range(grace):
+                _pause()
+            return
+        _pause()
+
