@@ -93,6 +93,40 @@ def test_a_members_python_thread_state_lasts_from_one_region_to_the_next():
         assert seen[0][0] != threading.get_native_id()
 
 
+CAP_CHILD = """
+import json, threading
+import torch
+torch.set_num_threads(2)
+from fastrnn._backends import torch_team
+torch_team.MAX_PINNED = 0
+run = torch_team.runner()
+local = threading.local()
+seen = []
+def part(i, nth):
+    if i == 1:
+        seen.append((threading.get_native_id(), getattr(local, "mark", None)))
+        local.mark = "set"
+for _ in range(3):
+    run(part, 2)
+print(json.dumps(dict(seen=seen, pinned=len(torch_team._PINNED))))
+"""
+
+
+def test_past_the_cap_no_thread_state_is_kept_and_every_part_still_runs():
+    # MAX_PINNED bounds the states kept (threads from ever new pools); a
+    # member past it gets a fresh state per callback, as before the pinning.
+    # A fresh process: in this one the team's threads may be pinned already.
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", CAP_CHILD], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["pinned"] == 0 and len(r["seen"]) == 3, r
+    if len({s[0] for s in r["seen"]}) == 1:
+        assert [s[1] for s in r["seen"]] == [None, None, None], r
+
+
 def test_every_part_runs_when_a_member_keeps_the_gil_past_its_post():
     # Member k waits for member k - 1's post, then a few microseconds more,
     # before it asks for the GIL.  A Python part holds the GIL throughout:

@@ -93,6 +93,11 @@ def _find_gomp(torch):
 WAIT_US = 500.0
 GRACE_US = 6.0
 _PINNED = set()     # the team's threads whose Python thread state is kept
+# At most this many: libgomp makes a pool of threads per calling thread
+# (and a pool can shrink), so a program that calls from ever new threads
+# would otherwise keep ever more states.  Past it, members go back to a
+# state per callback: slower, never wrong.
+MAX_PINNED = 64
 
 
 def _pin_thread_state():
@@ -104,7 +109,8 @@ def _pin_thread_state():
     caller in every region.  One unmatched PyGILState_Ensure keeps the
     state's count above zero, so later callbacks only take and drop the GIL.
     The cost: one thread state (a few hundred bytes) per OpenMP thread that
-    has ever run a part, freed when the interpreter finalises."""
+    has ever run a part (at most MAX_PINNED), freed when the interpreter
+    finalises."""
     ensure = ctypes.pythonapi.PyGILState_Ensure
     ensure.restype = ctypes.c_int
     ensure.argtypes = []
@@ -144,7 +150,7 @@ def _make_runner(gomp):
         fn, nth, args, errors, ctl = _JOBS[key]
         if k > 0 and pin:
             ident = threading.get_ident()
-            if ident not in _PINNED:
+            if ident not in _PINNED and len(_PINNED) < MAX_PINNED:
                 _pin_thread_state()
                 _PINNED.add(ident)
         # posted before this member's first part: its dispatch releases the
