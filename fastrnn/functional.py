@@ -77,6 +77,25 @@ def _as_array(name, a, xp, xp_name):
     return a
 
 
+def _contiguous(a, xp):
+    """a, or a C-contiguous copy of it.  A NumPy copy big enough to come
+    from fresh pages (a batch-first x or dy seen time-major, say) goes into
+    the Numba backend's buffer cache (_backends/bufpool.py), as the kernels'
+    own arrays do: the copy's page faults cost more than the copy."""
+    if a.flags.c_contiguous:
+        return a
+    if xp is np and a.nbytes >= _bufpool().MIN_BYTES:
+        out = _bufpool().CACHE.empty(a.shape, a.dtype)
+        np.copyto(out, a)
+        return out
+    return xp.ascontiguousarray(a)
+
+
+def _bufpool():
+    from ._backends import bufpool
+    return bufpool
+
+
 def _check(name, a, shape, dtype, xp, xp_name):
     """a as a C-contiguous array of this shape (a tuple) and dtype, or the
     error that names it."""
@@ -86,7 +105,7 @@ def _check(name, a, shape, dtype, xp, xp_name):
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(a.shape)}")
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {a.dtype}")
-    return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+    return _contiguous(a, xp)
 
 
 def _lengths(lengths, T, B):
@@ -222,7 +241,7 @@ def _forward_checked(mode, x, w_ih, w_hh, b_ih, b_hh, has_bias, h0, c0, lengths,
     H = w_hh.shape[1]
     dtype = x.dtype
     be = dispatch.select(backend, xp_name, mode, dtype)
-    x = xp.ascontiguousarray(x)
+    x = _contiguous(x, xp)
     y, h_n, c_n, payload = be.forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training)
     saved = None
     if training:

@@ -186,3 +186,37 @@ def test_varying_lengths_keep_the_cache_bounded(monkeypatch):
         assert st["bytes_free"] <= 2 * MB, st
         del a, b
     assert cache.hits > 50, cache.stats()
+
+
+def test_a_batch_first_x_and_dy_are_copied_into_the_cache(monkeypatch):
+    # x and dy seen time-major through a transposed view (batch-first data):
+    # their C-contiguous copies come from the cache, and the results are
+    # those of C-contiguous inputs, bit for bit
+    import fastrnn
+    if not bufpool.CACHE.stats()["enabled"]:
+        pytest.skip("the buffer cache is off here (FASTRNN_BUFFER_CACHE_MB=0 or a free-threaded Python)")
+    T, B, I, H = 40, 16, 128, 128           # x and dy 320 KB each, over MIN_BYTES
+    rng = np.random.default_rng(1)
+    xb = rng.standard_normal((B, T, I)).astype(np.float32)
+    dyb = rng.standard_normal((B, T, H)).astype(np.float32)
+    w = [(0.1 * rng.standard_normal(s)).astype(np.float32) for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    asked = []
+    empty = bufpool.CACHE.empty
+
+    def spy(shape, dtype):
+        asked.append(tuple(shape))
+        return empty(shape, dtype)
+    monkeypatch.setattr(bufpool.CACHE, "empty", spy)
+    x, dy = xb.transpose(1, 0, 2), dyb.transpose(1, 0, 2)
+    y, h, saved = fastrnn.rnn_forward("gru", x, w, training=True, backend="numba")
+    assert asked[0] == (T, B, I), asked          # x's copy, before the kernels' arrays
+    del asked[:]
+    grads = fastrnn.rnn_backward(saved, dy)
+    assert asked[0] == (T, B, H), asked
+    monkeypatch.setattr(bufpool.CACHE, "empty", empty)
+    y2, h2, saved2 = fastrnn.rnn_forward("gru", np.ascontiguousarray(x), w, training=True, backend="numba")
+    grads2 = fastrnn.rnn_backward(saved2, np.ascontiguousarray(dy))
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(h, h2)
+    for a, b in zip(grads[:2] + tuple(grads[2]), grads2[:2] + tuple(grads2[2])):
+        np.testing.assert_array_equal(a, b)
