@@ -130,13 +130,13 @@ def test_lstm_projection_in_the_step(B, lengths, reverse, h0, dtype, kernel_form
 @pytest.mark.parametrize("B,lengths,reverse", [(4, "full", False), (7, [2, 9, 0, 5, 9, 1, 3], True)])
 def test_lstm_step_panels_from_the_two_weights(H, B, lengths, reverse, kernel_form, monkeypatch):
     # float32 with 4H a multiple of the panel width (H = 8, 16): the fused
-    # step's panels are packed from W_ih and W_hh (packed.pack_rows2) and
+    # step's panels are packed from W_ih and W_hh (packed.pack_rows2_part) and
     # its product runs without a [W_ih | W_hh] copy; H = 11 makes the copy.
     # Every allocation NaN-filled, against the oracle.
     from fastrnn._kernels.cpu import packed
     packs = []
-    real = packed.pack_rows2
-    monkeypatch.setattr(packed, "pack_rows2", lambda *a: packs.append(a) or real(*a))
+    real = packed.pack_rows2_part
+    monkeypatch.setattr(packed, "pack_rows2_part", lambda *a: packs.append(a) or real(*a))
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     regions = _spy_regions(monkeypatch)
     check_backend("lstm", "numba", T=9, B=B, I=5, H=H, dtype="float32", lengths=lengths, reverse=reverse)

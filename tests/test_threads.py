@@ -582,3 +582,31 @@ def test_forked_child_after_threaded_kernels(monkeypatch):
     assert status == "ok", why
     assert "forked" in why
     assert total == pytest.approx(float(np.abs(ref["y"]).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("rows_mode", ROWS, indirect=True)
+def test_weights_packed_as_a_region_on_the_threads(rows_spy, rows_mode, monkeypatch):
+    # by rows, panels of PACK_IN_PARTS_MIN_BYTES or more are packed by a
+    # region of their own, each thread a share of the panels (here every
+    # size, the bound at 0; H = 40 leaves a column remainder past the
+    # panels, B = 5 unequal rows).  Against the oracle, every allocation
+    # NaN-filled, so a panel left unpacked would show.
+    mode = rows_mode
+    monkeypatch.setattr(numba_cpu, "PACK_IN_PARTS_MIN_BYTES", 0)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    regions = []
+    run_parts = numba_cpu._in_threads
+
+    def spy(fn, nth, *args):
+        regions.append((fn.__name__, nth))
+        return run_parts(fn, nth, *args)
+    monkeypatch.setattr(numba_cpu, "_in_threads", spy)
+    for H in (32, 40):
+        regions.clear()
+        check_backend(mode, "numba", T=6, B=5, I=9, H=H, dtype="float32", lengths="random")
+        packs = [r for r in regions if r[0].startswith("pack_")]
+        # the training forward, its BPTT (W_hh's column panels) and the
+        # inference forward
+        assert len(packs) == 3 and all(r[1] >= 2 for r in packs), regions
+        assert packs[1][0] == "pack_cols_part", regions
+    _assert_by_rows(rows_spy, mode)

@@ -230,6 +230,11 @@ OWN_AFTER = True
 OWN_AFTER_MAX_GH = 768
 OWN_AFTER_MAX_IH = 256
 
+# The threaded loops pack the weights into panels once per call
+# (packed.pack_*): by rows, from this many bytes of panels on, the packing
+# is a region of its own on the two threads, each a half of the panels.
+PACK_IN_PARTS_MIN_BYTES = 1 << 18
+
 
 def _panels(packed, N, K, dt, alloc):
     """The panel array for a step product with N output columns and K
@@ -385,6 +390,16 @@ def _whhT_unread(par, rows, parts, dt, H):
     return bool(rows) or all(split(H, parts, p, 8)[0] % packed.PANEL == 0 for p in range(1, parts))
 
 
+def _pack(part, rows, nth, *args):
+    """Pack weight panels (packed.pack_*_part): as a region on the threads
+    of the loops by rows (`rows`, their runner) where the panels hold at
+    least PACK_IN_PARTS_MIN_BYTES, else on this thread."""
+    if rows and args[-1].nbytes >= PACK_IN_PARTS_MIN_BYTES:
+        rows(part, nth, *args)
+    else:
+        part(0, 1, *args)
+
+
 def _own_after(GH, I, H, dt):
     """Whether the GEMMs after BPTT run on fastrnn's own blocks (OWN_AFTER_*)."""
     return bool(OWN_AFTER and dt == np.float32 and GH <= OWN_AFTER_MAX_GH and max(I, H) <= OWN_AFTER_MAX_IH)
@@ -520,9 +535,9 @@ class NumbaCPU:
             if par and not fused:
                 wp = _panels(packed, GH, H, dt, alloc)
                 if w_hhT.size:
-                    packed.pack_cols(w_hhT, wp)
+                    _pack(packed.pack_cols_part, rows, nth, w_hhT, wp)
                 else:
-                    packed.pack_rows(w_hh, wp)
+                    _pack(packed.pack_rows_part, rows, nth, w_hh, wp)
             # the parts by rows take None for W_hh where the panels hold
             # every column: the panels-only product (PANELS_ONLY_ROWS)
             rows_w = None if rows and PANELS_ONLY_ROWS and _panels_cover(packed, GH, dt) else w_hh
@@ -555,11 +570,11 @@ class NumbaCPU:
                         # every column in a panel: packed from the two
                         # weights, no [W_ih | W_hh] copy made
                         w_cat = None
-                        packed.pack_rows2(np.ascontiguousarray(w_ih), w_hh, wp)
+                        _pack(packed.pack_rows2_part, rows, nth, np.ascontiguousarray(w_ih), w_hh, wp)
                     else:
                         w_cat = alloc((GH, I + H), dt)
                         np.concatenate((w_ih, w_hh), axis=1, out=w_cat)
-                        packed.pack_rows(w_cat, wp)
+                        _pack(packed.pack_rows_part, rows, nth, w_cat, wp)
                     rows(lstm.lstm_forward_fused_rows_part, nth, x2.reshape(T, B, I),
                          w_cat, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs)
@@ -649,7 +664,7 @@ class NumbaCPU:
                 w_step, *last = gemm.step_operands(B, w_hhT, w_hh)
             else:       # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
                 wp = _panels(packed, H, GH, dt, alloc)
-                packed.pack_cols(w_hh, wp)
+                _pack(packed.pack_cols_part, rows, nth, w_hh, wp)
             w_ops = (w_step, wp) if par else (w_step,)
             # by rows with padding, the GEMMs after the loop in the parts
             # themselves (FUSED_GRADS_*), each part's weight and bias

@@ -46,7 +46,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .blas import gemm
+from .blas import gemm, split
 from .common import JIT, inner, transpose_into
 from .gemm import _cols
 
@@ -322,38 +322,58 @@ def _panels_product(A, Pp, out):
 
 
 @njit(**JIT)
+def pack_rows_part(i, nth, Bt, Pp):
+    """Part i of nth of pack_rows (its share of the panels): the backend
+    runs the parts on its threads where the weights are big enough
+    (numba_cpu.PACK_IN_PARTS_MIN_BYTES), else part 0 of 1."""
+    p0, p1 = split(Pp.shape[0], nth, i, 1)
+    for p in range(p0, p1):
+        transpose_into(Bt[p * PANEL:(p + 1) * PANEL], Pp[p])
+
+
 def pack_rows(Bt, Pp):
     """Pp[p, k, j] = Bt[p * PANEL + j, k] for the full panels of Bt (N, K)
     (Pp (N // PANEL, K, PANEL)), C-contiguous Bt: each panel is the
     transpose of PANEL of Bt's rows (common.transpose_into, 8x8 tiles)."""
-    for p in range(Pp.shape[0]):
-        transpose_into(Bt[p * PANEL:(p + 1) * PANEL], Pp[p])
+    pack_rows_part(0, 1, Bt, Pp)
 
 
 @njit(**JIT)
+def pack_rows2_part(i, nth, B1, B2, Pp):
+    """Part i of nth of pack_rows2 (see pack_rows_part)."""
+    K1 = B1.shape[1]
+    p0, p1 = split(Pp.shape[0], nth, i, 1)
+    for p in range(p0, p1):
+        transpose_into(B1[p * PANEL:(p + 1) * PANEL], Pp[p, :K1])
+        transpose_into(B2[p * PANEL:(p + 1) * PANEL], Pp[p, K1:])
+
+
 def pack_rows2(B1, B2, Pp):
     """pack_rows([B1 | B2], Pp) without [B1 | B2]: B1 (N, K1) and B2 (N, K2)
     C-contiguous, Pp (N // PANEL, K1 + K2, PANEL).  The fused LSTM step's
     [W_ih | W_hh] panels straight from the two weights, no concatenated
     copy: 0.25 against 0.33 ms for the copy and its packing at S3, with
     cold caches."""
-    K1 = B1.shape[1]
-    for p in range(Pp.shape[0]):
-        transpose_into(B1[p * PANEL:(p + 1) * PANEL], Pp[p, :K1])
-        transpose_into(B2[p * PANEL:(p + 1) * PANEL], Pp[p, K1:])
+    pack_rows2_part(0, 1, B1, B2, Pp)
 
 
 @njit(**JIT)
-def pack_cols(BtT, Pp):
-    """Pp[p, k, j] = BtT[k, p * PANEL + j] for BtT = Bt.T (K, N): from W^T's
-    rows, chunk copies."""
+def pack_cols_part(i, nth, BtT, Pp):
+    """Part i of nth of pack_cols (see pack_rows_part)."""
     P, K, W = Pp.shape
-    for p in range(P):
+    p0, p1 = split(P, nth, i, 1)
+    for p in range(p0, p1):
         for k in range(K):
             src = BtT[k]
             dst = Pp[p, k]
             for j in range(W):
                 dst[j] = src[p * W + j]
+
+
+def pack_cols(BtT, Pp):
+    """Pp[p, k, j] = BtT[k, p * PANEL + j] for BtT = Bt.T (K, N): from W^T's
+    rows, chunk copies."""
+    pack_cols_part(0, 1, BtT, Pp)
 
 
 def panels(N, K, dtype, empty=np.empty):
