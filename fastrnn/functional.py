@@ -84,16 +84,13 @@ def _contiguous(a, xp):
     own arrays do: the copy's page faults cost more than the copy."""
     if a.flags.c_contiguous:
         return a
-    if xp is np and a.nbytes >= _bufpool().MIN_BYTES:
-        out = _bufpool().CACHE.empty(a.shape, a.dtype)
-        np.copyto(out, a)
-        return out
+    if xp is np:
+        from ._backends import bufpool
+        if a.nbytes >= bufpool.MIN_BYTES:
+            out = bufpool.CACHE.empty(a.shape, a.dtype)
+            np.copyto(out, a)
+            return out
     return xp.ascontiguousarray(a)
-
-
-def _bufpool():
-    from ._backends import bufpool
-    return bufpool
 
 
 def _check(name, a, shape, dtype, xp, xp_name):

@@ -72,33 +72,12 @@ def test_an_error_in_a_part_reaches_the_caller_and_the_team_still_works():
     assert sorted(c[1] for c in calls) == [0, 1]
 
 
-def test_a_members_python_thread_state_lasts_from_one_region_to_the_next():
-    # The members other than the caller are OpenMP threads Python did not
-    # make; torch_team keeps the thread state their first callback created
-    # (else every callback would make and drop one, ~20 us).  A
-    # threading.local value lives in the thread state: set by part 1 in one
-    # region, part 1 (the same OpenMP thread) sees it in the next.
-    local = threading.local()
-    seen = []
-
-    def part(i, nth):
-        if i == 1:
-            seen.append((threading.get_native_id(), getattr(local, "mark", None)))
-            local.mark = "set"
-    for _ in range(3):
-        RUN(part, 2)
-    ids = {s[0] for s in seen}
-    if len(ids) == 1:   # libgomp kept the same worker (it does unless its pool changes)
-        assert [s[1] for s in seen] == [None, "set", "set"], seen
-        assert seen[0][0] != threading.get_native_id()
-
-
-CAP_CHILD = """
-import json, threading
+STATE_CHILD = """
+import json, sys, threading
 import torch
 torch.set_num_threads(2)
 from fastrnn._backends import torch_team
-torch_team.MAX_PINNED = 0
+torch_team.MAX_PINNED = int(sys.argv[1])
 run = torch_team.runner()
 local = threading.local()
 seen = []
@@ -108,23 +87,36 @@ def part(i, nth):
         local.mark = "set"
 for _ in range(3):
     run(part, 2)
-print(json.dumps(dict(seen=seen, pinned=len(torch_team._PINNED))))
+print(json.dumps(dict(seen=seen, pinned=len(torch_team._PINNED), caller=threading.get_native_id())))
 """
 
 
-def test_past_the_cap_no_thread_state_is_kept_and_every_part_still_runs():
-    # MAX_PINNED bounds the states kept (threads from ever new pools); a
-    # member past it gets a fresh state per callback, as before the pinning.
-    # A fresh process: in this one the team's threads may be pinned already.
+@pytest.mark.parametrize("cap", [64, 0])
+def test_a_members_python_thread_state_is_kept_up_to_the_cap(cap):
+    # The members other than the caller are OpenMP threads Python did not
+    # make; torch_team keeps the thread state their first callback created
+    # (else every callback would make and drop one, ~20 us), for at most
+    # MAX_PINNED threads (threads from ever new pools); past the cap a
+    # member gets a fresh state per callback, as before the pinning.  A
+    # threading.local value lives in the thread state: set by part 1 in one
+    # region, part 1 (the same OpenMP thread) sees it in the next only if
+    # its state was kept.  A fresh process each: in this one the team's
+    # threads may be pinned already.
     import json
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", CAP_CHILD], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", STATE_CHILD, str(cap)], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["pinned"] == 0 and len(r["seen"]) == 3, r
-    if len({s[0] for s in r["seen"]}) == 1:
-        assert [s[1] for s in r["seen"]] == [None, None, None], r
+    seen = r["seen"]
+    assert len(seen) == 3, r
+    if cap == 0:
+        assert r["pinned"] == 0, r
+    if len({s[0] for s in seen}) == 1:   # libgomp kept the same worker (it does unless its pool changes)
+        assert seen[0][0] != r["caller"], r
+        want = [None, "set", "set"] if cap else [None, None, None]
+        assert [s[1] for s in seen] == want, r
 
 
 def test_every_part_runs_when_a_member_keeps_the_gil_past_its_post():

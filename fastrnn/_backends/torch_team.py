@@ -39,7 +39,6 @@ import itertools
 import os
 import sys
 import threading
-import time
 
 import numpy as np
 
@@ -118,17 +117,15 @@ def _pin_thread_state():
 
 
 def _round_seconds(member, team):
-    """Seconds per spin round of team_member's wait (its key-0 call spins
-    without a region); the least of three timings of 20 000 rounds."""
+    """Seconds per spin round of team_member's wait: its key-0 call spins
+    ctl[CTL_ROUNDS] rounds without a region (spinpool.seconds_per_round)."""
+    from .spinpool import seconds_per_round
     ctl = np.zeros(team.CTL_SIZE, np.int64)
-    ctl[team.CTL_ROUNDS] = 20000
-    best = None
-    for _ in range(3):
-        t0 = time.perf_counter()
+
+    def spin_n(n):
+        ctl[team.CTL_ROUNDS] = n
         member(ctl.ctypes.data)
-        dt = (time.perf_counter() - t0) / 20000
-        best = dt if best is None else min(best, dt)
-    return max(best, 1e-9)
+    return seconds_per_round(spin_n)
 
 
 def _make_runner(gomp):
