@@ -292,3 +292,35 @@ def test_blocks_sum_each_output_in_pieces_in_order(M, K, N):
     C = np.full((M, N), np.nan, np.float32)
     _gemm_tn(At, B, C)
     np.testing.assert_array_equal(C, want)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+@pytest.mark.parametrize("K1,K2,N", [(5, 32, 64), (128, 256, 1024), (9, 40, 160), (3, 64, 96)])
+def test_forward_and_bptt_panels_packed_together_in_parts(nth, K1, K2, N):
+    # pack_rows2_cols_part: the fused LSTM's forward panels of [B1 | B2]
+    # and BPTT's column panels of B2 (W_hh), every part's share, into
+    # NaN-filled panels: both equal the reference layouts (a part that
+    # skipped its rows of either would leave NaN)
+    rng = np.random.default_rng(nth + K1 + K2 + N)
+    B1 = rng.standard_normal((N, K1)).astype(np.float32)
+    B2 = rng.standard_normal((N, K2)).astype(np.float32)
+    Pp = np.full((N // PANEL, K1 + K2, PANEL), np.nan, np.float32)
+    Pc = np.full((K2 // PANEL, N, PANEL), np.nan, np.float32)
+    for i in range(nth):
+        packed.pack_rows2_cols_part(i, nth, B1, B2, Pp, Pc)
+    np.testing.assert_array_equal(Pp, _reference_panels(np.concatenate((B1, B2), axis=1)))
+    np.testing.assert_array_equal(Pc, _reference_panels(np.ascontiguousarray(B2.T)))
+    # and pack_cols in the same parts gives the same column panels
+    Pc2 = np.full_like(Pc, np.nan)
+    for i in range(nth):
+        packed.pack_cols_part(i, nth, B2, Pc2)
+    np.testing.assert_array_equal(Pc2, Pc)
+
+
+def test_column_panels_of_another_width_are_refused():
+    B2 = np.ones((64, 64), np.float32)
+    with pytest.raises(ValueError, match="PANEL wide"):
+        packed.pack_cols_part(0, 1, B2, np.empty((4, 64, PANEL // 2), np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        packed.pack_rows2_cols_part(0, 1, B2, B2, np.empty((2, 128, PANEL), np.float32),
+                                    np.empty((2, 63, PANEL), np.float32))

@@ -584,15 +584,19 @@ def test_forked_child_after_threaded_kernels(monkeypatch):
     assert total == pytest.approx(float(np.abs(ref["y"]).sum()), rel=1e-12)
 
 
+@pytest.mark.parametrize("bwd_in_forward", [True, False])
 @pytest.mark.parametrize("rows_mode", ROWS, indirect=True)
-def test_weights_packed_as_a_region_on_the_threads(rows_spy, rows_mode, monkeypatch):
+def test_weights_packed_as_a_region_on_the_threads(rows_spy, rows_mode, bwd_in_forward, monkeypatch):
     # by rows, panels of PACK_IN_PARTS_MIN_BYTES or more are packed by a
     # region of their own, each thread a share of the panels (here every
     # size, the bound at 0; H = 40 leaves a column remainder past the
     # panels, B = 5 unequal rows).  Against the oracle, every allocation
     # NaN-filled, so a panel left unpacked would show.
+    # The fused LSTM's training forward packs BPTT's panels too
+    # (PACK_BWD_IN_FORWARD), and its BPTT then packs none.
     mode = rows_mode
     monkeypatch.setattr(numba_cpu, "PACK_IN_PARTS_MIN_BYTES", 0)
+    monkeypatch.setattr(numba_cpu, "PACK_BWD_IN_FORWARD", bwd_in_forward)
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     regions = []
     run_parts = numba_cpu._in_threads
@@ -607,6 +611,9 @@ def test_weights_packed_as_a_region_on_the_threads(rows_spy, rows_mode, monkeypa
         packs = [r for r in regions if r[0].startswith("pack_")]
         # the training forward, its BPTT (W_hh's column panels) and the
         # inference forward
-        assert len(packs) == 3 and all(r[1] >= 2 for r in packs), regions
-        assert packs[1][0] == "pack_cols_part", regions
+        assert all(r[1] >= 2 for r in packs), regions
+        if mode == "lstm" and numba_cpu.FUSED_STEP_MAX_BYTES >= 0 and bwd_in_forward:
+            assert [r[0] for r in packs] == ["pack_rows2_cols_part", "pack_rows2_part"], regions
+        else:
+            assert len(packs) == 3 and packs[1][0] == "pack_cols_part", regions
     _assert_by_rows(rows_spy, mode)

@@ -234,6 +234,11 @@ OWN_AFTER_MAX_IH = 256
 # (packed.pack_*): by rows, from this many bytes of panels on, the packing
 # is a region of its own on the two threads, each a half of the panels.
 PACK_IN_PARTS_MIN_BYTES = 1 << 18
+# The fused LSTM's training forward packs BPTT's W_hh panels too, in its
+# packing region, each part from the W_hh rows it has just read for the
+# forward's panels (packed.pack_rows2_cols_part); the backward then packs
+# nothing.
+PACK_BWD_IN_FORWARD = True
 
 
 def _panels(packed, N, K, dt, alloc):
@@ -503,6 +508,7 @@ class NumbaCPU:
         dummy = np.empty((1, 1, 1), dt)
         tb = (lambda shape: alloc(shape, dt)) if training else (lambda shape: dummy)
         c = None
+        wp_bwd = None   # BPTT's W_hh panels where the forward packs them (PACK_BWD_IN_FORWARD)
         with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
             rows = par and _by_rows(mode, B, H, GH, dt, nth)
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
@@ -570,7 +576,13 @@ class NumbaCPU:
                         # every column in a panel: packed from the two
                         # weights, no [W_ih | W_hh] copy made
                         w_cat = None
-                        _pack(packed.pack_rows2_part, rows, nth, np.ascontiguousarray(w_ih), w_hh, wp)
+                        if training and PACK_BWD_IN_FORWARD:
+                            # and BPTT's panels of W_hh from the same reads
+                            wp_bwd = _panels(packed, H, GH, dt, alloc)
+                            _pack(packed.pack_rows2_cols_part, rows, nth, np.ascontiguousarray(w_ih), w_hh,
+                                  wp, wp_bwd)
+                        else:
+                            _pack(packed.pack_rows2_part, rows, nth, np.ascontiguousarray(w_ih), w_hh, wp)
                     else:
                         w_cat = alloc((GH, I + H), dt)
                         np.concatenate((w_ih, w_hh), axis=1, out=w_cat)
@@ -619,7 +631,7 @@ class NumbaCPU:
         if training:
             payload = dict(mode=mode, x2=x2, w_ih=w_ih, w_hh=w_hh, w_hhT=w_hhT if w_hhT.size else None, Hs=Hs,
                            xh=xh, perm=perm, nb=nb, ident=ident, reverse=reverse, shape=(T, B, I, H),
-                           padded=padded, **bufs)
+                           padded=padded, wp_bwd=wp_bwd, **bufs)
         return y, h_n, c_n, payload
 
     # ------------------------------------------------------------ backward
@@ -663,8 +675,10 @@ class NumbaCPU:
             if not par:
                 w_step, *last = gemm.step_operands(B, w_hhT, w_hh)
             else:       # dh = dG @ W_hh by W_hh's column panels (packed.py), packed once
-                wp = _panels(packed, H, GH, dt, alloc)
-                _pack(packed.pack_cols_part, rows, nth, w_hh, wp)
+                wp = p["wp_bwd"]
+                if wp is None:
+                    wp = _panels(packed, H, GH, dt, alloc)
+                    _pack(packed.pack_cols_part, rows, nth, w_hh, wp)
             w_ops = (w_step, wp) if par else (w_step,)
             # by rows with padding, the GEMMs after the loop in the parts
             # themselves (FUSED_GRADS_*), each part's weight and bias
