@@ -324,3 +324,22 @@ def test_column_panels_of_another_width_are_refused():
     with pytest.raises(ValueError, match="expected"):
         packed.pack_rows2_cols_part(0, 1, B2, B2, np.empty((2, 128, PANEL), np.float32),
                                     np.empty((2, 63, PANEL), np.float32))
+
+
+def test_block_shape_follows_the_target_vector_registers():
+    # the block is written for the register file Numba compiles for: two
+    # vectors of the target's width a panel, and no more accumulators than
+    # half its registers (AVX-512: 32 zmm, 16 accumulators in two chains;
+    # AVX2: 16 ymm, 8 in one). The AVX-512 form compiled for AVX2 spilled in
+    # its k loop and ran at a third of the speed (docs/performance.md,
+    # nineteenth session).
+    import llvmlite.binding as ll
+    from numba.core import config
+    if config.CPU_FEATURES is not None or config.CPU_NAME is not None:
+        pytest.skip("NUMBA_CPU_NAME/NUMBA_CPU_FEATURES set: the target is not the host")
+    host = ll.get_host_cpu_features()
+    lanes = 16 if host.get("avx512f") else 8 if host.get("avx") else 4
+    registers = 32 if lanes == 16 else 16
+    assert packed._LANES == lanes
+    assert PANEL == 2 * lanes
+    assert packed.ROWS * packed._VECS * packed.CHAINS <= registers // 2

@@ -13,9 +13,11 @@ but its accumulators must stay in registers across the whole k loop,
 which Numba's Python cannot say (a generated kernel with scalar
 accumulators was not vectorised, see docs/performance.md).  So the block
 is emitted directly as LLVM IR by a Numba intrinsic, and the call's loops
-around it stay Python: 4 rows x 32 columns, each output summed in two
-interleaved chains (k even, k odd), 16 zmm accumulators; per two values
-of k, 8 broadcasts, 4 vector loads and 16 FMAs.  The k terms go in
+around it stay Python: 4 rows x PANEL columns (two vector registers).
+With AVX-512, PANEL = 32, each output summed in two interleaved chains
+(k even, k odd), 16 zmm accumulators; per two values of k, 8 broadcasts,
+4 vector loads and 16 FMAs.  With AVX2 (16 ymm registers), PANEL = 16 and
+one chain, 8 accumulators (see CHAINS).  The k terms go in
 pieces of KBLOCK, each piece's sums added to a running total in 8 more
 zmm registers, stored once: one chain of K FMAs rounded visibly worse
 than the dot form (docs/performance.md).
@@ -50,9 +52,22 @@ from .blas import gemm, split
 from .common import JIT, inner, transpose_into
 from .gemm import _cols
 
-PANEL = 32          # output columns per panel: 2 zmm vectors of float32
-_LANES = 16
-_VECS = PANEL // _LANES
+
+
+def _vector_lanes():
+    """float32 lanes of the vector registers the compiled code has: 16
+    where Numba's target has AVX-512 (32 zmm registers), 8 with AVX (16 ymm
+    registers), else 4.  Read from the target Numba compiles for (its
+    cache key, so a cache is never loaded on a machine whose width
+    differs), not from the host directly: NUMBA_CPU_NAME/FEATURES apply."""
+    from numba.core.registry import cpu_target
+    features = set(cpu_target.target_context.codegen().magic_tuple()[2].split(","))
+    return 16 if "+avx512f" in features else 8 if "+avx" in features else 4
+
+
+_LANES = _vector_lanes()
+_VECS = 2
+PANEL = _LANES * _VECS      # output columns per panel: two vector registers
 
 
 def _block_intrinsic(rows, chains, kblock):
@@ -209,7 +224,13 @@ def _block_intrinsic(rows, chains, kblock):
 
 
 ROWS = 4              # rows per block: with 2 chains, 16 zmm accumulators
-CHAINS = 2
+# Two chains where the target has 32 vector registers (AVX-512: 16
+# accumulators, 8 totals, loads); one with 16 (AVX2): 8 accumulators, and
+# the totals, touched once a piece, are what spills.  The AVX-512 form
+# compiled for AVX2 needs 48 ymm registers and spills in the k loop: one
+# Zen 3 core, (M, K, N) = (16, 384, 1024), 33 GFLOP/s against 86 with one
+# chain (OpenBLAS 45); (64, 1024, 1024) 30 against 69 (OpenBLAS 70)
+CHAINS = 2 if _LANES == 16 else 1
 # the k terms in pieces of this many, each piece's sums added to the
 # block's running total (two chains of 16 FMAs, then one add a piece): rounding as of a sum in
 # short pieces.  One chain of K FMAs per output rounded 1.3-2.5x worse
