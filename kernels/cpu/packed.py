@@ -18,8 +18,8 @@ With AVX-512, PANEL = 32, each output summed in two interleaved chains
 (k even, k odd), 16 zmm accumulators; per two values of k, 8 broadcasts,
 4 vector loads and 16 FMAs.  With AVX2 (16 ymm registers), PANEL = 16 and
 one chain, 8 accumulators (see CHAINS).  The k terms go in
-pieces of KBLOCK, each piece's sums added to a running total in 8 more
-zmm registers, stored once: one chain of K FMAs rounded visibly worse
+pieces of KBLOCK, each piece's sums added to a running total in as many
+more registers as the accumulators of one chain, stored once: one chain of K FMAs rounded visibly worse
 than the dot form (docs/performance.md).
 One Zen 4 core: 103-110 GFLOP/s against _cols's 78-100.
 
@@ -51,7 +51,6 @@ from numba.extending import intrinsic
 from .blas import gemm, split
 from .common import JIT, inner, transpose_into
 from .gemm import _cols
-
 
 
 def _vector_lanes():
@@ -227,7 +226,7 @@ def _block_intrinsic(rows, chains, kblock):
     return block
 
 
-ROWS = 4              # rows per block: with 2 chains, 16 zmm accumulators
+ROWS = 4              # rows per block: ROWS * _VECS * CHAINS accumulators
 # Two chains where the target has 32 vector registers (AVX-512: 16
 # accumulators, 8 totals, loads); one with 16 (AVX2): 8 accumulators, and
 # the totals, touched once a piece, are what spills.  The AVX-512 form
@@ -236,7 +235,7 @@ ROWS = 4              # rows per block: with 2 chains, 16 zmm accumulators
 # chain (OpenBLAS 45); (64, 1024, 1024) 30 against 69 (OpenBLAS 70)
 CHAINS = 2 if _LANES == 16 else 1
 # the k terms in pieces of this many, each piece's sums added to the
-# block's running total (two chains of 16 FMAs, then one add a piece): rounding as of a sum in
+# block's running total (CHAINS chains of KBLOCK / CHAINS FMAs, then one add a piece): rounding as of a sum in
 # short pieces.  One chain of K FMAs per output rounded 1.3-2.5x worse
 # than _cols in whole rnn_tanh calls (2.6-6.0e-5 against 1.5-3.0e-5; the
 # float32 NumPy oracle 1.8-2.3e-5); these blocks 1.2-2.9e-5 there
