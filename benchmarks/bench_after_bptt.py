@@ -8,7 +8,8 @@ of the region as parallel.after_loop_part cuts it for two threads:
     dW_hh  rows [0, G*H/2) of dG^T @ h_prev      (M = G*H/2, K = T*B, N = H)
 
 The table gives GFLOP/s of each, own over OpenBLAS, and which one the
-backend runs for that layer (numba_cpu.OWN_AFTER_MAX_GH, OWN_AFTER_MAX_IH).
+backend runs for that layer on this machine's blocks (numba_cpu.OWN_AFTER_MAX_GH by
+the vector width, OWN_AFTER_MAX_IH).
 
     PYTHONPATH=. python3 benchmarks/bench_after_bptt.py      # ~30 s
     python -m pytest benchmarks/bench_after_bptt.py --benchmark-group-by=param:case
@@ -83,7 +84,7 @@ def main():
             args, flops, (GH, I, H) = _problem(mode, shape)
             t_own = _median(_own, args)
             t_blas = _median(_blas, args)
-            picks = GH <= numba_cpu.OWN_AFTER_MAX_GH and max(I, H) <= numba_cpu.OWN_AFTER_MAX_IH
+            picks = numba_cpu._own_after(GH, I, H, np.dtype(np.float32))
             print(f"| {mode} | {shape} | {flops / t_own / 1e9:.0f} | {flops / t_blas / 1e9:.0f} | "
                   f"{t_blas / t_own:.2f} | {'own' if picks else 'OpenBLAS'} |")
 

@@ -185,8 +185,11 @@ def test_gemms_after_bptt_on_own_blocks(rows_spy, mode, I, H, monkeypatch):
         regions.append((fn.__name__, args[-1]))
         return run_parts(fn, nth, *args)
     monkeypatch.setattr(numba_cpu, "_in_threads", spy)
+    # the blocks take these layers at every vector width here (the bound
+    # itself follows the width: its default is a speed choice, not checked)
+    monkeypatch.setitem(numba_cpu.OWN_AFTER_MAX_GH, packed._LANES, 768)
     G = spec(mode).gates
-    assert numba_cpu.OWN_AFTER and G * H <= numba_cpu.OWN_AFTER_MAX_GH and max(I, H) <= numba_cpu.OWN_AFTER_MAX_IH
+    assert numba_cpu._own_after(G * H, I, H, np.dtype(np.float32))
     check_backend(mode, "numba", T=7, B=6, I=I, H=H, dtype="float32")
     check_backend(mode, "numba", T=7, B=6, I=I, H=H, h0=False, reverse=True, dtype="float32")
     _assert_by_rows(rows_spy, mode)
@@ -489,6 +492,7 @@ def test_one_thread_loops_with_the_gemms_after_bptt_by_own_blocks(mode, B, lengt
     NaN-filled, and which kernels and functions ran, with the bound at 0
     and above the call's size."""
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)    # torch busy: no region on the threads
+    monkeypatch.setitem(numba_cpu.OWN_AFTER_MAX_GH, packed._LANES, 768)     # the blocks at any width
     calls = _one_thread_backward_calls(monkeypatch, mode)
     real = numba_cpu._on_this_thread
 
@@ -621,3 +625,21 @@ def test_weights_packed_as_a_region_on_the_threads(rows_spy, rows_mode, bwd_in_f
         else:
             assert len(packs) == 3 and packs[1][0] == "pack_cols_part", regions
     _assert_by_rows(rows_spy, mode)
+
+
+def test_gemms_after_bptt_on_own_blocks_by_vector_width(monkeypatch):
+    # The bound on the own blocks after BPTT follows the blocks' vector width
+    # (numba_cpu.OWN_AFTER_MAX_GH): the AVX-512 bound at 16 lanes, a lower
+    # one at 8 (AVX2, where OpenBLAS ran twice as fast above it), none at a
+    # width without an entry; float64 and wide inputs always on BLAS.
+    f32 = np.dtype(np.float32)
+    monkeypatch.setattr(packed, "_LANES", 16)
+    assert numba_cpu._own_after(512, 128, 128, f32)            # LSTM S2
+    assert not numba_cpu._own_after(1024, 128, 256, f32)       # LSTM S3
+    assert not numba_cpu._own_after(512, 128, 128, np.dtype(np.float64))
+    assert not numba_cpu._own_after(512, 512, 128, f32)
+    monkeypatch.setattr(packed, "_LANES", 8)
+    assert numba_cpu._own_after(128, 128, 128, f32)            # rnn_tanh S2
+    assert not numba_cpu._own_after(512, 128, 128, f32)
+    monkeypatch.setattr(packed, "_LANES", 4)
+    assert not numba_cpu._own_after(64, 64, 64, f32)

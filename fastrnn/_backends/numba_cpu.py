@@ -226,8 +226,20 @@ PANELS_ONLY_ROWS = True
 # against 94-99.  From GH = 1024 on, OpenBLAS's packing wins: LSTM S3
 # (2048, 1024, 128, 256) dW_hh 63-65 against 91-92 (dG's rows 4 KB apart
 # share cache sets), S4 57-71 against 100-105.
+# Those were AVX-512 blocks (16 lanes, 32-column panels).  With AVX2 (8
+# lanes, 16-column panels: a Zen 3) the unpacked B rows are read 64 bytes
+# at a time and the blocks ran at half OpenBLAS's rate (parallel.after_loop_part,
+# one thread, half of the region: LSTM S2 51 against 102 GFLOP/s, GRU S2
+# 55 against 100, GRU S3 40 against 107, LSTM S1 51 against 74); whole
+# fwd+bwd calls, OWN_AFTER True/False alternating in one process, torch
+# at 2 threads (at 1): LSTM S2 1.12 and 1.06 (1.14) as fast on BLAS, GRU
+# S2 1.06 and 1.04 (0.99), GRU S3 1.09 (1.16), rnn_tanh S3 1.04 and 1.06,
+# LSTM S1 level (1.01, 0.96); only G = 1 with H = 64 or 128 was faster on
+# the blocks (rnn_tanh S1 0.96, S2 0.95-0.99).  So the bound on the gate
+# rows follows the blocks' width (kernels/cpu/packed._LANES); a width not
+# listed (4 lanes: SSE only) never takes the blocks here.
 OWN_AFTER = True
-OWN_AFTER_MAX_GH = 768
+OWN_AFTER_MAX_GH = {16: 768, 8: 128}
 OWN_AFTER_MAX_IH = 256
 
 # The threaded loops pack the weights into panels once per call
@@ -407,7 +419,8 @@ def _pack(part, rows, nth, *args):
 
 def _own_after(GH, I, H, dt):
     """Whether the GEMMs after BPTT run on fastrnn's own blocks (OWN_AFTER_*)."""
-    return bool(OWN_AFTER and dt == np.float32 and GH <= OWN_AFTER_MAX_GH and max(I, H) <= OWN_AFTER_MAX_IH)
+    return bool(OWN_AFTER and dt == np.float32 and GH <= OWN_AFTER_MAX_GH.get(_kernels()[5]._LANES, 0)
+                and max(I, H) <= OWN_AFTER_MAX_IH)
 
 
 def _own_grads(rows, padded, T, B, GH, I, H, dt):
