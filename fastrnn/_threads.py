@@ -68,6 +68,36 @@ def is_zen4(cpuinfo):
             and "avx512f" in fields.get("flags", "").split())
 
 
+def parse_cache_size(text):
+    """Bytes from a sysfs cache size ("512K", "32768K", "1M", "65536"), or None."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    return int(digits) * scale if digits.isdigit() and int(digits) > 0 else None
+
+
+def cache_bytes(level, default, root="/sys/devices/system/cpu/cpu0/cache"):
+    """The size of CPU 0's data (or unified) cache of `level` in bytes, from
+    Linux's sysfs; `default` where that cannot be read (another OS, a
+    container hiding it).  The backend sizes a few loop forms by it
+    (numba_cpu.FUSED_STEP_MAX_BYTES)."""
+    for index in sorted(glob.glob(os.path.join(root, "index*"))):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(index, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(index, "size")) as f:
+                size = parse_cache_size(f.read())
+        except (OSError, ValueError):
+            continue
+        if size:
+            return size
+    return default
+
+
 def blas_core_for_this_cpu():
     """The OPENBLAS_CORETYPE fastrnn loads SciPy's OpenBLAS with, or None
     (the user's setting, or OpenBLAS's own choice)."""

@@ -643,3 +643,29 @@ def test_gemms_after_bptt_on_own_blocks_by_vector_width(monkeypatch):
     assert not numba_cpu._own_after(512, 128, 128, f32)
     monkeypatch.setattr(packed, "_LANES", 4)
     assert not numba_cpu._own_after(64, 64, 64, f32)
+
+
+def test_cache_sizes_from_sysfs(tmp_path):
+    # the L2's size sizes the LSTM's fused step (numba_cpu.FUSED_STEP_MAX_BYTES);
+    # read from sysfs, skipping instruction caches and other levels, with the
+    # default where nothing readable is there
+    assert _threads.parse_cache_size("512K\n") == 512 << 10
+    assert _threads.parse_cache_size("1M") == 1 << 20
+    assert _threads.parse_cache_size("65536") == 65536
+    for bad in ("", "K", "12Q", "-1K", "0K", "big"):
+        assert _threads.parse_cache_size(bad) is None, bad
+    for name, level, kind, size in [("index0", 1, "Data", "32K"), ("index1", 1, "Instruction", "48K"),
+                                    ("index2", 2, "Unified", "512K"), ("index3", 3, "Unified", "32768K")]:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert _threads.cache_bytes(1, 0, root=str(tmp_path)) == 32 << 10
+    assert _threads.cache_bytes(2, 0, root=str(tmp_path)) == 512 << 10
+    assert _threads.cache_bytes(3, 0, root=str(tmp_path)) == 32 << 20
+    assert _threads.cache_bytes(4, 123, root=str(tmp_path)) == 123
+    (tmp_path / "index2" / "size").write_text("garbage\n")
+    assert _threads.cache_bytes(2, 77, root=str(tmp_path)) == 77
+    assert _threads.cache_bytes(2, 77, root=str(tmp_path / "missing")) == 77
+    assert numba_cpu.FUSED_STEP_MAX_BYTES == 8 * _threads.cache_bytes(2, 1 << 20)

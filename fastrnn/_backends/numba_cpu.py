@@ -171,9 +171,13 @@ FUSED_GRADS_MAX_BYTES = 1 << 21
 # one process, torch at 2 threads, medians of the per-round ratios, 8-12
 # rounds): S4 (8 MB) fwd+bwd 1.04-1.05x and forward 1.04x fused (two
 # runs); (32, 64, 256, 384), 3.9 MB, 1.02x and 1.05x; S5 (16 MB) 1.01x and
-# 0.99x, level.  Up to this many bytes of [W_ih | W_hh], which every step
-# reads:
-FUSED_STEP_MAX_BYTES = 1 << 23
+# 0.99x, level.  Those were a Zen 4 (1 MB of L2 a core).  On a Zen 3 (512
+# KB of L2, the same 32 MB of L3; same script, torch at 2 threads, 7
+# rounds): S4 forward 0.89 and 0.92x fused (fwd+bwd 0.98 and 1.01x);
+# (32, 64, 256, 384), 3.9 MB, 1.03x (1.02x); S3 1.05-1.07x (1.02-1.07x).
+# The bound that fits both is eight times the L2: up to this many bytes of
+# [W_ih | W_hh], which every step reads (8 MB where the L2 cannot be read):
+FUSED_STEP_MAX_BYTES = 8 * _threads.cache_bytes(2, 1 << 20)
 
 # In training, the fused forward saves each step's [x_t | h_prev] row, the
 # step product's own left operand, instead of h_prev alone, so that BPTT
