@@ -232,9 +232,9 @@ PANELS_ONLY_ROWS = True
 # share cache sets), S4 57-71 against 100-105.
 # Those were AVX-512 blocks (16 lanes, 32-column panels).  With AVX2 (8
 # lanes, 16-column panels: a Zen 3) the unpacked B rows are read 64 bytes
-# at a time and the blocks ran at half OpenBLAS's rate (parallel.after_loop_part,
-# one thread, half of the region: LSTM S2 51 against 102 GFLOP/s, GRU S2
-# 55 against 100, GRU S3 40 against 107, LSTM S1 51 against 74); whole
+# at a time and the blocks fell behind OpenBLAS (benchmarks/bench_after_bptt.py,
+# one thread, own / OpenBLAS in two runs: LSTM S2 0.76-0.80, GRU S2
+# 0.84-1.01, GRU S3 0.70, rnn_tanh S3 0.75-0.86, rnn_tanh S2 1.00-1.01); whole
 # fwd+bwd calls, OWN_AFTER True/False alternating in one process, torch
 # at 2 threads (at 1): LSTM S2 1.12 and 1.06 (1.14) as fast on BLAS, GRU
 # S2 1.06 and 1.04 (0.99), GRU S3 1.09 (1.16), rnn_tanh S3 1.04 and 1.06,
