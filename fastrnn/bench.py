@@ -147,6 +147,16 @@ def machine_info():
     from . import _threads
     _threads.available_threads()            # loads SciPy's OpenBLAS (the kernels' BLAS) if not yet
     info["kernels_blas"] = _threads.blas_core()
+    # what the kernels were tuned by on this machine: Numba's target CPU,
+    # the packed block's vector width, the L2 (numba_cpu's bounds follow them)
+    try:
+        from numba.core.registry import cpu_target
+        info["numba_target"] = cpu_target.target_context.codegen().magic_tuple()[1]
+        from ._kernels.cpu import packed
+        info["vector_lanes"] = packed._LANES
+    except Exception:       # noqa: BLE001 - a report, never a reason to fail
+        pass
+    info["l2_bytes"] = _threads.cache_bytes(2, None)
     try:
         import torch
         info["torch"] = torch.__version__
@@ -340,6 +350,19 @@ def _fmt_ms(s):
     return f"{s * 1e3:.2f}" if s is not None else "-"
 
 
+def _tuning(m):
+    """'; Numba target znver3, 8-lane blocks, L2 512 KB' from machine_info
+    (empty where a run's JSON predates those fields)."""
+    parts = []
+    if m.get("numba_target"):
+        parts.append(f"Numba target {m['numba_target']}")
+    if m.get("vector_lanes"):
+        parts.append(f"{m['vector_lanes']}-lane blocks")
+    if m.get("l2_bytes"):
+        parts.append(f"L2 {m['l2_bytes'] >> 10} KB")
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def render(result):
     rates = [r.get("gemm_gflops", result["gemm_gflops"]) for r in result["rows"]] or [result["gemm_gflops"]]
     lo, hi = min(rates), max(rates)
@@ -349,6 +372,7 @@ def render(result):
              f"torch {result['machine'].get('torch')}"
              + (f"; kernels' OpenBLAS: {result['machine']['kernels_blas']} kernels"
                 if result['machine'].get('kernels_blas') else "")
+             + _tuning(result['machine'])
              + f"; sgemm floor rate {span} GFLOP/s "
              "(each row's own, measured with its calls); "
              + ("each function timed in a block of its own (--blocks)."

@@ -112,6 +112,22 @@ def test_the_header_names_the_kernels_blas_core():
     assert "kernels' OpenBLAS" not in bench.render(base)
 
 
+def test_the_header_names_what_the_kernels_were_tuned_by():
+    # Numba's target, the packed block's width and the L2 size (numba_cpu's
+    # bounds follow the last two), from this machine, in the JSON and the header
+    from fastrnn import _threads
+    from fastrnn._kernels.cpu import packed
+    info = bench.machine_info()
+    assert info["vector_lanes"] == packed._LANES
+    assert info["l2_bytes"] == _threads.cache_bytes(2, None)
+    assert isinstance(info["numba_target"], str) and info["numba_target"]
+    base = dict(machine=dict(cpu="x", cpus=2, numpy="n", numba="m", torch=None), gemm_gflops=100.0, rows=[])
+    text = bench.render(dict(base, machine=dict(base["machine"], numba_target="znver3", vector_lanes=8,
+                                                l2_bytes=512 << 10)))
+    assert "; Numba target znver3, 8-lane blocks, L2 512 KB;" in text, text
+    assert "Numba target" not in bench.render(base) and "L2" not in bench.render(base)
+
+
 def test_render_startup_table_with_and_without_the_threaded_columns():
     base = dict(machine=dict(cpu="x", cpus=2, numpy="n", numba="m", torch=None), gemm_gflops=100.0, rows=[])
     tiny = dict(import_s=0.1, cold_first_call_s=12.0, warm_first_call_s=0.7)
