@@ -630,7 +630,7 @@ def test_weights_packed_as_a_region_on_the_threads(rows_spy, rows_mode, bwd_in_f
 def test_gemms_after_bptt_on_own_blocks_by_vector_width(monkeypatch):
     # The bound on the own blocks after BPTT follows the blocks' vector width
     # (numba_cpu.OWN_AFTER_MAX_GH): the AVX-512 bound at 16 lanes, a lower
-    # one at 8 (AVX2, where OpenBLAS ran twice as fast above it), none at a
+    # one at 8 (AVX2, where OpenBLAS was faster above it), none at a
     # width without an entry; float64 and wide inputs always on BLAS.
     f32 = np.dtype(np.float32)
     monkeypatch.setattr(packed, "_LANES", 16)
