@@ -175,9 +175,11 @@ FUSED_GRADS_MAX_BYTES = 1 << 21
 # KB of L2, the same 32 MB of L3; same script, torch at 2 threads, 7
 # rounds): S4 forward 0.89 and 0.92x fused (fwd+bwd 0.98 and 1.01x);
 # (32, 64, 256, 384), 3.9 MB, 1.03x (1.02x); S3 1.05-1.07x (1.02-1.07x).
-# The bound that fits both is eight times the L2: up to this many bytes of
-# [W_ih | W_hh], which every step reads (8 MB where the L2 cannot be read):
-FUSED_STEP_MAX_BYTES = 8 * _threads.cache_bytes(2, 1 << 20)
+# The bound that fits both is eight times the L2, and at most the 8 MB
+# measured to pay (larger L2s, e.g. 2 MB, were never measured; at 16 MB
+# the Zen 4 was level): up to this many bytes of [W_ih | W_hh], which
+# every step reads (8 MB where the L2 cannot be read):
+FUSED_STEP_MAX_BYTES = min(8 * _threads.cache_bytes(2, 1 << 20), 1 << 23)
 
 # In training, the fused forward saves each step's [x_t | h_prev] row, the
 # step product's own left operand, instead of h_prev alone, so that BPTT
