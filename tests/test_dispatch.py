@@ -1,5 +1,6 @@
 """The backend registry: availability with reasons, auto-selection, overrides,
 and errors (never a silent fallback)."""
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,25 @@ def test_auto_selection_cache_follows_registry_and_env(monkeypatch):
         dispatch._AUTO.clear()
     monkeypatch.delenv(dispatch.ENV_VAR)
     assert dispatch.select(*key).name == "numba"
+
+
+def test_env_var_read_at_each_call_through_os_environ(monkeypatch):
+    """$FASTRNN_BACKEND is read per call from os.environ's own mapping
+    (dispatch._env_backend): a plain assignment, a deletion and an empty
+    value all count at the next call, as with os.environ.get."""
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    key = (None, "numpy", "gru", np.dtype("float64"))
+    auto = dispatch.select(*key).name
+    try:
+        os.environ[dispatch.ENV_VAR] = "numpy"
+        assert dispatch._env_backend() == "numpy"
+        assert dispatch.select(*key).name == "numpy"
+        os.environ[dispatch.ENV_VAR] = ""
+        assert dispatch.select(*key).name == auto, "an empty value means unset"
+        os.environ[dispatch.ENV_VAR] = "no_such_backend"
+        with pytest.raises(ValueError, match=r"\$FASTRNN_BACKEND: expected one of"):
+            dispatch.select(*key)
+    finally:
+        os.environ.pop(dispatch.ENV_VAR, None)
+    assert dispatch._env_backend() is None
+    assert dispatch.select(*key).name == auto
