@@ -25,7 +25,6 @@ torch's threads keep their settings.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import glob
 import os
@@ -188,14 +187,38 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# numba.get_num_threads until its first call (which starts Numba's threads),
+# then the C function it calls after its locked initialisation check: 0.2
+# against 1.6 us, twice per call of the kernels (forward and BPTT).  Both read
+# the calling thread's setting (numba.set_num_threads is per thread).
+_numba_threads = None
+
+
+def _numba_thread_count():
+    global _numba_threads
+    get = _numba_threads
+    if get is not None:
+        return get()
+    import numba
+    n = numba.get_num_threads()
+    get = numba.get_num_threads
+    try:
+        from numba.np.ufunc import parallel
+        if parallel._get_num_threads() == n:
+            get = parallel._get_num_threads
+    except Exception:  # pragma: no cover - another Numba's internals
+        pass
+    _numba_threads = get
+    return n
+
+
 def _state():
     """(threads the threaded kernels would use now, or 1; why 1, or None)."""
     if _forked_after_use:
         return 1, "this process was forked from one that had started Numba threads (GNU OpenMP is not fork-safe)"
     if not _blas_control():
         return 1, "SciPy's BLAS is not an OpenBLAS whose thread count fastrnn can set"
-    import numba
-    n = numba.get_num_threads()
+    n = _numba_thread_count()
     if n < 2:
         return 1, "Numba has one thread (numba.set_num_threads / NUMBA_NUM_THREADS)"
     return n, None
@@ -211,23 +234,40 @@ def why_single():
     return _state()[1]
 
 
-@contextlib.contextmanager
-def threaded():
-    """Yields the number of threads the caller may use (>= 2), or 1 when it
-    must run the one-thread kernels (see the module docstring)."""
-    global _used
-    nth = available_threads()
-    if nth < 2 or not _lock.acquire(blocking=False):
-        yield 1
-        return
-    get, set_ = _blas
-    saved = get()
-    try:
-        if saved != 1:
-            set_(1)
+class threaded:
+    """A context whose value is the number of threads the caller may use
+    (>= 2), or 1 when it must run the one-thread kernels (see the module
+    docstring).  A class rather than a generator context: entered twice
+    per call of the kernels, where a @contextmanager's generator cost
+    ~1.5 us of a one-thread call's ~10 us of Python."""
+
+    __slots__ = ("_saved",)
+
+    def __enter__(self):
+        global _used
+        self._saved = None
+        nth = available_threads()
+        if nth < 2 or not _lock.acquire(blocking=False):
+            return 1
+        try:
+            get, set_ = _blas
+            saved = get()
+            if saved != 1:
+                set_(1)
+        except BaseException:
+            _lock.release()
+            raise
+        self._saved = saved
         _used = True
-        yield nth
-    finally:
-        if saved != 1:
-            set_(saved)
-        _lock.release()
+        return nth
+
+    def __exit__(self, *exc):
+        saved = self._saved
+        if saved is not None:
+            self._saved = None
+            try:
+                if saved != 1:
+                    _blas[1](saved)
+            finally:
+                _lock.release()
+        return False

@@ -526,6 +526,43 @@ def test_blas_threads_restored():
         set_(before)
 
 
+def test_threaded_context_restores_blas_and_lock_on_error():
+    """threaded() (a class since session 21, not a generator): the user's
+    OpenBLAS count and the lock come back when the body raises."""
+    get, set_ = _threads._blas
+    before = get()
+    try:
+        set_(2)
+        with pytest.raises(RuntimeError, match="inside"):
+            with _threads.threaded() as nth:
+                assert nth >= 2 and get() == 1, "OpenBLAS runs one thread inside"
+                assert _threads._lock.locked()
+                raise RuntimeError("inside")
+        assert get() == 2 and not _threads._lock.locked()
+        with _threads.threaded() as nth:            # the lock is free again
+            with _threads.threaded() as inner:      # a second caller meanwhile: one thread
+                assert inner == 1
+            assert nth >= 2 and _threads._lock.locked()
+        assert not _threads._lock.locked()
+    finally:
+        set_(before)
+
+
+def test_thread_count_follows_numba_setting():
+    """The cached path to Numba's count reads the calling thread's setting,
+    as numba.get_num_threads does."""
+    import numba
+    old = numba.get_num_threads()
+    assert _threads.available_threads() == old
+    numba.set_num_threads(1)
+    try:
+        assert _threads.available_threads() == 1
+        assert "Numba has one thread" in _threads.why_single()
+    finally:
+        numba.set_num_threads(old)
+    assert _threads.available_threads() == old
+
+
 def test_single_numba_thread_runs_one_thread_kernels(spy):
     import numba
     old = numba.get_num_threads()

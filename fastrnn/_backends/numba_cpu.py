@@ -315,11 +315,25 @@ def _by_rows(mode, B, H, GH, dt, nth):
     return _in_threads if _torch_threads() <= 1 else torch_team.runner()
 
 
-@contextlib.contextmanager
-def _held_form(work, step_macs):
-    with _threads.threaded() as nth:
-        par = nth > 1 and work >= PAR_MIN_WORK
-        yield nth, par, nth if step_macs >= PAR_MIN_MACS else 1
+class _held_form:
+    """The context _kernel_form gives calls above TINY_WORK: _threads.threaded()
+    (OpenBLAS held at one thread inside), its value (nth, par, parts).  A
+    class, not a @contextmanager around threaded(): two generators cost
+    ~3 us per context, twice per call."""
+
+    __slots__ = ("work", "step_macs", "held")
+
+    def __init__(self, work, step_macs):
+        self.work = work
+        self.step_macs = step_macs
+
+    def __enter__(self):
+        self.held = held = _threads.threaded()
+        nth = held.__enter__()
+        return nth, nth > 1 and self.work >= PAR_MIN_WORK, nth if self.step_macs >= PAR_MIN_MACS else 1
+
+    def __exit__(self, *exc):
+        return self.held.__exit__(*exc)
 
 
 _KERNELS = None
