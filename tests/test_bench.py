@@ -23,7 +23,10 @@ def test_quick_run_writes_the_table_and_json(tmp_path):
         assert r["gemm_gflops"] > 0, "each row carries the GEMM rate its floor fraction uses"
         assert r["flops_train"] == 6 * r["T"] * r["B"] * r["H"] * (r["I"] + r["H"])   # G = 1
     assert saved["rows"][0]["numpy_train_s"] > 0, "the NumPy reference column ran"
-    assert "rnn_tanh/S2" in saved["lengths_cost"]
+    lrow = saved["rows"][2]
+    assert lrow["fastrnn_full_train_s"] > 0, "the random row times the full-length call in its own rounds"
+    assert saved["lengths_cost"]["rnn_tanh/S2"] == pytest.approx(
+        lrow["fastrnn_train_s"] / lrow["fastrnn_full_train_s"]), "the lengths' cost is the same-rounds ratio"
     text = "\n".join(lines)
     assert "| rnn_tanh | S1 | full |" in text and "| rnn_tanh | S2 | random |" in text, text
     assert res["rows"] == saved["rows"]
