@@ -60,7 +60,8 @@ PAR_MIN_MACS = 1 << 18
 PAR_MIN_WORK = 1 << 24
 # Below this (the same count) OpenBLAS itself runs every GEMM of the call on one
 # thread (its multithreading threshold is M*N*K > 2^18), so there is nothing
-# to hold and the call skips _threads.threaded() (~10 us at the smallest sizes).
+# to hold and the call skips _threads.threaded() (~10 us at the smallest sizes
+# when it was two generator contexts; ~4 us as _held_form, session 21).
 # Between TINY_WORK and PAR_MIN_WORK the hold is a trade-off, measured (when
 # PAR_MIN_WORK was 2^25 and rnn_tanh S2 ran the one-thread loops): alone,
 # rnn_tanh S2 ran 10-30 % faster with OpenBLAS on two threads (2.9-3.2 against
