@@ -202,6 +202,7 @@ def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True
     import fastrnn
     B, T, I, H = SHAPES[shape_name]
     x, w, dy = _problem(mode, B, T, I, H)
+    dy_full = dy        # the full-length call's gradient (lengths=True's extra column)
     L = None
     if lengths:
         L = np.random.default_rng(1).integers(1, T + 1, size=B)
@@ -224,8 +225,6 @@ def bench_case(mode, shape_name, *, lengths=False, reference=True, torch_ok=True
         # the same call at full length in the same rounds: the lengths'
         # cost as a ratio of two calls measured side by side (the full
         # row's own time comes from other minutes, beside other torch calls)
-        dy_full = _problem(mode, B, T, I, H)[2]
-
         def fr_train_full():
             y, h, s = fastrnn.rnn_forward(mode, x, w, None, None, training=True, backend="numba")
             return fastrnn.rnn_backward(s, dy_full)
