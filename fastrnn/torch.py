@@ -195,8 +195,8 @@ def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
         ten = torch.from_numpy
     if mode == "lstm":
         h, c = hn
-        return saved, ten(y), ten(h.reshape((1,) + h.shape)), ten(c.reshape((1,) + c.shape))
-    return saved, ten(y), ten(hn.reshape((1,) + hn.shape))
+        return saved, ten(y), ten(h[None]), ten(c[None])      # (1, B, H) views
+    return saved, ten(y), ten(hn[None])
 
 
 class RNNFunction(torch.autograd.Function):
@@ -224,49 +224,76 @@ class RNNFunction(torch.autograd.Function):
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         out = _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
         ctx.set_materialize_grads(False)   # unused outputs arrive as None = zero
-        ctx.fr_cuda = cfg[4] is None and x.is_cuda
-        ctx.fr_h0_shape = None if h0 is None else h0.shape
         # The backends keep x and the weights by reference (shared memory, no
-        # copies): saving them lets torch's version counters catch an in-place
-        # edit between forward and backward, as torch.nn's RNNs do.  (States
-        # and outputs they copy.)
-        ctx.save_for_backward(x, w_ih, w_hh)
-        ctx.fr_saved = out[0]
+        # copies), so an in-place edit of one between forward and backward
+        # would change the gradients silently: their version counters are
+        # recorded here and compared in backward, the check torch.nn's RNNs
+        # get from save_for_backward (which costs ~3 us more a call).
+        # (States and outputs the backends copy.)
+        ctx.fr = (out[0], cfg[4] is None and x.is_cuda, None if h0 is None else h0.shape,
+                  (x, w_ih, w_hh), (x._version, w_ih._version, w_hh._version))
         return out[1:]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gy, gh, gc=None):
-        ctx.saved_tensors  # raises if x or a weight was modified in place, or on a second backward
-        saved = ctx.fr_saved
-        if not _keep_graph():
-            ctx.fr_saved = None
-        lstm = saved.mode == "lstm"
-        if ctx.fr_cuda:
-            with _CudaScope(gy if gy is not None else gh if gh is not None else gc) as s:
-                # DLPack import wants plain strides; grads are often expanded views
-                a = lambda g: None if g is None else _bh(s.arr(g.contiguous()))  # noqa: E731
-                dx, dh0, dw = rnn_backward(saved, None if gy is None else s.arr(gy.contiguous()),
-                                           (a(gh), a(gc)) if lstm else a(gh))
-                ten = s.ten
-        else:
-            a = lambda g: None if g is None else _bh(g.numpy())  # noqa: E731
-            dx, dh0, dw = rnn_backward(saved, _arr(gy), (a(gh), a(gc)) if lstm else a(gh))
-            ten = torch.from_numpy
-        need = ctx.needs_input_grad
-        if lstm:
-            dh0, dc0 = dh0
-        else:
-            dc0 = None
-        shp = ctx.fr_h0_shape
-        return (None,
-                ten(dx) if need[1] else None,
-                ten(dh0.reshape(shp)) if need[2] else None,
-                ten(dc0.reshape(shp)) if need[3] else None,
-                ten(dw[0]) if need[4] else None,
-                ten(dw[1]) if need[5] else None,
-                ten(dw[2]) if need[6] else None,
-                ten(dw[3]) if need[7] else None)
+        # create_graph=True runs backward with grad mode on: through
+        # once_differentiable then, so that a double backward raises (grad
+        # mode is off otherwise, and its no_grad block would cost ~2 us)
+        if torch.is_grad_enabled():
+            return _backward_once(ctx, gy, gh, gc)
+        return _backward(ctx, gy, gh, gc)
+
+
+_INPUT_NAMES = ("the input x", "weight_ih", "weight_hh")
+
+
+def _backward(ctx, gy, gh, gc):
+    saved, cuda, shp, tensors, versions = ctx.fr
+    if saved is None:
+        raise RuntimeError(
+            "Trying to backward through the graph a second time (or directly access saved tensors "
+            "after they have already been freed). Saved intermediate values of the graph are freed "
+            "when you call .backward() or autograd.grad(). Specify retain_graph=True if you need "
+            "to backward through the graph a second time or if you need to access saved tensors "
+            "after calling backward.")
+    for name, t, v in zip(_INPUT_NAMES, tensors, versions):
+        if t._version != v:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: {name} of fastrnn's {saved.mode} layer, [{t.type()} "
+                f"{list(t.shape)}], is at version {t._version}; expected version {v} instead.")
+    if not _keep_graph():              # as torch frees saved tensors then
+        ctx.fr = (None, cuda, shp, (), ())
+    lstm = saved.mode == "lstm"
+    if cuda:
+        with _CudaScope(gy if gy is not None else gh if gh is not None else gc) as s:
+            # DLPack import wants plain strides; grads are often expanded views
+            a = lambda g: None if g is None else _bh(s.arr(g.contiguous()))  # noqa: E731
+            dx, dh0, dw = rnn_backward(saved, None if gy is None else s.arr(gy.contiguous()),
+                                       (a(gh), a(gc)) if lstm else a(gh))
+            ten = s.ten
+    else:
+        dx, dh0, dw = rnn_backward(saved, None if gy is None else gy.numpy(),
+                                   ((None if gh is None else _bh(gh.numpy())),
+                                    (None if gc is None else _bh(gc.numpy()))) if lstm
+                                   else (None if gh is None else _bh(gh.numpy())))
+        ten = torch.from_numpy
+    need = ctx.needs_input_grad
+    if lstm:
+        dh0, dc0 = dh0
+    else:
+        dc0 = None
+    return (None,
+            ten(dx) if need[1] else None,
+            ten(dh0.reshape(shp)) if need[2] else None,
+            ten(dc0.reshape(shp)) if need[3] else None,
+            ten(dw[0]) if need[4] else None,
+            ten(dw[1]) if need[5] else None,
+            ten(dw[2]) if need[6] else None,
+            ten(dw[3]) if need[7] else None)
+
+
+_backward_once = once_differentiable(_backward)
 
 
 # Function.apply's Python layer mostly unwraps functorch wrappers; when no

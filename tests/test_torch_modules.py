@@ -471,13 +471,13 @@ def test_saved_state_freed_after_backward_and_kept_with_retain_graph():
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     y, _ = fast(x)
     node = y.grad_fn
-    assert node.fr_saved is not None, "the backend's saved state is alive before backward"
+    assert node.fr[0] is not None, "the backend's saved state is alive before backward"
     y.sum().backward(retain_graph=True)
     g1 = x.grad.clone()
-    assert node.fr_saved is not None, "retain_graph=True keeps the saved state"
+    assert node.fr[0] is not None, "retain_graph=True keeps the saved state"
     y.sum().backward()
     assert_close("second backward with retain_graph dx", x.grad, 2 * g1, **TOL[torch.float64])
-    assert node.fr_saved is None, "the saved state is dropped by a backward that frees the graph"
+    assert node.fr[0] is None, "the saved state is dropped by a backward that frees the graph"
     with pytest.raises(RuntimeError, match="second time"):
         y.sum().backward()
 
@@ -490,6 +490,21 @@ def test_in_place_edit_before_backward_is_caught():
         fast.weight_hh_l0.add_(1.0)     # shares memory with what backward would read
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def test_create_graph_gives_first_order_grads_and_refuses_a_second_order():
+    # backward runs under grad mode with create_graph=True: the gradients are
+    # still the first-order ones, and differentiating them again raises
+    # (the kernels have no double backward) instead of returning zeros
+    ref, fast = make_pair("lstm", torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    # (y**2).sum(): the gradient reaching the layer, 2y, itself needs grad
+    (g_fast,) = torch.autograd.grad(fast(x)[0].pow(2).sum(), x, create_graph=True)
+    (g_ref,) = torch.autograd.grad(ref(x)[0].pow(2).sum(), x)
+    assert_close("create_graph dx", g_fast.detach(), g_ref, **TOL[torch.float64])
+    assert g_fast.requires_grad, "with create_graph the gradient carries a graph"
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g_fast.sum().backward()
 
 
 def test_parameter_replaced_after_forward_is_used():
