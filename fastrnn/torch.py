@@ -173,8 +173,9 @@ def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
     mode, reverse, lengths, backend, warr = cfg[:5]
     bf = cfg[5] if len(cfg) > 5 else 0
     if warr is None and x.is_cuda:
-        if bf & BF_IN:
-            x = x.transpose(0, 1)
+        if bf:
+            raise ValueError("RNNFunction: cfg's BF_IN/BF_OUT entry is for CPU tensors only "
+                             f"(got a tensor on {x.device}); transpose CUDA tensors outside")
         with _CudaScope(x) as s:
             a = s.arr
             hx = None if h0 is None else (_bh(a(h0)) if c0 is None else (_bh(a(h0)), _bh(a(c0))))
@@ -202,9 +203,9 @@ def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
             hx = None if h0 is None else (_bh(h0.numpy()) if c0 is None else (_bh(h0.numpy()), _bh(c0.numpy())))
             y, hn, saved = rnn_forward(mode, xa, (_arr(w_ih), _arr(w_hh), _arr(b_ih), _arr(b_hh)), hx, lengths,
                                        reverse=reverse, training=training, backend=backend)
+        if bf & BF_OUT:
+            y = y.transpose(1, 0, 2)            # (T, B, H) -> (B, T, H), a view
         ten = torch.from_numpy
-    if bf & BF_OUT:
-        y = y.transpose(1, 0, 2)                # (T, B, H) -> (B, T, H), a view (NumPy or CuPy)
     if mode == "lstm":
         h, c = hn
         return saved, ten(y), ten(h[None]), ten(c[None])      # (1, B, H) views
@@ -222,9 +223,11 @@ class RNNFunction(torch.autograd.Function):
         w_ih     (G*H, I), w_hh (G*H, H), b_ih / b_hh (G*H,) or None
         lengths  None or a (B,) int64 NumPy array (packed-sequence semantics)
 
-    (cfg's last entry may instead be what the modules cache per parameter
+    (cfg's fifth entry may instead be what the modules cache per parameter
     set: the CPU weights as checked NumPy arrays, (w_ih, w_hh, b_ih, b_hh,
-    has_bias), see _FastRNNMixin._plan.)
+    has_bias), see _FastRNNMixin._plan.  An optional sixth entry, bits
+    BF_IN and BF_OUT, makes x (B, T, I) and y (B, T, H) batch-major; CPU
+    tensors only.)
 
     Returns ``(y, h_n)`` or, for lstm, ``(y, h_n, c_n)``; y is (T, B, H),
     h_n and c_n are (1, B, H).  The forward is
@@ -282,8 +285,6 @@ def _backward(ctx, gy, gh, gc):
         with _CudaScope(gy if gy is not None else gh if gh is not None else gc) as s:
             # DLPack import wants plain strides; grads are often expanded views
             a = lambda g: None if g is None else _bh(s.arr(g.contiguous()))  # noqa: E731
-            if gy is not None and bf & BF_OUT:
-                gy = gy.transpose(0, 1)
             dx, dh0, dw = rnn_backward(saved, None if gy is None else s.arr(gy.contiguous()),
                                        (a(gh), a(gc)) if lstm else a(gh))
             ten = s.ten
@@ -299,7 +300,7 @@ def _backward(ctx, gy, gh, gc):
         ten = torch.from_numpy
     need = ctx.needs_input_grad
     if bf & BF_IN and dx is not None:
-        dx = dx.transpose(1, 0, 2)              # (T, B, I) -> (B, T, I), a view (NumPy or CuPy)
+        dx = dx.transpose(1, 0, 2)              # (T, B, I) -> (B, T, I), a view
     if lstm:
         dh0, dc0 = dh0
     else:
@@ -423,8 +424,9 @@ class _FastRNNMixin:
             # a single layer-direction's output comes back batch-major: the
             # Function transposes NumPy views inside (BF_IN, BF_OUT), where
             # x.transpose(0, 1) before and after it are two more autograd
-            # nodes (measured, tiny LSTM fwd+bwd: +37 us of 322)
-            bf = batched and self.batch_first
+            # nodes (measured, tiny LSTM fwd+bwd: +37 us of 322).  CPU only:
+            # CUDA keeps the transposes outside, the form run on the GPUs
+            bf = batched and self.batch_first and not input.is_cuda
             if batched:
                 x = input                                               # (T, B, I), or (B, T, I) if bf
             elif nd == 2:

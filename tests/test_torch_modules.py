@@ -507,6 +507,26 @@ def test_create_graph_gives_first_order_grads_and_refuses_a_second_order():
         g_fast.sum().backward()
 
 
+def test_batch_first_single_layer_graph_has_no_transpose_nodes():
+    # batch_first input and output cross the Function as batch-major views
+    # (no TransposeBackward nodes before and after it), with the same values
+    # and gradients as torch.nn, and the output is an ordinary tensor that
+    # may be edited in place
+    ref, fast = make_pair("gru", torch.float64, batch_first=True)
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    y, h = fast(x)
+    assert type(y.grad_fn).__name__ == "RNNFunctionBackward", type(y.grad_fn).__name__
+    assert [type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None][0] == "AccumulateGrad"
+    xr = x.detach().clone().requires_grad_(True)
+    yr, hr = ref(xr)
+    assert_close("batch_first y", y, yr, **TOL[torch.float64])
+    (y * y).sum().backward()
+    (yr * yr).sum().backward()
+    assert_close("batch_first dx", x.grad, xr.grad, **TOL[torch.float64])
+    with torch.no_grad():
+        y.add_(1.0)         # an output, not a view of the kernel's buffer as torch sees it
+
+
 def test_parameter_replaced_after_forward_is_used():
     # weight caching must notice new parameter memory (e.g. .data assignment, model.to())
     ref, fast = make_pair("gru", torch.float64)
