@@ -167,11 +167,32 @@ except AttributeError:  # pragma: no cover
 BF_IN, BF_OUT = 1, 2
 
 
+class _EmptyBatch:
+    """What an empty batch's forward saves (B = 0): nothing to compute, and
+    its backward gives zero gradients, as torch.nn's RNNs do."""
+
+    __slots__ = ("mode",)
+
+    def __init__(self, mode):
+        self.mode = mode
+
+
+def _run_empty(mode, x, bf, w_hh):
+    """(saved, y, h_n[, c_n]) for a batch of zero sequences (T >= 1)."""
+    T = x.shape[1] if bf & BF_IN else x.shape[0]
+    H = w_hh.shape[1]
+    y = x.new_zeros((0, T, H) if bf & BF_OUT else (T, 0, H))
+    h = x.new_zeros((1, 0, H))
+    return (_EmptyBatch(mode), y, h) + ((x.new_zeros((1, 0, H)),) if mode == "lstm" else ())
+
+
 def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
     """One rnn_forward call on tensors; returns (saved, y, h_n[, c_n]) with
     states (1, B, H), y (T, B, H) or, with BF_OUT, (B, T, H) (a view)."""
     mode, reverse, lengths, backend, warr = cfg[:5]
     bf = cfg[5] if len(cfg) > 5 else 0
+    if x.shape[0 if bf & BF_IN else 1] == 0 and x.shape[1 if bf & BF_IN else 0] > 0:
+        return _run_empty(mode, x, bf, w_hh)
     if warr is None and x.is_cuda:
         if bf:
             raise ValueError("RNNFunction: cfg's BF_IN/BF_OUT entry is for CPU tensors only "
@@ -281,6 +302,8 @@ def _backward(ctx, gy, gh, gc):
     if not _keep_graph():              # as torch frees saved tensors then
         ctx.fr = (None, cuda, shp, (), (), bf)
     lstm = saved.mode == "lstm"
+    if type(saved) is _EmptyBatch:
+        return _empty_grads(ctx, tensors, shp, lstm)
     if cuda:
         with _CudaScope(gy if gy is not None else gh if gh is not None else gc) as s:
             # DLPack import wants plain strides; grads are often expanded views
@@ -313,6 +336,18 @@ def _backward(ctx, gy, gh, gc):
             ten(dw[1]) if need[5] else None,
             ten(dw[2]) if need[6] else None,
             ten(dw[3]) if need[7] else None)
+
+
+def _empty_grads(ctx, tensors, shp, lstm):
+    """The gradients of an empty batch's layer: zeros (torch.nn gives zero
+    weight gradients, not None, for B = 0)."""
+    x, w_ih, w_hh = tensors
+    need = ctx.needs_input_grad
+    z = lambda t, want: t.new_zeros(t.shape) if want else None  # noqa: E731
+    gb = lambda want: w_hh.new_zeros(w_hh.shape[0]) if want else None  # noqa: E731
+    hz = lambda want: x.new_zeros(shp) if want and shp is not None else None  # noqa: E731
+    return (None, z(x, need[1]), hz(need[2]), hz(need[3]) if lstm else None,
+            z(w_ih, need[4]), z(w_hh, need[5]), gb(need[6]), gb(need[7]))
 
 
 _backward_once = once_differentiable(_backward)
@@ -439,6 +474,8 @@ class _FastRNNMixin:
                 or (x.is_cuda and x.get_device() != w0.get_device())):
             self._bad_input(x, w0)
         B, I = (x.shape[0], x.shape[2]) if bf else x.shape[1:]
+        if x.shape[1 if bf else 0] == 0:    # torch.nn's error (an empty batch, B = 0, runs)
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         if I != self.input_size:
             raise RuntimeError("input.size(-1) must be equal to input_size. "
                                f"Expected {self.input_size}, got {I}")

@@ -527,6 +527,32 @@ def test_batch_first_single_layer_graph_has_no_transpose_nodes():
         y.add_(1.0)         # an output, not a view of the kernel's buffer as torch sees it
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_empty_batch_runs_like_torch_and_empty_sequence_raises_like_torch(cell, batch_first):
+    # B = 0 (an empty shard or filtered batch) runs in torch.nn: empty
+    # outputs, zero weight gradients (not None); T = 0 is torch.nn's error
+    ref, fast = make_pair(cell, torch.float64, num_layers=2, bidirectional=True, batch_first=batch_first)
+    shape = (0, T, I) if batch_first else (T, 0, I)
+    lstm = cell == "lstm"
+    h0 = torch.randn(4, 0, H, dtype=torch.float64, requires_grad=True)
+    res = []
+    for m in (ref, fast):
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        hx = (h0, h0) if lstm else h0
+        y, h = m(x, hx)
+        hn = h[0] if lstm else h
+        (y.sum() + hn.sum() + (h[1].sum() if lstm else 0)).backward()
+        res.append((y.shape, hn.shape, x.grad.shape, [p.grad for p in m.parameters()]))
+    assert res[1][:3] == res[0][:3], res
+    for gr, gf in zip(res[0][3], res[1][3]):
+        assert gf is not None and gf.shape == gr.shape and not gf.abs().sum(), "zero weight gradients"
+    bad = torch.randn(*((B, 0, I) if batch_first else (0, B, I)), dtype=torch.float64)
+    for m in (ref, fast):
+        with pytest.raises(RuntimeError, match="sequence length to be larger than 0"):
+            m(bad)
+
+
 def test_parameter_replaced_after_forward_is_used():
     # weight caching must notice new parameter memory (e.g. .data assignment, model.to())
     ref, fast = make_pair("gru", torch.float64)
