@@ -191,7 +191,7 @@ def _run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training):
     states (1, B, H), y (T, B, H) or, with BF_OUT, (B, T, H) (a view)."""
     mode, reverse, lengths, backend, warr = cfg[:5]
     bf = cfg[5] if len(cfg) > 5 else 0
-    if x.shape[0 if bf & BF_IN else 1] == 0 and x.shape[1 if bf & BF_IN else 0] > 0:
+    if not x.numel() and x.shape[0 if bf & BF_IN else 1] == 0 and x.shape[1 if bf & BF_IN else 0] > 0:
         return _run_empty(mode, x, bf, w_hh)
     if warr is None and x.is_cuda:
         if bf:
