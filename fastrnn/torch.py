@@ -441,6 +441,28 @@ class _FastRNNMixin:
         w0 = weights[0]
         mode = self._fr_mode
         lstm = mode == "lstm"
+        plan = None
+        # The common call: a batched CPU tensor (T, B >= 1), no initial
+        # state, one layer-direction whose weights passed _plan's checks.
+        # It goes straight to the Function, without the general path's
+        # bookkeeping for layers, directions, states and packing (7-8 us
+        # of a 39 us forward at a tiny size, kernel stubbed out).
+        if (hx is None and type(input) is torch.Tensor and input.dim() == 3 and input.dtype is w0.dtype
+                and input.dtype in _DTYPES and not input.is_cuda and input.shape[2] == self.input_size and input.numel()):
+            plan = self._plan(weights)
+            arrs = plan[0][1]
+            if len(plan) == 1 and arrs is not None:
+                cfg = (mode, False, None, self.backend, arrs, (BF_IN | BF_OUT) if self.batch_first else 0)
+                w = weights if len(weights) == 4 else (w0, weights[1], None, None)
+                if torch.is_grad_enabled() and (input.requires_grad or w0.requires_grad
+                                                or any(t.requires_grad for t in weights)):
+                    if _c_apply is None or _functorch_active():
+                        out = RNNFunction.apply(cfg, input, None, None, *w)
+                    else:
+                        out = _c_apply(cfg, input, None, None, *w)
+                else:
+                    out = _run(cfg, input, None, None, *w, False)[1:]
+                return out[0], ((out[1], out[2]) if lstm else out[1])
 
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -487,7 +509,8 @@ class _FastRNNMixin:
         grad = torch.is_grad_enabled() and (
             x.requires_grad or w0.requires_grad or any(w.requires_grad for w in weights)
             or (h0 is not None and (h0.requires_grad or (c0 is not None and c0.requires_grad))))
-        plan = self._plan(weights)
+        if plan is None:
+            plan = self._plan(weights)
         backend = self.backend
         D = 2 if self.bidirectional else 1
         single = len(plan) == 1
