@@ -165,6 +165,10 @@ except AttributeError:  # pragma: no cover
 
 # cfg's optional sixth entry: which ends of the call are batch-major
 BF_IN, BF_OUT = 1, 2
+# Whether the modules hand batch_first CPU tensors to the Function as they
+# are (BF_IN/BF_OUT) rather than transposing them outside it, as they do on
+# CUDA.  Always on; the tests turn it off to run the CUDA form on the CPU.
+_BATCH_MAJOR_INSIDE = True
 
 
 class _EmptyBatch:
@@ -448,7 +452,8 @@ class _FastRNNMixin:
         # bookkeeping for layers, directions, states and packing (7-8 us
         # of a 39 us forward at a tiny size, kernel stubbed out).
         if (hx is None and type(input) is torch.Tensor and input.dim() == 3 and input.dtype is w0.dtype
-                and input.dtype in _DTYPES and not input.is_cuda and input.shape[2] == self.input_size and input.numel()):
+                and input.dtype in _DTYPES and not input.is_cuda and input.shape[2] == self.input_size
+                and input.numel() and (_BATCH_MAJOR_INSIDE or not self.batch_first)):
             plan = self._plan(weights)
             arrs = plan[0][1]
             if len(plan) == 1 and arrs is not None:
@@ -483,9 +488,10 @@ class _FastRNNMixin:
             # x.transpose(0, 1) before and after it are two more autograd
             # nodes (measured, tiny LSTM fwd+bwd: +37 us of 322).  CPU only:
             # CUDA keeps the transposes outside, the form run on the GPUs
-            bf = batched and self.batch_first and not input.is_cuda
+            bf = batched and self.batch_first and _BATCH_MAJOR_INSIDE and not input.is_cuda
             if batched:
-                x = input                                               # (T, B, I), or (B, T, I) if bf
+                # (B, T, I) as it is if bf, else time-major (T, B, I), a view
+                x = input if bf or not self.batch_first else input.transpose(0, 1)
             elif nd == 2:
                 x = input.unsqueeze(1)                                      # (T, 1, I)
             else:
@@ -561,7 +567,8 @@ class _FastRNNMixin:
             if lstm:
                 c_n = c_n.squeeze(1)
         else:
-            out = x.transpose(0, 1) if self.batch_first and not single else x
+            # batch-major already where the Function wrote it so (BF_OUT)
+            out = x.transpose(0, 1) if self.batch_first and not bf0 & BF_OUT else x
         return out, ((h_n, c_n) if lstm else h_n)
 
     def _bad_input(self, x, w0):

@@ -492,6 +492,17 @@ def test_in_place_edit_before_backward_is_caught():
         y.sum().backward()
 
 
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_batch_first_with_transposes_outside_the_function(monkeypatch, num_layers, bidirectional, with_hx):
+    # CUDA tensors take batch_first through transposes around the Function
+    # (not BF_IN/BF_OUT); the same form, forced on the CPU, against torch.nn
+    monkeypatch.setattr(frt, "_BATCH_MAJOR_INSIDE", False)
+    for cell in ("gru", "lstm"):
+        check_against_torch(cell, torch.float64, num_layers=num_layers, bidirectional=bidirectional,
+                            batch_first=True, with_hx=with_hx)
+
+
 def test_create_graph_gives_first_order_grads_and_refuses_a_second_order():
     # backward runs under grad mode with create_graph=True: the gradients are
     # still the first-order ones, and differentiating them again raises
