@@ -368,6 +368,17 @@ except Exception:  # pragma: no cover - a torch without them
 
 
 
+def _layer(grad, cfg, x, h0, c0, w):
+    """One layer-direction: through the Function where a graph is needed
+    (the C-level apply unless a functorch transform is active), else the
+    kernels alone.  Returns (y, h_n[, c_n])."""
+    if not grad:
+        return _run(cfg, x, h0, c0, *w, False)[1:]
+    if _c_apply is None or _functorch_active():
+        return RNNFunction.apply(cfg, x, h0, c0, *w)
+    return _c_apply(cfg, x, h0, c0, *w)
+
+
 # ------------------------------------------------------------ modules
 
 class _FastRNNMixin:
@@ -459,14 +470,9 @@ class _FastRNNMixin:
             if len(plan) == 1 and arrs is not None:
                 cfg = (mode, False, None, self.backend, arrs, (BF_IN | BF_OUT) if self.batch_first else 0)
                 w = weights if len(weights) == 4 else (w0, weights[1], None, None)
-                if torch.is_grad_enabled() and (input.requires_grad or w0.requires_grad
-                                                or any(t.requires_grad for t in weights)):
-                    if _c_apply is None or _functorch_active():
-                        out = RNNFunction.apply(cfg, input, None, None, *w)
-                    else:
-                        out = _c_apply(cfg, input, None, None, *w)
-                else:
-                    out = _run(cfg, input, None, None, *w, False)[1:]
+                grad = torch.is_grad_enabled() and (input.requires_grad or w0.requires_grad
+                                                    or any(t.requires_grad for t in weights))
+                out = _layer(grad, cfg, input, None, None, w)
                 return out[0], ((out[1], out[2]) if lstm else out[1])
 
         packed = isinstance(input, PackedSequence)
@@ -531,13 +537,7 @@ class _FastRNNMixin:
             w = weights[j * k:(j + 1) * k] if k == 4 else (weights[2 * j], weights[2 * j + 1], None, None)
             h0j = None if h0 is None else (h0 if single else h0[j])
             c0j = None if c0 is None else (c0 if single else c0[j])
-            if grad:
-                if _c_apply is None or _functorch_active():
-                    out = RNNFunction.apply(cfg, x, h0j, c0j, *w)
-                else:
-                    out = _c_apply(cfg, x, h0j, c0j, *w)
-            else:
-                out = _run(cfg, x, h0j, c0j, *w, False)[1:]
+            out = _layer(grad, cfg, x, h0j, c0j, w)
             ys.append(out[0])
             h_out.append(out[1])                              # (1, B, H)
             if lstm:
