@@ -176,6 +176,13 @@ def _blas_control():
     return _blas
 
 
+def blas_threads():
+    """SciPy's OpenBLAS's thread count now (the BLAS the kernels call),
+    or 0 where fastrnn cannot ask it."""
+    blas = _blas_control()
+    return blas[0]() if blas else 0
+
+
 def _after_fork_in_child():
     global _forked_after_use, _lock
     if _used:

@@ -14,16 +14,24 @@ MODES = fastrnn.MODES
 BACKENDS = ["numba", "numpy"]
 
 
-@pytest.fixture(autouse=True, params=["threaded by units", "threaded by rows", "one-thread kernels"])
+@pytest.fixture(autouse=True, params=["threaded by units", "threaded by rows", "one-thread kernels",
+                                      "one-thread by rows"])
 def kernel_form(request, monkeypatch):
     """Every test here runs every form of the Numba loops: the threaded ones
     (the default where threads can run), with the time loop split by hidden
     units (per step; tests/test_threads.py also forces every step split) or
     by batch rows (each thread its own rows; the modes in ROWS_MODES, where
     a call has at least two rows), and the one-thread ones (forked children,
-    one Numba thread, a BLAS fastrnn cannot set)."""
-    if request.param == "one-thread kernels":
+    one Numba thread, a BLAS fastrnn cannot set): the one-thread loops, or
+    the loops by rows as one part on the calling thread (big calls,
+    numba_cpu.ONE_THREAD_ROWS_*), here at every size and from one row."""
+    if request.param.startswith("one-thread"):
         monkeypatch.setattr(_threads, "available_threads", lambda: 1)
+        if request.param == "one-thread kernels":
+            monkeypatch.setattr(numba_cpu, "ONE_THREAD_ROWS", False)
+        else:
+            force_by_rows(monkeypatch)
+            monkeypatch.setattr(numba_cpu, "ONE_THREAD_ROWS_MIN_WORK", 0)
     elif _threads.available_threads() < 2:
         pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
     else:
@@ -58,14 +66,20 @@ def test_one_or_two_rows(mode, B, dtype):
     check_backend(mode, "numba", T=T, B=B, I=6, H=19, dtype=dtype, lengths=[T, 5][:B], reverse=True)
 
 
+def _by_rows(kernel_form, dtype):
+    """Whether the loops by rows run in this form: always where threaded by
+    rows; on one thread for float32 only (numba_cpu.ONE_THREAD_ROWS_*)."""
+    return kernel_form == "threaded by rows" or (kernel_form == "one-thread by rows" and dtype == "float32")
+
+
 def _spy_regions(monkeypatch):
     """The names of the parts each by-rows region runs, in order, as a list
     that fills while the test runs."""
     regions = []
-    real_by_rows = numba_cpu._by_rows
+    real_rows_form = numba_cpu._rows_form
 
-    def spy_by_rows(*a):
-        run = real_by_rows(*a)
+    def spy_rows_form(*a):
+        run = real_rows_form(*a)
         if not run:
             return run
 
@@ -73,7 +87,7 @@ def _spy_regions(monkeypatch):
             regions.append(fn.__name__)
             return run(fn, nth, *args)
         return wrapped
-    monkeypatch.setattr(numba_cpu, "_by_rows", spy_by_rows)
+    monkeypatch.setattr(numba_cpu, "_rows_form", spy_rows_form)
     return regions
 
 
@@ -92,13 +106,13 @@ def test_projection_inside_the_parts(mode, B, lengths, dtype, kernel_form, monke
     monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)
     regions = _spy_regions(monkeypatch)
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
-    if kernel_form == "threaded by rows":
+    if _by_rows(kernel_form, dtype):
         assert B <= numba_cpu.FUSED_PROJECTION_MAX_ROWS and 9 * B * 4 * 11 * 5 <= numba_cpu.FUSED_PROJECTION_MAX_MACS
         assert "project_part" not in regions and regions, f"a projection region ran: {regions}"
     regions.clear()
     monkeypatch.setattr(numba_cpu, "FUSED_PROJECTION_MAX_MACS", -1)
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths)
-    if kernel_form == "threaded by rows":
+    if _by_rows(kernel_form, dtype):
         assert "project_part" in regions, f"no projection region ran: {regions}"
 
 
@@ -117,12 +131,12 @@ def test_lstm_projection_in_the_step(B, lengths, reverse, h0, dtype, kernel_form
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     kw = dict(T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse, h0=h0)
     check_backend("lstm", "numba", **kw)
-    if kernel_form == "threaded by rows":
+    if _by_rows(kernel_form, dtype):
         assert regions[0] == "lstm_forward_fused_rows_part" and "project_part" not in regions, regions
     regions.clear()
     monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)
     check_backend("lstm", "numba", **kw)
-    if kernel_form == "threaded by rows":
+    if _by_rows(kernel_form, dtype):
         assert "lstm_forward_rows_part" in regions and "lstm_forward_fused_rows_part" not in regions, regions
 
 
@@ -140,7 +154,7 @@ def test_lstm_step_panels_from_the_two_weights(H, B, lengths, reverse, kernel_fo
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     regions = _spy_regions(monkeypatch)
     check_backend("lstm", "numba", T=9, B=B, I=5, H=H, dtype="float32", lengths=lengths, reverse=reverse)
-    if kernel_form == "threaded by rows":
+    if _by_rows(kernel_form, "float32"):
         assert regions[0] == "lstm_forward_fused_rows_part", regions
         assert bool(packs) == (4 * H % packed.PANEL == 0), (H, len(packs))
 
@@ -160,7 +174,7 @@ def test_gradients_inside_the_bptt_parts(mode, B, lengths, reverse, dtype, kerne
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     padded = lengths != "full"
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse)
-    if kernel_form == "threaded by rows":
+    if _by_rows(kernel_form, dtype):
         assert any(r.endswith("backward_rows_part") for r in regions), regions
         # (after_loop_part, or the LSTM's after_loop_part_cat: numba_cpu.SAVE_XH)
         after = any(r.startswith("after_loop_part") for r in regions)
@@ -168,7 +182,7 @@ def test_gradients_inside_the_bptt_parts(mode, B, lengths, reverse, dtype, kerne
     regions.clear()
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     check_backend(mode, "numba", T=9, B=B, I=5, H=11, dtype=dtype, lengths=lengths, reverse=reverse)
-    if kernel_form == "threaded by rows":
+    if _by_rows(kernel_form, dtype):
         assert any(r.startswith("after_loop_part") for r in regions), f"no region after the BPTT parts: {regions}"
 
 

@@ -24,7 +24,8 @@ then Numba's, so nothing spins against the kernel.  Tiny calls run the
 one-thread loops (with OpenBLAS at one thread).  Where threads cannot run
 (a forked child, a BLAS fastrnn cannot set, one Numba thread), the
 one-thread loops, whose big GEMMs and, above gemm.OWN_MAX_*, per-step GEMMs
-go to OpenBLAS with its own threads.
+go to OpenBLAS with its own threads; or, for big float32 calls, the loops by rows
+as one part on the calling thread (ONE_THREAD_ROWS_*).
 
 Variable lengths: rows are sorted by length (longest first) so that the rows
 still running at step t are a prefix of the working state; the recurrent GEMM
@@ -120,6 +121,29 @@ ROWS_MIN_PER_THREAD = 2
 # The vanilla RNN's was level or faster (S2 fwd+bwd 3.22 against 3.64 ms
 # relu, 4.09 against 4.14 tanh).
 ROWS_MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+# Where a big float32 call runs on one thread (Numba at one thread, as for
+# one process per core under torchrun; the threads busy with another call;
+# a forked child), the loops by rows run as one part on the calling thread:
+# their step product is the packed one (W_hh, or [W_ih | W_hh], packed once
+# a call) where the one-thread loops hand each step of more than
+# gemm.OWN_MAX_ROWS rows to BLAS, which packs W_hh again every step.
+# Measured (raw fwd+bwd, torch, Numba and SciPy's OpenBLAS at one thread,
+# the two forms alternating in one process, medians of 3-5; one-thread loops
+# / by rows): LSTM S2 1.03, S3 1.23, S4 1.02; GRU 1.03, 1.32, 1.11;
+# rnn_tanh 1.06, 1.05, 1.07; rnn_relu S3 1.10.  Beyond ROWS_MAX_WHH_BYTES
+# only where the loops' steps go to BLAS: S5 (B = 32, W_hh 12-16 MB) LSTM
+# 1.18, GRU 1.13, rnn_tanh (32, 25, 2048, 2048) 1.19, but with 4-8 rows,
+# whose steps the loops keep on the dot form, (8, 50, 1024, 1024) LSTM 0.96
+# and (4, 50, 512, 1024) 0.89.  With OpenBLAS left at two threads (Numba at
+# one), the loops' per-step BLAS uses both cores: LSTM S3 still 1.21 (GRU
+# 1.23), but S4, whose steps are (64 x 512) @ (512 x 2048), 0.85; so where
+# OpenBLAS runs more than one thread, only up to
+# ONE_THREAD_ROWS_MAX_BLAS_MACS multiply-adds a step (S3's are 8.4 M, S4's
+# 67 M).  float64 (no packed product): LSTM S2 0.83, S3 0.99, GRU S3 0.93,
+# so not there.
+ONE_THREAD_ROWS = True
+ONE_THREAD_ROWS_MIN_WORK = PAR_MIN_WORK
+ONE_THREAD_ROWS_MAX_BLAS_MACS = 1 << 24
 
 # In the loops by rows each part can project its own rows of the input
 # before its loop (parallel.project_own_rows), instead of a projection
@@ -314,6 +338,23 @@ def _by_rows(mode, B, H, GH, dt, nth):
             and GH * H * dt.itemsize <= ROWS_MAX_WHH_BYTES):
         return None
     return _in_threads if _torch_threads() <= 1 else torch_team.runner()
+
+
+def _rows_form(mode, T, B, I, H, GH, dt, nth, par):
+    """The runner of a call's loops by rows, or None: _by_rows where the
+    threaded kernels run (par), else _on_this_thread where a big call runs
+    on one thread (ONE_THREAD_ROWS_*)."""
+    if par:
+        return _by_rows(mode, B, H, GH, dt, nth)
+    if not (ONE_THREAD_ROWS and dt == np.float32 and T * B * GH * (I + H) >= ONE_THREAD_ROWS_MIN_WORK
+            and mode in ROWS_MODES and B >= ROWS_MIN_PER_THREAD):
+        return None
+    blas_steps = _kernels()[0].uses_blas(B, GH, H)      # the one-thread loops' steps go to BLAS
+    if GH * H * dt.itemsize > ROWS_MAX_WHH_BYTES and not blas_steps:
+        return None
+    if blas_steps and B * GH * H > ONE_THREAD_ROWS_MAX_BLAS_MACS and _threads.blas_threads() != 1:
+        return None
+    return _on_this_thread
 
 
 class _held_form:
@@ -544,7 +585,8 @@ class NumbaCPU:
         c = None
         wp_bwd = None   # BPTT's W_hh panels where the forward packs them (PACK_BWD_IN_FORWARD)
         with _kernel_form(T, B, I, H, GH) as (nth, par, parts):
-            rows = par and _by_rows(mode, B, H, GH, dt, nth)
+            rows = _rows_form(mode, T, B, I, H, GH, dt, nth, par)
+            par = par or bool(rows)      # one part on this thread: the by-rows code paths
             # The per-step GEMM reads W_hh's rows in the forward and W_hh^T's
             # in BPTT.  The forward itself needs the W_hh^T copy only where
             # the one-thread loop hands a step to BLAS (gemm.uses_blas) or, at
@@ -691,7 +733,8 @@ class NumbaCPU:
             # The threaded BPTT writes one step's sorted-row gate gradients
             # while it reads the previous step's: two buffers (unused when
             # rows keep their order: dG[t] serves).
-            rows = par and _by_rows(mode, B, H, GH, dt, nth)
+            rows = _rows_form(mode, T, B, I, H, GH, dt, nth, par)
+            par = par or bool(rows)      # one part on this thread: the by-rows code paths
             dgs = np.empty((2, 1 if ident else B, GH), dt) if par and not rows else np.empty((B, GH), dt)
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
