@@ -446,8 +446,7 @@ def markdown(res):
             lines.append(f"| {r['cell']} | {r['shape']} ({r['B']},{r['T']},{r['I']},{r['H']}) | "
                          f"{r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['fastrnn_ms']:.2f} | "
                          f"{r['speedup']:.2f}x | {r['ceiling']:.2f}x | {r['fastrnn_floor_fraction']:.2f} | "
-                         f"{r['raw_ms']:.2f} | "
-                         f"{r['gemm_gflops']:.0f} |")
+                         f"{r['raw_ms']:.2f} | {r['gemm_gflops']:.0f} |")
         lines.append("")
     if "overhead" in res:
         o = res["overhead"]

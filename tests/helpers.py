@@ -2,6 +2,8 @@
 the same random problem, then compare every output and gradient by name."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 import fastrnn
@@ -163,3 +165,16 @@ def spy_rows_parts(monkeypatch, record):
                 return _k(i, nth, *a)
             monkeypatch.setattr(mod, name, wrapped)
     return calls
+
+
+@contextlib.contextmanager
+def numba_threads(n):
+    """Numba's thread count (the calling thread's setting) at n inside, the
+    old count restored on the way out, also on error."""
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield old
+    finally:
+        numba.set_num_threads(old)

@@ -11,7 +11,7 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import numba_cpu
 
-from .helpers import TOL, _cast, assert_close, check_backend, make_problem, spy_rows_parts
+from .helpers import TOL, _cast, assert_close, check_backend, make_problem, numba_threads, spy_rows_parts
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -63,11 +63,8 @@ def test_when_big_calls_on_one_thread_run_by_rows(monkeypatch):
 
 @pytest.fixture
 def one_numba_thread():
-    import numba
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(old)
+    with numba_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -101,20 +98,17 @@ def test_forward_and_backward_in_different_forms(mode, first, monkeypatch):
     (another Python thread in a threaded kernel), or Numba's thread count
     changed between them: a forward by rows on two threads with its BPTT
     by rows on one, and the other way round, match the oracle."""
-    import numba
     calls = spy_rows_parts(monkeypatch, lambda name, i, nth: (name, nth))
     monkeypatch.setattr(numba_cpu, "ONE_THREAD_ROWS_MIN_WORK", 0)
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
     prob = make_problem(mode, 9, 6, 5, 11, lengths="random", h0=True, seed=3)
     x, w, h0, dy, dhn = (_cast(prob[k], "float32") for k in ("x", "w", "h0", "dy", "dhn"))
+    import numba
     old = numba.get_num_threads()
-    try:
-        numba.set_num_threads(old if first == "threaded" else 1)
+    with numba_threads(old if first == "threaded" else 1):
         y, _, saved = fastrnn.rnn_forward(mode, x, w, h0, prob["lengths"], training=True, backend="numba")
-        numba.set_num_threads(1 if first == "threaded" else old)
+    with numba_threads(1 if first == "threaded" else old):
         dx, _, dw = fastrnn.rnn_backward(saved, dy, dhn)
-    finally:
-        numba.set_num_threads(old)
     fwd = [c[1] for c in calls if "forward" in c[0]]
     bwd = [c[1] for c in calls if "backward" in c[0]]
     assert fwd and bwd and (set(fwd), set(bwd)) == (({old}, {1}) if first == "threaded" else ({1}, {old}))

@@ -16,7 +16,7 @@ from fastrnn.cells import spec
 from fastrnn._kernels.cpu import gru, lstm, packed, rnn
 
 from .helpers import (TOL, _cast, assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers,
-                      run, spy_rows_parts)
+                      numba_threads, run, spy_rows_parts)
 
 MODES = fastrnn.MODES
 PAR = {"lstm": (lstm, "lstm"), "gru": (gru, "gru"), "rnn_tanh": (rnn, "rnn"), "rnn_relu": (rnn, "rnn")}
@@ -554,23 +554,15 @@ def test_thread_count_follows_numba_setting():
     import numba
     old = numba.get_num_threads()
     assert _threads.available_threads() == old
-    numba.set_num_threads(1)
-    try:
+    with numba_threads(1):
         assert _threads.available_threads() == 1
         assert "Numba has one thread" in _threads.why_single()
-    finally:
-        numba.set_num_threads(old)
     assert _threads.available_threads() == old
 
 
 def test_single_numba_thread_runs_one_thread_kernels(spy):
-    import numba
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    with numba_threads(1):
         check_backend("gru", "numba", H=21)
-    finally:
-        numba.set_num_threads(old)
     assert spy == [], "numba.set_num_threads(1) must keep fastrnn on one thread"
 
 
