@@ -249,16 +249,25 @@ def _sum_in_pieces(A, B):
     into chain (k - piece start) % CHAINS, a piece's odd last term into
     chain 0), each by fused multiply-adds (the float32 product is exact in
     float64), the chains added, then each piece's sum added to the total
-    so far: ((piece_1 + 0) + piece_2) + ..."""
+    so far: ((piece_1 + 0) + piece_2) + ...  The rows in blocks of
+    WIDE_ROWS (the first M // WIDE_ROWS * WIDE_ROWS where WIDE_ROWS !=
+    ROWS: M <= 64 here, one chunk of _mm_nn) sum in one chain."""
+    wide = A.shape[0] // packed.WIDE_ROWS * packed.WIDE_ROWS if packed.WIDE_ROWS != packed.ROWS else 0
+    out = _sum_in_chains(A, B, packed.CHAINS)
+    out[:wide] = _sum_in_chains(A[:wide], B, 1)
+    return out
+
+
+def _sum_in_chains(A, B, n_chains):
     f32, f64 = np.float32, np.float64
     M, K = A.shape
     total = np.zeros((M, B.shape[1]), f32)
     for k0 in range(0, K, packed.KBLOCK):
         kn = min(packed.KBLOCK, K - k0)
-        chains = [np.zeros_like(total) for _ in range(packed.CHAINS)]
-        main = kn - kn % packed.CHAINS
+        chains = [np.zeros_like(total) for _ in range(n_chains)]
+        main = kn - kn % n_chains
         for j in range(kn):
-            c = j % packed.CHAINS if j < main else 0
+            c = j % n_chains if j < main else 0
             k = k0 + j
             chains[c] = (np.outer(A[:, k].astype(f64), B[k].astype(f64)) + chains[c]).astype(f32)
         piece = chains[0]
@@ -268,7 +277,7 @@ def _sum_in_pieces(A, B):
     return total
 
 
-@pytest.mark.parametrize("M,K,N", [(4, 96, 32), (5, 97, 64), (9, 130, 96), (1, 64, 32)])
+@pytest.mark.parametrize("M,K,N", [(4, 96, 32), (5, 97, 64), (9, 130, 96), (13, 97, 64), (1, 64, 32)])
 def test_blocks_sum_each_output_in_pieces_in_order(M, K, N):
     # The blocks keep each piece's sum in registers and add it to a running
     # total (not to the output in memory, as each piece's call once did);

@@ -243,15 +243,33 @@ CHAINS = 2 if _LANES == 16 else 1
 KBLOCK = 32
 _blockR = _block_intrinsic(ROWS, CHAINS, KBLOCK)
 _block1 = _block_intrinsic(1, CHAINS, KBLOCK)
+# With AVX-512, rows go in blocks of WIDE_ROWS = 8 first: 8 x 32 outputs in
+# 16 zmm accumulators, one chain (the 8 totals a row pair adds spill and
+# are touched once a piece), then blocks of 4 and of 1 for the rest.  Per
+# term 2 panel loads and 8 broadcasts feed 16 FMAs where the 4-row block
+# has 2 and 4 for 8: half the panel stream, which on an Intel core with
+# two 512-bit FMA units is what held the 4-row block back.  One Intel
+# AVX-512 core (this session's VM), GFLOP/s, 8-row against 4-row block,
+# two runs: (16, 384, 1024) 130-144 against 100-115, (16, 256, 1024)
+# 134-142 against 122-127, (32, 1024, 2048) 123-133 against 95-112,
+# (64, 1536, 4096) 87-93 against 78-82 (docs/performance.md, twenty-fourth
+# session).  With AVX2 (16 ymm registers) it would spill in the k loop:
+# there WIDE_ROWS = ROWS and the wide block is the 4-row one.
+WIDE_ROWS = 8 if _LANES == 16 else ROWS
+_blockW = _block_intrinsic(WIDE_ROWS, 1, KBLOCK) if WIDE_ROWS != ROWS else _blockR
 
 
 @inner
 def _rows(a, ra, sk, p, ldp, c, ldc, m0, m1, kn, add):
-    """Rows [m0, m1) of one panel's block of kn terms: blocks of ROWS rows,
-    then one-row blocks.  a and c are the addresses of row 0's first term
-    and first output column; row m's are m * ra and m * ldc elements on."""
-    m4 = m0 + (m1 - m0) // ROWS * ROWS
-    for m in range(m0, m4, ROWS):
+    """Rows [m0, m1) of one panel's block of kn terms: blocks of WIDE_ROWS
+    rows, then of ROWS rows, then one-row blocks.  a and c are the
+    addresses of row 0's first term and first output column; row m's are
+    m * ra and m * ldc elements on."""
+    m8 = m0 + (m1 - m0) // WIDE_ROWS * WIDE_ROWS
+    for m in range(m0, m8, WIDE_ROWS):
+        _blockW(a + 4 * m * ra, ra, sk, p, ldp, c + 4 * m * ldc, ldc, kn, add)
+    m4 = m8 + (m1 - m8) // ROWS * ROWS
+    for m in range(m8, m4, ROWS):
         _blockR(a + 4 * m * ra, ra, sk, p, ldp, c + 4 * m * ldc, ldc, kn, add)
     for m in range(m4, m1):
         _block1(a + 4 * m * ra, ra, sk, p, ldp, c + 4 * m * ldc, ldc, kn, add)
