@@ -357,6 +357,61 @@ def _rows_form(mode, T, B, I, H, GH, dt, nth, par):
     return _on_this_thread
 
 
+# The GEMMs after the BPTT loop (dx = dG @ W_ih, dW_ih = dG^T x, dW_hh =
+# dG^T h_prev, the bias column sums) go to torch's BLAS (torch.mm on the
+# same memory, torch's intra-op threads) where torch is imported, the call
+# is float32 and they take at least this many multiply-adds: where the
+# program is a PyTorch one, its BLAS is at hand, and on an Intel core
+# with two 512-bit FMA units MKL runs them well above the OpenBLAS that
+# Numba links and fastrnn's own blocks.  Measured (this session's Intel
+# AVX-512 VM, two threads, LSTM, the region alone, docs/performance.md
+# twenty-fourth session): S2 1.12 against 1.59-1.65 ms, S3 7.2 against
+# 10.5-10.9, S4 66.8 against 75.1.  Below it (S1: 4.9 M) the own blocks'
+# region on the calling thread stays.  TORCH_AFTER False: never.
+TORCH_AFTER = True
+TORCH_AFTER_MIN_MACS = 1 << 25
+
+
+def _torch_after(dt, macs, nth):
+    """torch where the GEMMs after the loop go to torch's BLAS (TORCH_AFTER_*),
+    else None; also None where torch runs fewer threads than the call's
+    region would (torch at one thread, the kernels at two)."""
+    if not (TORCH_AFTER and dt == np.float32 and macs >= TORCH_AFTER_MIN_MACS):
+        return None
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "from_numpy") or _torch_threads() < nth:
+        return None
+    return torch
+
+
+def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+    """parallel.after_loop_part(_cat)'s products by torch.mm, written into
+    the backend's own arrays (C-contiguous; torch writes through the
+    shared memory).  dGh2 None: dW_hh's gate gradients are dG's (all but
+    the GRU).  h2 None: x2 is the forward's [x_t | h_prev] rows (T*B,
+    I + H), and dGh2 is None."""
+    t = torch.from_numpy
+    G = t(dG2)
+    outs = (t(dx2), t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
+    torch.mm(G, t(w_ih), out=outs[0])
+    if h2 is None:
+        # one GEMM over the I + H columns, then its two column blocks (LSTM
+        # S3: 4.95 ms, against 2.18 + 3.77 for the two on column slices)
+        cat = torch.mm(G.t(), t(x2))
+        outs[1].copy_(cat[:, :I])
+        outs[2].copy_(cat[:, I:])
+        Gh = G
+    else:
+        torch.mm(G.t(), t(x2), out=outs[1])
+        Gh = G if dGh2 is None else t(dGh2)
+        torch.mm(Gh.t(), t(h2), out=outs[2])
+    torch.sum(G, 0, out=outs[3])
+    if Gh is G:
+        outs[4].copy_(outs[3])
+    else:
+        torch.sum(Gh, 0, out=outs[4])
+
+
 class _held_form:
     """The context _kernel_form gives calls above TINY_WORK: _threads.threaded()
     (OpenBLAS held at one thread inside), its value (nth, par, parts).  A
@@ -830,9 +885,15 @@ class NumbaCPU:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                     kern(dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          Hs, p["As"], dG, dgs, *grads)
+            torch_mm = None if own or not (rows or after) else _torch_after(dt, after_macs, nth)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
+            elif torch_mm is not None:      # the same GEMMs by torch's BLAS
+                _after_loop_torch(torch_mm, dG.reshape(T * B, GH), None if dGh is dG else dGh.reshape(T * B, GH),
+                                  Hs.reshape(T * B, I + H) if cat else x2,
+                                  None if cat else Hs.reshape(T * B, H), I, w_ih, dx.reshape(T * B, I),
+                                  dw_ih, dw_hh, db_ih, db_hh)
             elif cat:   # the GEMMs after the loop, the weight gradients as one
                 rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,
                      dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_arg)

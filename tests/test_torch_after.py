@@ -1,0 +1,90 @@
+"""The GEMMs after the BPTT loop on torch's BLAS (numba_cpu.TORCH_AFTER_*):
+where torch is imported they take dx, dW_ih, dW_hh and the bias sums for
+big float32 calls; the results must be the float64 oracle's, every
+element written, in each form that leaves those GEMMs to a region (by
+rows on two threads; the one-thread loops' region on the calling thread),
+with full and ragged lengths."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _threads
+from fastrnn._backends import numba_cpu
+
+from .helpers import check_backend, force_by_rows, nan_empty
+
+torch = pytest.importorskip("torch", reason="the torch BLAS path needs PyTorch (pip install fastrnn[torch])")
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+@pytest.fixture
+def torch_calls(monkeypatch):
+    """Every size takes the torch path; each call of it recorded (the
+    form of its weight-gradient operand: 'cat' or 'split')."""
+    monkeypatch.setattr(numba_cpu, "TORCH_AFTER_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)     # an element left unwritten shows NaN
+    calls = []
+    real = numba_cpu._after_loop_torch
+
+    def spy(torch_mod, dG2, dGh2, x2, h2, *rest):
+        calls.append("cat" if h2 is None else "split")
+        return real(torch_mod, dG2, dGh2, x2, h2, *rest)
+    monkeypatch.setattr(numba_cpu, "_after_loop_torch", spy)
+    return calls
+
+
+@pytest.mark.parametrize("own_after", [True, False])
+@pytest.mark.parametrize("lengths", ["full", "random"])
+@pytest.mark.parametrize("mode", fastrnn.MODES)
+def test_by_rows_on_two_threads(torch_calls, monkeypatch, mode, lengths, own_after):
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    force_by_rows(monkeypatch)
+    # ragged lengths: the gradients after the loop in the region, not in
+    # the parts (FUSED_GRADS_*), so that the region's x has padding in it
+    monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
+    # without the own blocks' bound the LSTM's fused forward saves
+    # [x_t | h_prev] rows (SAVE_XH) and dW is one GEMM over I + H columns
+    monkeypatch.setattr(numba_cpu, "OWN_AFTER", own_after)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+    finally:
+        torch.set_num_threads(old)
+    want = "cat" if mode == "lstm" and not own_after else "split"
+    assert torch_calls and set(torch_calls) == {want}, torch_calls
+
+
+@pytest.mark.parametrize("lengths", ["full", "random"])
+@pytest.mark.parametrize("mode", fastrnn.MODES)
+def test_one_thread_loops_region(torch_calls, monkeypatch, mode, lengths):
+    # the one-thread loops (a call under PAR_MIN_WORK) leave their GEMMs to
+    # a region on this thread (AFTER_LOOP_OWN_MIN_MACS): torch takes it
+    monkeypatch.setattr(_threads, "available_threads", lambda: 1)
+    monkeypatch.setattr(numba_cpu, "ONE_THREAD_ROWS", False)
+    check_backend(mode, "numba", T=9, B=3, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+    assert torch_calls and set(torch_calls) == {"split"}, torch_calls
+
+
+def test_when_torch_takes_the_gemms(monkeypatch):
+    big = 1 << 26
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)
+    assert numba_cpu._torch_after(F32, big, 2) is torch
+    assert numba_cpu._torch_after(F32, big, 1) is torch
+    assert numba_cpu._torch_after(F64, big, 2) is None              # float32 only
+    assert numba_cpu._torch_after(F32, numba_cpu.TORCH_AFTER_MIN_MACS - 1, 2) is None
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
+    assert numba_cpu._torch_after(F32, big, 2) is None      # torch at fewer threads than the call
+    monkeypatch.setattr(numba_cpu, "TORCH_AFTER", False)
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)
+    assert numba_cpu._torch_after(F32, big, 2) is None
+
+
+def test_float64_stays_on_the_kernels(torch_calls, monkeypatch):
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    force_by_rows(monkeypatch)
+    check_backend("lstm", "numba", T=9, B=6, I=40, H=64, dtype="float64")
+    assert torch_calls == []
