@@ -363,13 +363,16 @@ def _rows_form(mode, T, B, I, H, GH, dt, nth, par):
 # is float32 and they take at least this many multiply-adds: where the
 # program is a PyTorch one, its BLAS is at hand, and on an Intel core
 # with two 512-bit FMA units MKL runs them well above the OpenBLAS that
-# Numba links and fastrnn's own blocks.  Measured (this session's Intel
-# AVX-512 VM, two threads, LSTM, the region alone, docs/performance.md
-# twenty-fourth session): S2 1.12 against 1.59-1.65 ms, S3 7.2 against
-# 10.5-10.9, S4 66.8 against 75.1.  Below it (S1: 4.9 M) the own blocks'
-# region on the calling thread stays.  TORCH_AFTER False: never.
+# Numba links and fastrnn's own blocks.  Measured (the twenty-fourth
+# session's Intel AVX-512 VM, two threads, docs/performance.md): the LSTM's
+# region alone S2 1.12 against 1.59-1.65 ms, S3 8.0 against 10.5-10.9, S4
+# 66.8 against 75.1; fastrnn.torch fwd+bwd, on/off alternating in one
+# process, speedup: LSTM S2 (157 M multiply-adds here) 1.04, S3 1.07, S4
+# 1.05; GRU S3 1.07 but S2 (118 M) 1.00; vanilla RNN S3 1.04 but S2 (39 M)
+# 0.975, where the own blocks are quick.  Below the bound the kernels'
+# own region stays.  TORCH_AFTER False: never.
 TORCH_AFTER = True
-TORCH_AFTER_MIN_MACS = 1 << 25
+TORCH_AFTER_MIN_MACS = 1 << 27
 
 
 def _torch_after(dt, macs, nth):
