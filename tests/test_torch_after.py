@@ -69,7 +69,7 @@ def test_one_thread_loops_region(torch_calls, monkeypatch, mode, lengths):
 
 
 def test_when_torch_takes_the_gemms(monkeypatch):
-    big = 1 << 26
+    big = numba_cpu.TORCH_AFTER_MIN_MACS
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)
     assert numba_cpu._torch_after(F32, big, 2) is torch
     assert numba_cpu._torch_after(F32, big, 1) is torch
