@@ -369,8 +369,10 @@ def _rows_form(mode, T, B, I, H, GH, dt, nth, par):
 # 66.8 against 75.1; fastrnn.torch fwd+bwd, on/off alternating in one
 # process, speedup: LSTM S2 (157 M multiply-adds here) 1.04, S3 1.07, S4
 # 1.05; GRU S3 1.07 but S2 (118 M) 1.00; vanilla RNN S3 1.04 but S2 (39 M)
-# 0.975, where the own blocks are quick.  Below the bound the kernels'
-# own region stays.  TORCH_AFTER False: never.
+# 0.975, where the own blocks are quick.  Also on one thread (torch, Numba
+# and OpenBLAS at one, as under torchrun): LSTM S2 1.09, S3 1.08, GRU S3
+# 1.08, S2 1.01.  Below the bound the kernels' own region stays.
+# TORCH_AFTER False: never.
 TORCH_AFTER = True
 TORCH_AFTER_MIN_MACS = 1 << 27
 
