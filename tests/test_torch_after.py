@@ -88,3 +88,28 @@ def test_float64_stays_on_the_kernels(torch_calls, monkeypatch):
     force_by_rows(monkeypatch)
     check_backend("lstm", "numba", T=9, B=6, I=40, H=64, dtype="float64")
     assert torch_calls == []
+
+
+def test_torch_raising_falls_back_to_the_kernels(torch_calls, monkeypatch):
+    # torch.mm raising partway (after dx was written): the kernels' own
+    # region runs and writes every output again
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    force_by_rows(monkeypatch)
+    real_mm = torch.mm
+    seen = []
+
+    def mm(*args, **kw):
+        seen.append(1)
+        if len(seen) > 1:
+            raise RuntimeError("no BLAS in this build")
+        return real_mm(*args, **kw)
+    monkeypatch.setattr(torch, "mm", mm)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for mode in fastrnn.MODES:
+            check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", scale=0.25)
+    finally:
+        torch.set_num_threads(old)
+    assert torch_calls and len(seen) >= 2

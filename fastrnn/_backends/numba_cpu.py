@@ -394,7 +394,17 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
     the backend's own arrays (C-contiguous; torch writes through the
     shared memory).  dGh2 None: dW_hh's gate gradients are dG's (all but
     the GRU).  h2 None: x2 is the forward's [x_t | h_prev] rows (T*B,
-    I + H), and dGh2 is None."""
+    I + H), and dGh2 is None.  True when done; False where torch raised
+    (an unusual build, say): the caller then runs its own region, which
+    writes every output again."""
+    try:
+        _after_loop_torch_mm(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+    except Exception:
+        return False
+    return True
+
+
+def _after_loop_torch_mm(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
     t = torch.from_numpy
     G = t(dG2)
     outs = (t(dx2), t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
@@ -894,11 +904,11 @@ class NumbaCPU:
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
-            elif torch_mm is not None:      # the same GEMMs by torch's BLAS
-                _after_loop_torch(torch_mm, dG.reshape(T * B, GH), None if dGh is dG else dGh.reshape(T * B, GH),
-                                  Hs.reshape(T * B, I + H) if cat else x2,
-                                  None if cat else Hs.reshape(T * B, H), I, w_ih, dx.reshape(T * B, I),
-                                  dw_ih, dw_hh, db_ih, db_hh)
+            elif torch_mm is not None and _after_loop_torch(
+                    torch_mm, dG.reshape(T * B, GH), None if dGh is dG else dGh.reshape(T * B, GH),
+                    Hs.reshape(T * B, I + H) if cat else x2, None if cat else Hs.reshape(T * B, H), I, w_ih,
+                    dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh):
+                pass        # the same GEMMs by torch's BLAS
             elif cat:   # the GEMMs after the loop, the weight gradients as one
                 rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,
                      dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_arg)
