@@ -703,4 +703,4 @@ def test_cache_sizes_from_sysfs(tmp_path):
     (tmp_path / "index2" / "size").write_text("garbage\n")
     assert _threads.cache_bytes(2, 77, root=str(tmp_path)) == 77
     assert _threads.cache_bytes(2, 77, root=str(tmp_path / "missing")) == 77
-    assert numba_cpu.FUSED_STEP_MAX_BYTES == min(8 * _threads.cache_bytes(2, 1 << 20), 8 << 20)
+    assert numba_cpu.FUSED_STEP_MAX_BYTES == min(8 * _threads.cache_bytes(2, 1 << 20), 4 << 20)

@@ -3,7 +3,8 @@ where torch is imported they take dx, dW_ih, dW_hh and the bias sums for
 big float32 calls; the results must be the float64 oracle's, every
 element written, in each form that leaves those GEMMs to a region (by
 rows on two threads; the one-thread loops' region on the calling thread),
-with full and ragged lengths."""
+with full and ragged lengths.  Likewise the input projection before the
+loops by rows (TORCH_PROJECT)."""
 import numpy as np
 import pytest
 
@@ -105,6 +106,9 @@ def test_torch_raising_falls_back_to_the_kernels(torch_calls, monkeypatch):
             raise RuntimeError("no BLAS in this build")
         return real_mm(*args, **kw)
     monkeypatch.setattr(torch, "mm", mm)
+    # the projection before the parts goes to torch.mm too (every call of it
+    # but the very first raises)
+    monkeypatch.setattr(numba_cpu, "FUSED_PROJECTION_MAX_MACS", -1)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -113,3 +117,34 @@ def test_torch_raising_falls_back_to_the_kernels(torch_calls, monkeypatch):
     finally:
         torch.set_num_threads(old)
     assert torch_calls and len(seen) >= 2
+
+
+@pytest.mark.parametrize("lengths", ["full", "random"])
+@pytest.mark.parametrize("mode", fastrnn.MODES)
+def test_projection_before_the_parts(torch_calls, monkeypatch, mode, lengths):
+    # the loops by rows with the projection as a region before the parts
+    # (not in the parts: FUSED_PROJECTION_*; the LSTM unfused): torch.mm
+    # writes xg, whose NaN-filled buffer shows any element it left
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    force_by_rows(monkeypatch)
+    monkeypatch.setattr(numba_cpu, "FUSED_PROJECTION_MAX_MACS", -1)
+    monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)
+    projected = []
+    real = numba_cpu._project_torch
+
+    def spy(*args):
+        projected.append(1)
+        return real(*args)
+    monkeypatch.setattr(numba_cpu, "_project_torch", spy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+        assert projected, "the projection did not go to torch"
+        n = len(projected)
+        monkeypatch.setattr(numba_cpu, "TORCH_PROJECT", False)
+        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+        assert len(projected) == n
+    finally:
+        torch.set_num_threads(old)

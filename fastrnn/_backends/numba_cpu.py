@@ -200,11 +200,17 @@ FUSED_GRADS_MAX_BYTES = 1 << 21
 # KB of L2, the same 32 MB of L3; same script, torch at 2 threads, 7
 # rounds): S4 forward 0.89 and 0.92x fused (fwd+bwd 0.98 and 1.01x);
 # (32, 64, 256, 384), 3.9 MB, 1.03x (1.02x); S3 1.05-1.07x (1.02-1.07x).
-# The bound that fits both is eight times the L2, and at most the 8 MB
-# measured to pay (larger L2s, e.g. 2 MB, were never measured; at 16 MB
-# the Zen 4 was level): up to this many bytes of [W_ih | W_hh], which
-# every step reads (8 MB where the L2 cannot be read):
-FUSED_STEP_MAX_BYTES = min(8 * _threads.cache_bytes(2, 1 << 20), 1 << 23)
+# The bound that fit both was eight times the L2, and at most the 8 MB
+# measured to pay on the Zen 4.  On an Intel core with 2 MB of L2 and two
+# 512-bit FMA units (the twenty-fourth session's VM; fastrnn.torch.LSTM,
+# torch at 2 threads, the forms alternating in one process, 7 rounds),
+# S4 (8 MB) ran faster unfused, whose projection goes to BLAS: no_grad
+# forward 52.9-55.6 against 64.0 ms fused, fwd+bwd 156-158 against 166;
+# S3 (1.5 MB) was faster fused (forward 8.3 against 8.5-9.1).  So at
+# most 4 MB (the Zen 4's S4, 1.04x fused then, is given up): up to this
+# many bytes of [W_ih | W_hh], which every step reads (4 MB where the L2
+# cannot be read):
+FUSED_STEP_MAX_BYTES = min(8 * _threads.cache_bytes(2, 1 << 20), 1 << 22)
 
 # In training, the fused forward saves each step's [x_t | h_prev] row, the
 # step product's own left operand, instead of h_prev alone, so that BPTT
@@ -377,16 +383,42 @@ TORCH_AFTER = True
 TORCH_AFTER_MIN_MACS = 1 << 27
 
 
+# Likewise the input projection before the loops by rows (xg = x W_ih^T
+# over all T*B rows, where the parts do not project their own rows:
+# FUSED_PROJECTION_*), from the same bound.  Measured as above, no_grad
+# forward, LSTM unfused, torch.mm against the kernels' region: S3 8.5
+# against 9.1 ms, S4 52.9 against 55.6; fwd+bwd level (S3 27.3 against
+# 27.1, S4 156 against 158).  TORCH_PROJECT False: never.
+TORCH_PROJECT = True
+
+
 def _torch_after(dt, macs, nth):
-    """torch where the GEMMs after the loop go to torch's BLAS (TORCH_AFTER_*),
+    """_torch_blas for the GEMMs after the BPTT loop."""
+    return _torch_blas(TORCH_AFTER, dt, macs, nth)
+
+
+def _torch_blas(on, dt, macs, nth):
+    """torch where a region's GEMMs of `macs` multiply-adds go to torch's
+    BLAS (`on`: TORCH_AFTER or TORCH_PROJECT; from TORCH_AFTER_MIN_MACS),
     else None; also None where torch runs fewer threads than the call's
     region would (torch at one thread, the kernels at two)."""
-    if not (TORCH_AFTER and dt == np.float32 and macs >= TORCH_AFTER_MIN_MACS):
+    if not (on and dt == np.float32 and macs >= TORCH_AFTER_MIN_MACS):
         return None
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "from_numpy") or _torch_threads() < nth:
         return None
     return torch
+
+
+def _project_torch(torch, x2, w_ih, xg2):
+    """xg2 = x2 @ w_ih.T by torch.mm into xg2's memory (C-contiguous); True
+    when done, False where torch raised."""
+    t = torch.from_numpy
+    try:
+        torch.mm(t(x2), t(w_ih).t(), out=t(xg2))
+    except Exception:
+        return False
+    return True
 
 
 def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
@@ -712,7 +744,10 @@ class NumbaCPU:
                 elif B <= FUSED_PROJECTION_MAX_ROWS:
                     project = parallel.PROJECT_PER_ROW
             if rows and project == parallel.PROJECT_BEFORE and not fused:
-                rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
+                torch_mm = _torch_blas(TORCH_PROJECT, dt, T * B * GH * I, nth)
+                # by torch's BLAS (TORCH_PROJECT), else (or where it raised) by the kernels
+                if torch_mm is None or not _project_torch(torch_mm, x2, w_ih, xg.reshape(T * B, GH)):
+                    rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
