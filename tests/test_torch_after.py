@@ -10,7 +10,7 @@ import pytest
 
 import fastrnn
 from fastrnn import _threads
-from fastrnn._backends import numba_cpu
+from fastrnn._backends import numba_cpu, torch_team
 
 from .helpers import check_backend, force_by_rows, nan_empty
 
@@ -78,8 +78,12 @@ def test_when_torch_takes_the_gemms(monkeypatch):
     assert numba_cpu._torch_after(F32, numba_cpu.TORCH_AFTER_MIN_MACS - 1, 2) is None
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
     assert numba_cpu._torch_after(F32, big, 2) is None      # torch at fewer threads than the call
-    monkeypatch.setattr(numba_cpu, "TORCH_AFTER", False)
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)
+    monkeypatch.setattr(torch_team, "_FORKED", True)        # a forked child: not there
+    assert numba_cpu._torch_after(F32, big, 2) is None
+    monkeypatch.setattr(torch_team, "_FORKED", False)
+    assert numba_cpu._torch_after(F32, big, 2) is torch
+    monkeypatch.setattr(numba_cpu, "TORCH_AFTER", False)
     assert numba_cpu._torch_after(F32, big, 2) is None
 
 
@@ -148,3 +152,42 @@ def test_projection_before_the_parts(torch_calls, monkeypatch, mode, lengths):
         assert len(projected) == n
     finally:
         torch.set_num_threads(old)
+
+
+def _child_call(queue):
+    try:
+        got, ref = check_backend("lstm", "numba", T=9, B=6, I=40, H=64, dtype="float32", scale=0.25)
+        queue.put(("ok", numba_cpu._after_loop_torch.calls))
+    except BaseException as exc:       # report, never hang the parent
+        queue.put(("error", repr(exc)))
+
+
+def test_forked_child_keeps_the_kernels(monkeypatch):
+    # a child forked after torch ran its threads: the GEMMs stay on the
+    # kernels there (torch_team._FORKED), and the results are right
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    monkeypatch.setattr(numba_cpu, "TORCH_AFTER_MIN_MACS", 0)
+    real = numba_cpu._after_loop_torch
+
+    def spy(*args):
+        spy.calls += 1
+        return real(*args)
+    spy.calls = 0
+    monkeypatch.setattr(numba_cpu, "_after_loop_torch", spy)
+    torch.mm(torch.ones(64, 64), torch.ones(64, 64))        # torch's threads have run
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_call, args=(q,), daemon=True)
+    p.start()
+    try:
+        # torch.mm in such a child can hang in libgomp (it did here
+        # without the _FORKED test): a timeout, not a hung test run
+        status, value = q.get(timeout=120)
+    finally:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.terminate()
+    assert status == "ok", value
+    assert value == 0, "torch.mm ran in the forked child"

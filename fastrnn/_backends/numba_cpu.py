@@ -401,11 +401,12 @@ def _torch_blas(on, dt, macs, nth):
     """torch where a region's GEMMs of `macs` multiply-adds go to torch's
     BLAS (`on`: TORCH_AFTER or TORCH_PROJECT; from TORCH_AFTER_MIN_MACS),
     else None; also None where torch runs fewer threads than the call's
-    region would (torch at one thread, the kernels at two)."""
+    region would (torch at one thread, the kernels at two), and in a forked
+    child (torch's OpenMP team may not survive the fork: torch_team)."""
     if not (on and dt == np.float32 and macs >= TORCH_AFTER_MIN_MACS):
         return None
     torch = sys.modules.get("torch")
-    if torch is None or not hasattr(torch, "from_numpy") or _torch_threads() < nth:
+    if torch is None or not hasattr(torch, "from_numpy") or torch_team._FORKED or _torch_threads() < nth:
         return None
     return torch
 
