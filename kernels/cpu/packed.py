@@ -13,7 +13,8 @@ but its accumulators must stay in registers across the whole k loop,
 which Numba's Python cannot say (a generated kernel with scalar
 accumulators was not vectorised, see docs/performance.md).  So the block
 is emitted directly as LLVM IR by a Numba intrinsic, and the call's loops
-around it stay Python: 4 rows x PANEL columns (two vector registers).
+around it stay Python: 4 rows x PANEL columns (two vector registers),
+and with AVX-512 first blocks of 8 rows (WIDE_ROWS, one chain).
 With AVX-512, PANEL = 32, each output summed in two interleaved chains
 (k even, k odd), 16 zmm accumulators; per two values of k, 8 broadcasts,
 4 vector loads and 16 FMAs.  With AVX2 (16 ymm registers), PANEL = 16 and
