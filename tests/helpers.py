@@ -178,3 +178,16 @@ def numba_threads(n):
         yield old
     finally:
         numba.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """torch's intra-op thread count at n inside, the old count restored on
+    the way out, also on error."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield old
+    finally:
+        torch.set_num_threads(old)

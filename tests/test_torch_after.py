@@ -12,7 +12,7 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import numba_cpu, torch_team
 
-from .helpers import check_backend, force_by_rows, nan_empty
+from .helpers import check_backend, force_by_rows, nan_empty, torch_threads
 
 torch = pytest.importorskip("torch", reason="the torch BLAS path needs PyTorch (pip install fastrnn[torch])")
 
@@ -35,12 +35,20 @@ def torch_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def two_threads():
+    """Skip where the threaded kernels cannot run; torch at two threads
+    inside (the by-rows parts on its team, and its BLAS on two)."""
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    with torch_threads(2):
+        yield
+
+
 @pytest.mark.parametrize("own_after", [True, False])
 @pytest.mark.parametrize("lengths", ["full", "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
-def test_by_rows_on_two_threads(torch_calls, monkeypatch, mode, lengths, own_after):
-    if _threads.available_threads() < 2:
-        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+def test_by_rows_on_two_threads(torch_calls, two_threads, monkeypatch, mode, lengths, own_after):
     force_by_rows(monkeypatch)
     # ragged lengths: the gradients after the loop in the region, not in
     # the parts (FUSED_GRADS_*), so that the region's x has padding in it
@@ -48,12 +56,7 @@ def test_by_rows_on_two_threads(torch_calls, monkeypatch, mode, lengths, own_aft
     # without the own blocks' bound the LSTM's fused forward saves
     # [x_t | h_prev] rows (SAVE_XH) and dW is one GEMM over I + H columns
     monkeypatch.setattr(numba_cpu, "OWN_AFTER", own_after)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
-    finally:
-        torch.set_num_threads(old)
+    check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
     want = "cat" if mode == "lstm" and not own_after else "split"
     assert torch_calls and set(torch_calls) == {want}, torch_calls
 
@@ -87,19 +90,15 @@ def test_when_torch_takes_the_gemms(monkeypatch):
     assert numba_cpu._torch_after(F32, big, 2) is None
 
 
-def test_float64_stays_on_the_kernels(torch_calls, monkeypatch):
-    if _threads.available_threads() < 2:
-        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+def test_float64_stays_on_the_kernels(torch_calls, two_threads, monkeypatch):
     force_by_rows(monkeypatch)
     check_backend("lstm", "numba", T=9, B=6, I=40, H=64, dtype="float64")
     assert torch_calls == []
 
 
-def test_torch_raising_falls_back_to_the_kernels(torch_calls, monkeypatch):
+def test_torch_raising_falls_back_to_the_kernels(torch_calls, two_threads, monkeypatch):
     # torch.mm raising partway (after dx was written): the kernels' own
     # region runs and writes every output again
-    if _threads.available_threads() < 2:
-        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
     force_by_rows(monkeypatch)
     real_mm = torch.mm
     seen = []
@@ -113,24 +112,17 @@ def test_torch_raising_falls_back_to_the_kernels(torch_calls, monkeypatch):
     # the projection before the parts goes to torch.mm too (every call of it
     # but the very first raises)
     monkeypatch.setattr(numba_cpu, "FUSED_PROJECTION_MAX_MACS", -1)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        for mode in fastrnn.MODES:
-            check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", scale=0.25)
-    finally:
-        torch.set_num_threads(old)
+    for mode in fastrnn.MODES:
+        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", scale=0.25)
     assert torch_calls and len(seen) >= 2
 
 
 @pytest.mark.parametrize("lengths", ["full", "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
-def test_projection_before_the_parts(torch_calls, monkeypatch, mode, lengths):
+def test_projection_before_the_parts(torch_calls, two_threads, monkeypatch, mode, lengths):
     # the loops by rows with the projection as a region before the parts
     # (not in the parts: FUSED_PROJECTION_*; the LSTM unfused): torch.mm
     # writes xg, whose NaN-filled buffer shows any element it left
-    if _threads.available_threads() < 2:
-        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
     force_by_rows(monkeypatch)
     monkeypatch.setattr(numba_cpu, "FUSED_PROJECTION_MAX_MACS", -1)
     monkeypatch.setattr(numba_cpu, "FUSED_STEP_MAX_BYTES", -1)
@@ -141,22 +133,17 @@ def test_projection_before_the_parts(torch_calls, monkeypatch, mode, lengths):
         projected.append(1)
         return real(*args)
     monkeypatch.setattr(numba_cpu, "_project_torch", spy)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
-        assert projected, "the projection did not go to torch"
-        n = len(projected)
-        monkeypatch.setattr(numba_cpu, "TORCH_PROJECT", False)
-        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
-        assert len(projected) == n
-    finally:
-        torch.set_num_threads(old)
+    check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+    assert projected, "the projection did not go to torch"
+    n = len(projected)
+    monkeypatch.setattr(numba_cpu, "TORCH_PROJECT", False)
+    check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+    assert len(projected) == n
 
 
 def _child_call(queue):
     try:
-        got, ref = check_backend("lstm", "numba", T=9, B=6, I=40, H=64, dtype="float32", scale=0.25)
+        check_backend("lstm", "numba", T=9, B=6, I=40, H=64, dtype="float32", scale=0.25)
         queue.put(("ok", numba_cpu._after_loop_torch.calls))
     except BaseException as exc:       # report, never hang the parent
         queue.put(("error", repr(exc)))

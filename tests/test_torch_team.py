@@ -14,7 +14,7 @@ import fastrnn  # noqa: E402
 from fastrnn import _threads  # noqa: E402
 from fastrnn._backends import numba_cpu, torch_team  # noqa: E402
 
-from .helpers import check_backend, nan_empty, spy_rows_parts  # noqa: E402
+from .helpers import check_backend, nan_empty, spy_rows_parts, torch_threads  # noqa: E402
 
 RUN = torch_team.runner()
 pytestmark = pytest.mark.skipif(
@@ -24,10 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def torch_two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(2):
+        yield
 
 
 def _record(calls):

@@ -430,34 +430,30 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
     I + H), and dGh2 is None.  True when done; False where torch raised
     (an unusual build, say): the caller then runs its own region, which
     writes every output again."""
+    t = torch.from_numpy
     try:
-        _after_loop_torch_mm(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+        G = t(dG2)
+        outs = (t(dx2), t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
+        torch.mm(G, t(w_ih), out=outs[0])
+        if h2 is None:
+            # one GEMM over the I + H columns, then its two column blocks (LSTM
+            # S3: 4.95 ms, against 2.18 + 3.77 for the two on column slices)
+            cat = torch.mm(G.t(), t(x2))
+            outs[1].copy_(cat[:, :I])
+            outs[2].copy_(cat[:, I:])
+            Gh = G
+        else:
+            torch.mm(G.t(), t(x2), out=outs[1])
+            Gh = G if dGh2 is None else t(dGh2)
+            torch.mm(Gh.t(), t(h2), out=outs[2])
+        torch.sum(G, 0, out=outs[3])
+        if Gh is G:
+            outs[4].copy_(outs[3])
+        else:
+            torch.sum(Gh, 0, out=outs[4])
     except Exception:
         return False
     return True
-
-
-def _after_loop_torch_mm(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
-    t = torch.from_numpy
-    G = t(dG2)
-    outs = (t(dx2), t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
-    torch.mm(G, t(w_ih), out=outs[0])
-    if h2 is None:
-        # one GEMM over the I + H columns, then its two column blocks (LSTM
-        # S3: 4.95 ms, against 2.18 + 3.77 for the two on column slices)
-        cat = torch.mm(G.t(), t(x2))
-        outs[1].copy_(cat[:, :I])
-        outs[2].copy_(cat[:, I:])
-        Gh = G
-    else:
-        torch.mm(G.t(), t(x2), out=outs[1])
-        Gh = G if dGh2 is None else t(dGh2)
-        torch.mm(Gh.t(), t(h2), out=outs[2])
-    torch.sum(G, 0, out=outs[3])
-    if Gh is G:
-        outs[4].copy_(outs[3])
-    else:
-        torch.sum(Gh, 0, out=outs[4])
 
 
 class _held_form:
