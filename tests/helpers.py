@@ -168,26 +168,24 @@ def spy_rows_parts(monkeypatch, record):
 
 
 @contextlib.contextmanager
+def _thread_count(lib, n):
+    """lib's thread count (lib.get_num_threads / set_num_threads) at n
+    inside, the old count restored on the way out, also on error."""
+    old = lib.get_num_threads()
+    lib.set_num_threads(n)
+    try:
+        yield old
+    finally:
+        lib.set_num_threads(old)
+
+
 def numba_threads(n):
-    """Numba's thread count (the calling thread's setting) at n inside, the
-    old count restored on the way out, also on error."""
+    """Numba's thread count (the calling thread's setting) at n inside."""
     import numba
-    old = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield old
-    finally:
-        numba.set_num_threads(old)
+    return _thread_count(numba, n)
 
 
-@contextlib.contextmanager
 def torch_threads(n):
-    """torch's intra-op thread count at n inside, the old count restored on
-    the way out, also on error."""
+    """torch's intra-op thread count at n inside."""
     import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield old
-    finally:
-        torch.set_num_threads(old)
+    return _thread_count(torch, n)
