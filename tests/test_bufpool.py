@@ -110,7 +110,39 @@ def test_cap_zero_turns_the_cache_off(monkeypatch):
     monkeypatch.setattr(bufpool, "MIN_BYTES", 0)
     cache = bufpool.BufferCache(0)
     a = cache.empty((100, 100), np.float32)
-    assert a.base is None and not cache.enabled and cache.stats()["buffers"] == 0
+    assert not cache.enabled and cache.stats()["buffers"] == 0
+    # a fresh array each call, still on a cache line (aligned_empty)
+    b = cache.empty((100, 100), np.float32)
+    assert a.ctypes.data % bufpool.ALIGN == 0 and b.ctypes.data % bufpool.ALIGN == 0
+    a[:] = 1
+    b[:] = 2
+    assert float(a.sum()) == 100 * 100
+
+
+def test_every_array_starts_on_a_cache_line(monkeypatch):
+    """New buffers, reused ones (smaller requests in bigger buffers, other
+    dtypes) and those kept after a trim: each array starts on ALIGN bytes,
+    and is as long as asked, inside its buffer."""
+    monkeypatch.setattr(bufpool, "MIN_BYTES", 1024)
+    cache = bufpool.BufferCache(3 * MB)
+    rng = np.random.default_rng(0)
+    live = []
+    for step in range(200):
+        n = int(rng.integers(1024, MB))
+        dt = (np.float32, np.float64, np.uint8)[step % 3]
+        a = cache.empty((n // np.dtype(dt).itemsize,), dt)
+        assert a.ctypes.data % bufpool.ALIGN == 0, (step, a.ctypes.data % bufpool.ALIGN)
+        buf = a.base
+        while not (buf.base is None):
+            buf = buf.base
+        start = a.ctypes.data - buf.ctypes.data
+        assert 0 <= start < bufpool.ALIGN and start + a.nbytes <= buf.nbytes
+        a.view(np.uint8)[:] = step % 251      # writes all of it (a short view would raise above)
+        live.append(a)
+        if len(live) > 3:                     # some kept, most freed: hits, misses and trims
+            live.pop(int(rng.integers(0, len(live))))
+    assert cache.hits > 0 and cache.misses > 0
+    assert cache.stats()["bytes_free"] <= 3 * MB
 
 
 @pytest.mark.parametrize("value,msg", [("lots", "expected a number"), ("-5", ">= 0")])
