@@ -16,6 +16,7 @@ Shapes (T time, B batch, I input, H hidden, G gates: 1 rnn, 3 gru, 4 lstm):
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
@@ -81,16 +82,42 @@ def _contiguous(a, xp):
     """a, or a C-contiguous copy of it.  A NumPy copy big enough to come
     from fresh pages (a batch-first x or dy seen time-major, say) goes into
     the Numba backend's buffer cache (_backends/bufpool.py), as the kernels'
-    own arrays do: the copy's page faults cost more than the copy."""
+    own arrays do: the copy's page faults cost more than the copy.  Where
+    torch is imported, torch copies it (_torch_copy)."""
     if a.flags.c_contiguous:
         return a
     if xp is np:
         from ._backends import bufpool
         if a.nbytes >= bufpool.MIN_BYTES:
             out = bufpool.CACHE.empty(a.shape, a.dtype)
-            np.copyto(out, a)
+            if not _torch_copy(out, a):
+                np.copyto(out, a)
             return out
     return xp.ascontiguousarray(a)
+
+
+def _torch_copy(out, a):
+    """out[...] = a by torch's copy_ on the same memory where torch is
+    imported: True when done, False where it was not (no torch, a forked
+    child, or torch refused the array: negative strides, say).  torch's copy
+    runs on its intra-op threads, and in a PyTorch program those are what
+    is left spinning on the cores after its last op, so a copy on this
+    thread alone shared its core with one: fastrnn.torch.LSTM fwd+bwd
+    (batch_first: x and dy seen time-major are copied), torch at 2 threads,
+    the two copies alternating in one process, medians of 15: S2 1.08x,
+    S3 1.06-1.08x.  Not in a forked child, where torch's OpenMP team may
+    not survive the fork (_backends/torch_team.py)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "from_numpy"):
+        return False
+    from ._backends import torch_team
+    if torch_team._FORKED:
+        return False
+    try:
+        torch.from_numpy(out).copy_(torch.from_numpy(a))
+    except Exception:       # an array torch does not take
+        return False
+    return True
 
 
 def _check(name, a, shape, dtype, xp, xp_name):
