@@ -100,13 +100,15 @@ def _torch_copy(out, a):
     """out[...] = a by torch's copy_ on the same memory where torch is
     imported: True when done, False where it was not (no torch, a forked
     child, or torch refused the array: negative strides, say).  torch's copy
-    runs on its intra-op threads, and in a PyTorch program those are what
-    is left spinning on the cores after its last op, so a copy on this
-    thread alone shared its core with one: fastrnn.torch.LSTM fwd+bwd
-    (batch_first: x and dy seen time-major are copied), torch at 2 threads,
-    the two copies alternating in one process, medians of 15: S2 1.08x,
-    S3 1.06-1.08x.  Not in a forked child, where torch's OpenMP team may
-    not survive the fork (_backends/torch_team.py)."""
+    runs on all of its intra-op threads; NumPy's on this one.  Inside a
+    call the source is cold (x and dy seen time-major, 3 MB at LSTM S3:
+    0.72 ms by NumPy there, against 0.22 ms for the same copies in a loop
+    of their own, with torch's idle workers spinning or asleep alike).
+    fastrnn.torch.LSTM fwd+bwd (batch_first), torch at 2 threads, the two
+    copies alternating in one process, medians of 15: S2 1.08-1.10x, S3
+    1.04-1.07x, GRU S3 1.10x; torch at one thread level.  Not in a forked
+    child, where torch's OpenMP team may not survive the fork
+    (_backends/torch_team.py)."""
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "from_numpy"):
         return False
