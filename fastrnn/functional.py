@@ -104,9 +104,11 @@ def _torch_copy(out, a):
     call the source is cold (x and dy seen time-major, 3 MB at LSTM S3:
     0.72 ms by NumPy there, against 0.22 ms for the same copies in a loop
     of their own, with torch's idle workers spinning or asleep alike).
-    fastrnn.torch.LSTM fwd+bwd (batch_first), torch at 2 threads, the two
-    copies alternating in one process, medians of 15: S2 1.08-1.10x, S3
-    1.04-1.07x, GRU S3 1.10x; torch at one thread level.  Not in a forked
+    fastrnn.torch fwd+bwd (batch_first), torch at 2 threads, each call
+    right after a torch.nn one, the two copies swapping places every
+    repetition, medians of 15-21: LSTM S3 1.00-1.06x, GRU S3 1.03x, LSTM
+    S2 0.98-0.99x (x and dy 0.4 MB each there); torch at one thread level.
+    Not in a forked
     child, where torch's OpenMP team may not survive the fork
     (_backends/torch_team.py)."""
     torch = sys.modules.get("torch")

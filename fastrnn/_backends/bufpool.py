@@ -39,9 +39,12 @@ The threaded loops by rows write rows i, i + nth, ... of the same arrays
 (y, the saved activations, dG) from different threads; with rows a
 multiple of 64 bytes long and the array's start off a line, the line at
 every row boundary is written by two cores at once and moves between
-their caches each step.  Measured (the twenty-fifth session's Intel VM,
-fastrnn.torch.LSTM fwd+bwd, torch at 2 threads, aligned and not
-alternating in one process, medians of 15): S3 1.10-1.18x, S2 1.27x.
+their caches each step, and every 512-bit access of a row split two lines.
+Measured (the twenty-fifth session's Intel VM, fastrnn.torch fwd+bwd,
+each call right after a torch.nn one, the two alignments swapping places
+every repetition in one process, medians of 15-31): torch at 2 threads,
+LSTM S2 1.10x, S3 1.09x, GRU S2 1.05-1.06x, S3 1.07-1.08x; torch at one
+thread, LSTM S3 1.05x.
 
 The reference count test needs CPython with the GIL; on a free-threaded
 build the cache is off (arrays from aligned_empty then).
