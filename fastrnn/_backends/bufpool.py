@@ -159,10 +159,10 @@ class BufferCache:
             drop.add(i)
             total -= sizes[i]
         if drop:
-            keep = [i for i in range(len(bufs)) if i not in drop]
-            self._bufs = [bufs[i] for i in keep]
-            self._sizes = [self._sizes[i] for i in keep]
-            self._offs = [self._offs[i] for i in keep]
+            kept = [i for i in range(len(bufs)) if i not in drop]
+            self._bufs = [bufs[i] for i in kept]
+            self._sizes = [sizes[i] for i in kept]
+            self._offs = [self._offs[i] for i in kept]
 
     def release(self):
         """Drop every free buffer; returns the bytes released."""
