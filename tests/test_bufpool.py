@@ -252,3 +252,23 @@ def test_a_batch_first_x_and_dy_are_copied_into_the_cache(monkeypatch):
     np.testing.assert_array_equal(h, h2)
     for a, b in zip(grads[:2] + tuple(grads[2]), grads2[:2] + tuple(grads2[2])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_tiny_calls_skip_the_cache():
+    """A call whose biggest array is under MIN_BYTES allocates with plain
+    np.empty (no size check per array); a big one with the cache; an
+    allocator a test put in place is used at every size."""
+    from fastrnn._backends import numba_cpu
+    f32 = np.dtype(np.float32)
+    assert numba_cpu._allocator(1, 1, 16, f32) is np.empty
+    big = numba_cpu._allocator(64, 32, 1024, f32)
+    assert big is numba_cpu._empty and big is not np.empty
+
+
+def test_a_replaced_allocator_reaches_tiny_calls(monkeypatch):
+    from fastrnn._backends import numba_cpu
+
+    def mine(shape, dtype):
+        return np.empty(shape, dtype)
+    monkeypatch.setattr(numba_cpu, "_empty", mine)
+    assert numba_cpu._allocator(1, 1, 16, np.dtype(np.float32)) is mine

@@ -538,15 +538,19 @@ if hasattr(os, "register_at_fork"):
 # (bufpool.py: no page faults on reused memory).  Tests replace it with a
 # NaN-filling allocator, and poison the cache's free buffers, to prove no
 # element is left unwritten.
-_empty = CACHE.empty
+_CACHE_EMPTY = CACHE.empty
+_empty = _CACHE_EMPTY
 
 
 def _allocator(T, B, GH, dt):
     """What a call allocates with: _empty, or plain np.empty where the
     call's biggest array, (T, B, GH), is under the cache's size floor (the
-    cache's own size check costs ~1 us an array, a tenth of a tiny call)."""
+    cache's own size check costs ~1 us an array, a tenth of a tiny call).
+    Compared with the bound method made once (_CACHE_EMPTY): each
+    `CACHE.empty` makes a new one, so `_empty is CACHE.empty` never held
+    and tiny calls went through the size checks."""
     e = _empty
-    if e is CACHE.empty and T * B * GH * dt.itemsize < bufpool.MIN_BYTES:
+    if e is _CACHE_EMPTY and T * B * GH * dt.itemsize < bufpool.MIN_BYTES:
         return np.empty
     return e
 
