@@ -16,7 +16,6 @@ Shapes (T time, B batch, I input, H hidden, G gates: 1 rnn, 3 gru, 4 lstm):
 from __future__ import annotations
 
 import numbers
-import sys
 
 import numpy as np
 
@@ -108,14 +107,11 @@ def _torch_copy(out, a):
     right after a torch.nn one, the two copies swapping places every
     repetition, medians of 15-21: LSTM S3 1.00-1.06x, GRU S3 1.03x, LSTM
     S2 0.98-0.99x (x and dy 0.4 MB each there); torch at one thread level.
-    Not in a forked
-    child, where torch's OpenMP team may not survive the fork
-    (_backends/torch_team.py)."""
-    torch = sys.modules.get("torch")
-    if torch is None or not hasattr(torch, "from_numpy"):
-        return False
+    Not in a forked child, where torch's OpenMP team may not survive the
+    fork (_backends/torch_team.torch_module)."""
     from ._backends import torch_team
-    if torch_team._FORKED:
+    torch = torch_team.torch_module()
+    if torch is None:
         return False
     try:
         torch.from_numpy(out).copy_(torch.from_numpy(a))

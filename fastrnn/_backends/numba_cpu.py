@@ -405,8 +405,8 @@ def _torch_blas(on, dt, macs, nth):
     child (torch's OpenMP team may not survive the fork: torch_team)."""
     if not (on and dt == np.float32 and macs >= TORCH_AFTER_MIN_MACS):
         return None
-    torch = sys.modules.get("torch")
-    if torch is None or not hasattr(torch, "from_numpy") or torch_team._FORKED or _torch_threads() < nth:
+    torch = torch_team.torch_module()
+    if torch is None or _torch_threads() < nth:
         return None
     return torch
 

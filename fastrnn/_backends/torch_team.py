@@ -191,6 +191,17 @@ def _make_runner(gomp):
     return run
 
 
+def torch_module():
+    """torch where it is imported and its ops may run in this process
+    (a full import: torch.from_numpy there; not a forked child, where its
+    OpenMP team may not survive the fork), else None.  What the backend's
+    torch.mm paths and functional's torch copy ask first."""
+    torch = sys.modules.get("torch")
+    if torch is None or _FORKED or not hasattr(torch, "from_numpy"):
+        return None
+    return torch
+
+
 def runner():
     """run(fn, nth, *args) on torch's OpenMP team, or None where that is
     not possible here (see the module's docstring)."""
