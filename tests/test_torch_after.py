@@ -19,17 +19,28 @@ torch = pytest.importorskip("torch", reason="the torch BLAS path needs PyTorch (
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
+class _Calls(list):
+    """The torch path's calls ('cat' or 'split'), and in .bsum whether each
+    got the parts' bias sums."""
+
+    def __init__(self):
+        super().__init__()
+        self.bsum = []
+
+
 @pytest.fixture
 def torch_calls(monkeypatch):
     """Every size takes the torch path; each call of it recorded (the
     form of its weight-gradient operand: 'cat' or 'split')."""
     monkeypatch.setattr(numba_cpu, "TORCH_AFTER_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)     # an element left unwritten shows NaN
-    calls = []
+    calls = _Calls()
     real = numba_cpu._after_loop_torch
 
     def spy(torch_mod, dG2, dGh2, x2, h2, *rest):
         calls.append("cat" if h2 is None else "split")
+        # the parts' bias sums (BIAS_IN_PARTS), if given: the last argument
+        calls.bsum.append(len(rest) == 8 and rest[-1] is not None)
         return real(torch_mod, dG2, dGh2, x2, h2, *rest)
     monkeypatch.setattr(numba_cpu, "_after_loop_torch", spy)
     return calls
@@ -45,20 +56,26 @@ def two_threads():
         yield
 
 
+@pytest.mark.parametrize("bias_in_parts", [True, False])
 @pytest.mark.parametrize("own_after", [True, False])
 @pytest.mark.parametrize("lengths", ["full", "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
-def test_by_rows_on_two_threads(torch_calls, two_threads, monkeypatch, mode, lengths, own_after):
+def test_by_rows_on_two_threads(torch_calls, two_threads, monkeypatch, mode, lengths, own_after, bias_in_parts):
     force_by_rows(monkeypatch)
+    # the bias gradients summed by the parts as they go, or by torch.sum after
+    monkeypatch.setattr(numba_cpu, "BIAS_IN_PARTS", bias_in_parts)
     # ragged lengths: the gradients after the loop in the region, not in
     # the parts (FUSED_GRADS_*), so that the region's x has padding in it
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     # without the own blocks' bound the LSTM's fused forward saves
     # [x_t | h_prev] rows (SAVE_XH) and dW is one GEMM over I + H columns
     monkeypatch.setattr(numba_cpu, "OWN_AFTER", own_after)
-    check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+    for reverse in (False, True):
+        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25,
+                      reverse=reverse, seed=int(reverse))
     want = "cat" if mode == "lstm" and not own_after else "split"
     assert torch_calls and set(torch_calls) == {want}, torch_calls
+    assert set(torch_calls.bsum) == {bias_in_parts}, torch_calls.bsum
 
 
 @pytest.mark.parametrize("lengths", ["full", "random"])

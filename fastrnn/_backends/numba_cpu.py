@@ -392,6 +392,15 @@ TORCH_AFTER_MIN_MACS = 1 << 27
 TORCH_PROJECT = True
 
 
+# Where torch's BLAS runs the GEMMs after the loops by rows (TORCH_AFTER),
+# the bias gradients (column sums of dG over all T*B rows) are summed by
+# the parts as they go, each step's rows while they are in cache
+# (parallel.bias_sums_step), and the parts' sums added up after: torch.sum
+# over dG read 8 MB at LSTM S3 for 0.36 ms a call.  BIAS_IN_PARTS False:
+# torch.sum after the loop.
+BIAS_IN_PARTS = True
+
+
 def _torch_after(dt, macs, nth):
     """_torch_blas for the GEMMs after the BPTT loop."""
     return _torch_blas(TORCH_AFTER, dt, macs, nth)
@@ -422,14 +431,16 @@ def _project_torch(torch, x2, w_ih, xg2):
     return True
 
 
-def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh):
+def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, bsum=None):
     """parallel.after_loop_part(_cat)'s products by torch.mm, written into
     the backend's own arrays (C-contiguous; torch writes through the
     shared memory).  dGh2 None: dW_hh's gate gradients are dG's (all but
     the GRU).  h2 None: x2 is the forward's [x_t | h_prev] rows (T*B,
     I + H), and dGh2 is None.  True when done; False where torch raised
     (an unusual build, say): the caller then runs its own region, which
-    writes every output again."""
+    writes every output again.  bsum (nth, S, GH): the parts' running bias
+    sums (S = 2 for the GRU: dG's, then dGh's), added up here instead of
+    torch.sum over dG (BIAS_IN_PARTS)."""
     t = torch.from_numpy
     try:
         G = t(dG2)
@@ -446,11 +457,15 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
             torch.mm(G.t(), t(x2), out=outs[1])
             Gh = G if dGh2 is None else t(dGh2)
             torch.mm(Gh.t(), t(h2), out=outs[2])
-        torch.sum(G, 0, out=outs[3])
-        if Gh is G:
-            outs[4].copy_(outs[3])
+        if bsum is not None:
+            np.sum(bsum[:, 0], axis=0, out=db_ih)
+            np.sum(bsum[:, -1], axis=0, out=db_hh)
         else:
-            torch.sum(Gh, 0, out=outs[4])
+            torch.sum(G, 0, out=outs[3])
+            if Gh is G:
+                outs[4].copy_(outs[3])
+            else:
+                torch.sum(Gh, 0, out=outs[4])
     except Exception:
         return False
     return True
@@ -904,10 +919,15 @@ class NumbaCPU:
                     after = _on_this_thread
             grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
                      *((own_arg,) if par else ()), *last)
+            torch_mm = None if own or not (rows or after) else _torch_after(dt, after_macs, nth)
+            # where torch's BLAS runs the GEMMs after the parts, the parts
+            # sum the bias gradients as they go (BIAS_IN_PARTS)
+            bsum = (np.empty((nth, 2 if mode == "gru" else 1, GH), dt)
+                    if rows and torch_mm is not None and BIAS_IN_PARTS else None)
             if rows:    # the parts' sums, or None: the region after the parts
                 sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
                          np.empty((nth, GH), dt)) if own else (None,) * 4)
-                tail = (w_ih, dx, *sums)
+                tail = (w_ih, dx, *sums, bsum)
             dGh = dG    # the gate gradients the dW_hh GEMM reads (the GRU's differ)
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
@@ -936,14 +956,13 @@ class NumbaCPU:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                     kern(dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          Hs, p["As"], dG, dgs, *grads)
-            torch_mm = None if own or not (rows or after) else _torch_after(dt, after_macs, nth)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
             elif torch_mm is not None and _after_loop_torch(
                     torch_mm, dG.reshape(T * B, GH), None if dGh is dG else dGh.reshape(T * B, GH),
                     Hs.reshape(T * B, I + H) if cat else x2, None if cat else Hs.reshape(T * B, H), I, w_ih,
-                    dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh):
+                    dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, bsum):
                 pass        # the same GEMMs by torch's BLAS
             elif cat:   # the GEMMs after the loop, the weight gradients as one
                 rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,

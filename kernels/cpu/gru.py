@@ -27,8 +27,9 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
-                       input_projection, project_own_rows, put_rows, rows_of, take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
+                       grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
+                       take_rows, zero_bias_sums)
 
 
 @inner
@@ -339,8 +340,10 @@ def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, t
 
 @njit(**JIT)
 def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh,
-                           x2, w_ih, dx, dwi, dwh, dbi, dbh):
-    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
+                           x2, w_ih, dx, dwi, dwh, dbi, dbh, bsum):
+    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part). bsum
+    (nth, 1, H) (for the GRU (nth, 2, 3H): dGi's sums, then dGh's), where
+    not None: part i's running bias sums (see lstm_backward_rows_part)."""
     T = dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
@@ -348,10 +351,16 @@ def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs,
     m = pp.shape[0]
     dhd = np.empty((m, H), dh.dtype)
     buf = np.empty((m, dGh.shape[2]), dh.dtype)
+    tmp = np.empty(dGh.shape[2], dh.dtype)
+    if bsum is not None:
+        zero_bias_sums(bsum, i)
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = rows_of(nb[t], i, nth)
         _bwd_units(t, n, 0, H, dy, dhp, Gs, HNs, Hs, dGi, buf, dGh, dhd, pp, False)
+        if bsum is not None:
+            bias_sums_step(bsum[i, 0], tmp, dGi, t, n, pp)
+            bias_sums_step(bsum[i, 1], tmp, dGh, t, n, pp)
         if n > 0:
             step_product(buf[:n], wp, w_hhT, dhp[:n])
             _add_units(dhp, dhd, n, 0, H)

@@ -42,8 +42,9 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
-                       input_projection, project_own_rows, put_rows, rows_of, take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
+                       grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
+                       take_rows, zero_bias_sums)
 
 
 @inner
@@ -460,23 +461,30 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
 
 @njit(**JIT)
 def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG,
-                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh):
+                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum):
     """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part).
     The GEMMs after the loop: the caller runs them as a region of their own
     (parallel.after_loop_part), with dwi, dwh, dbi, dbh None, or each part
     computes its own rows' share of them over their valid steps
     (parallel.grads_own_rows) into sums of its own dwi[i], dwh[i], dbi[i],
-    dbh[i], which the caller adds up."""
+    dbh[i], which the caller adds up.  bsum (nth, 1, 4H), where not None:
+    part i sums its rows' gate gradients into bsum[i, 0] step by step (the
+    bias gradient's share, see parallel.bias_sums_step)."""
     T = dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
     dcp = take_rows(dc, i, nth)
     pp = take_rows(perm, i, nth)
     buf = np.empty((pp.shape[0], dG.shape[2]), dh.dtype)
+    tmp = np.empty(dG.shape[2], dh.dtype)
+    if bsum is not None:
+        zero_bias_sums(bsum, i)
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = rows_of(nb[t], i, nth)
         _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, False)
+        if bsum is not None:
+            bias_sums_step(bsum[i, 0], tmp, dG, t, n, pp)
         if n > 0:
             step_product(buf[:n], wp, w_hhT, dhp[:n])
     put_rows(dhp, dh, i, nth)

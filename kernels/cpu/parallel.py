@@ -158,6 +158,36 @@ def grads_own_rows(i, nth, dG, dGh, x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, perm, 
                 dbh[k] += ghr[k]
 
 
+@inner
+def bias_sums_step(acc, tmp, a, t, n, perm):
+    """acc += the sum over j in [0, n) of a[t, perm[j]] (a (T, B, G)): a
+    by-rows BPTT part's running bias sums, added while the step's gate
+    gradients are still in cache.  The step's rows are summed in tmp (G,)
+    first, so each total is a sum of T step sums (rounding as of T + n
+    terms, not T * n).  Row views, as in common.colsum, so LLVM can tell
+    the arrays apart and vectorises."""
+    G = acc.shape[0]
+    if n <= 0 or G <= 0:
+        return
+    r0 = a[t, perm[0]]
+    for k in range(G):
+        tmp[k] = r0[k]
+    for j in range(1, n):
+        r = a[t, perm[j]]
+        for k in range(G):
+            tmp[k] += r[k]
+    for k in range(G):
+        acc[k] += tmp[k]
+
+
+@inner
+def zero_bias_sums(bsum, i):
+    """Part i's running bias sums bsum[i] (nth, S, G) set to zero."""
+    for q in range(bsum.shape[1]):
+        for k in range(bsum.shape[2]):
+            bsum[i, q, k] = 0
+
+
 @njit(**JIT)
 def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own):
     """Block i of nth of common.after_loop_grads: its block of rows of dx,

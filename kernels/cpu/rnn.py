@@ -23,8 +23,9 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, copy_rows, grads_own_rows,
-                       input_projection, project_own_rows, put_rows, rows_of, take_rows)
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
+                       grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
+                       take_rows, zero_bias_sums)
 
 
 @inner
@@ -310,17 +311,24 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, perm, nb, reverse, relu
 
 @njit(**JIT)
 def rnn_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, relu, As, dG,
-                           x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh):
-    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part)."""
+                           x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum):
+    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part). bsum
+    (nth, 1, H) (for the GRU (nth, 2, 3H): dGi's sums, then dGh's), where
+    not None: part i's running bias sums (see lstm_backward_rows_part)."""
     T = dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
     pp = take_rows(perm, i, nth)
     buf = np.empty((pp.shape[0], H), dh.dtype)
+    tmp = np.empty(H, dh.dtype)
+    if bsum is not None:
+        zero_bias_sums(bsum, i)
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = rows_of(nb[t], i, nth)
         _bwd_rows(t, n, dy, dhp, As, buf, dG, pp, relu)
+        if bsum is not None:
+            bias_sums_step(bsum[i, 0], tmp, dG, t, n, pp)
         if n > 0:
             step_product(buf[:n], wp, w_hhT, dhp[:n])
     put_rows(dhp, dh, i, nth)
