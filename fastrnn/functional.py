@@ -120,15 +120,30 @@ def _torch_copy(out, a):
     return True
 
 
-def _check(name, a, shape, dtype, xp, xp_name):
+def _batch_major(a):
+    """Whether a is a NumPy (T, B, n) array that is not C-contiguous but
+    whose a.transpose(1, 0, 2) is: a batch-major (B, T, n) array seen
+    time-major, as a batch_first caller's x and dy are.  The Numba backend
+    takes those as they lie (ACCEPTS_BATCH_MAJOR on the backend): its
+    loops by rows read each step's rows from them, so no transposed copy
+    is made (one whose source has left the caches costs 0.3-0.5 ms a MB
+    at LSTM S3)."""
+    return (type(a) is np.ndarray and a.ndim == 3 and not a.flags.c_contiguous
+            and a.transpose(1, 0, 2).flags.c_contiguous and a.flags.aligned)
+
+
+def _check(name, a, shape, dtype, xp, xp_name, batch_major=False):
     """a as a C-contiguous array of this shape (a tuple) and dtype, or the
-    error that names it."""
+    error that names it.  batch_major: a batch-major array (_batch_major)
+    is returned as it is."""
     if type(a) is not np.ndarray or xp_name != "numpy":
         a = _as_array(name, a, xp, xp_name)
     if a.shape != shape and tuple(a.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(a.shape)}")
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {a.dtype}")
+    if batch_major and _batch_major(a):
+        return a
     return _contiguous(a, xp)
 
 
@@ -265,7 +280,8 @@ def _forward_checked(mode, x, w_ih, w_hh, b_ih, b_hh, has_bias, h0, c0, lengths,
     H = w_hh.shape[1]
     dtype = x.dtype
     be = dispatch.select(backend, xp_name, mode, dtype)
-    x = _contiguous(x, xp)
+    if not (getattr(be, "ACCEPTS_BATCH_MAJOR", False) and _batch_major(x)):
+        x = _contiguous(x, xp)
     y, h_n, c_n, payload = be.forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training)
     saved = None
     if training:
@@ -303,7 +319,8 @@ def rnn_backward(saved, dy, dh_n=None):
     if dy is None:
         dy = xp.zeros((T, B, H), saved.dtype)
     else:
-        dy = _check("dy", dy, (T, B, H), saved.dtype, xp, saved.xp_name)
+        dy = _check("dy", dy, (T, B, H), saved.dtype, xp, saved.xp_name,
+                    getattr(saved.backend, "ACCEPTS_BATCH_MAJOR", False))
     dh, dc = _state("dh_n", dh_n, B, H, saved.dtype, xp, saved.xp_name, sp.has_cell)
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = saved.backend.backward(saved.payload, dy, dh, dc)
     dweights = (dw_ih, dw_hh, db_ih if saved.has_bias[0] else None, db_hh if saved.has_bias[1] else None)

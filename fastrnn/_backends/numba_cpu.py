@@ -644,6 +644,14 @@ def _schedule(lengths, T, B):
 _FULL = {}
 
 
+def _time_major(a):
+    """A batch-major (T, B, n) view (a.transpose(1, 0, 2) C-contiguous) as a
+    C-contiguous copy, made as functional makes its copies (torch's copy_
+    where torch is imported, into the buffer cache)."""
+    from ..functional import _contiguous
+    return _contiguous(a, np)
+
+
 def _take_rows(a, perm, ident):
     return a.copy() if ident else np.ascontiguousarray(a[perm])
 
@@ -662,6 +670,8 @@ def _put_rows(a, perm, ident):
 class NumbaCPU:
     name = "numba"
     priority = 10
+    # x and dy may come batch-major (functional._batch_major): see forward
+    ACCEPTS_BATCH_MAJOR = True
     modes = MODES
     dtypes = ("float32", "float64")
     array_module_name = "numpy"
@@ -692,7 +702,12 @@ class NumbaCPU:
         GH = w_hh.shape[0]
         dt = x.dtype
         perm, nb, ident = _schedule(lengths, T, B)
-        x2 = x.reshape(T * B, I)
+        # x may come batch-major (x.transpose(1, 0, 2) C-contiguous: a
+        # batch_first caller's input seen time-major, which functional
+        # passes on as it is to this backend: ACCEPTS_BATCH_MAJOR).  The
+        # fused LSTM reads it as it lies; every other form gets a
+        # C-contiguous copy below, once the form is known.
+        xbm = not x.flags.c_contiguous
         alloc = _allocator(T, B, GH, dt)
         w_hh = np.ascontiguousarray(w_hh)
         h = _take_rows(h0, perm, ident)
@@ -728,6 +743,13 @@ class NumbaCPU:
             padded = lengths if training and lengths is not None and lengths.min() < T else None
             xh = (training and fused and SAVE_XH and not _own_after(GH, I, H, dt)
                   and not _own_grads(rows, padded, T, B, GH, I, H, dt))
+            # x as it lies where only the fused step reads it (BPTT then
+            # reads the saved [x_t | h_prev] rows, or nothing: inference);
+            # else time-major, for the projection and the GEMMs after BPTT
+            if xbm and not (fused and (xh or not training)):
+                x = _time_major(x)
+                xbm = False
+            x2 = None if xbm else x.reshape(T * B, I)
             Hs = tb((T, B, I + H) if xh else (T, B, H))
             # the threaded loops multiply by W_hh's panels (packed.py), packed
             # here once for every step (from W_hh^T's rows where there is one)
@@ -784,9 +806,9 @@ class NumbaCPU:
                         w_cat = alloc((GH, I + H), dt)
                         np.concatenate((w_ih, w_hh), axis=1, out=w_cat)
                         _pack(packed.pack_rows_part, rows, nth, w_cat, wp)
-                    rows(lstm.lstm_forward_fused_rows_part, nth, x2.reshape(T, B, I),
+                    rows(lstm.lstm_forward_fused_rows_part, nth, x.transpose(1, 0, 2) if xbm else x,
                          w_cat, wp, b_ih + b_hh, h, c, perm, nb, reverse,
-                         training, y, Hs, Gs, Cs, TCs)
+                         training, y, Hs, Gs, Cs, TCs, xbm)
                 elif rows:
                     rows(lstm.lstm_forward_rows_part, nth, xg, rows_w, wp, b_ih + b_hh, h, c, perm, nb, reverse,
                          training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
@@ -856,6 +878,13 @@ class NumbaCPU:
             # rows keep their order: dG[t] serves).
             rows = _rows_form(mode, T, B, I, H, GH, dt, nth, par)
             par = par or bool(rows)      # one part on this thread: the by-rows code paths
+            # dy may come batch-major (see forward): the parts by rows read
+            # it as it lies, every other form a time-major copy
+            dybm = not dy.flags.c_contiguous
+            if dybm and not rows:
+                dy = _time_major(dy)
+                dybm = False
+            dyk = dy.transpose(1, 0, 2) if dybm else dy      # what the kernels get: C-contiguous
             dgs = np.empty((2, 1 if ident else B, GH), dt) if par and not rows else np.empty((B, GH), dt)
             # the forms take the same arguments but the last one or two
             last = (nth,) if rows else (nth, parts)
@@ -886,6 +915,13 @@ class NumbaCPU:
             own = _own_grads(rows, padded, T, B, GH, I, H, dt)
             x2 = p["x2"]
             Hs = p["Hs"]
+            if x2 is None and not (p["xh"] and rows and not own and mode == "lstm"):
+                # the forward read a batch-major x as it lay and saved
+                # [x_t | h_prev] rows for the one GEMM after the parts
+                # (cat, below), but this call's form differs (the threads
+                # changed in between, say): x_t from those rows (zero at
+                # the padding, where dG is zero too)
+                x2 = np.ascontiguousarray(Hs[:, :, :I]).reshape(T * B, I)
             # the forward's [x_t | h_prev] rows: one dW GEMM where the
             # region after the parts runs (LSTM), else h_prev alone
             cat = p["xh"] and bool(rows) and not own and mode == "lstm"
@@ -932,8 +968,8 @@ class NumbaCPU:
             if mode == "lstm":
                 dc = _take_rows(dc_n, perm, ident)
                 if rows:
-                    rows(lstm.lstm_backward_rows_part, nth, rows_bt, wp, dy, dh, dc, perm, nb, reverse,
-                         p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail)
+                    rows(lstm.lstm_backward_rows_part, nth, rows_bt, wp, dyk, dh, dc, perm, nb, reverse,
+                         p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail, dybm)
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
                     kern(dy, *w_ops, dh, dc, perm, nb, reverse, ident, Hs, p["Gs"], p["Cs"], p["TCs"],
@@ -942,16 +978,16 @@ class NumbaCPU:
             elif mode == "gru":
                 dGh = alloc((T, B, GH), dt)
                 if rows:
-                    rows(gru.gru_backward_rows_part, nth, rows_bt, wp, dy, dh, perm, nb, reverse,
-                         Hs, p["Gs"], p["HNs"], dG, dGh, x2, *tail)
+                    rows(gru.gru_backward_rows_part, nth, rows_bt, wp, dyk, dh, perm, nb, reverse,
+                         Hs, p["Gs"], p["HNs"], dG, dGh, x2, *tail, dybm)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
                     kern(dy, *w_ops, dh, perm, nb, reverse, ident, Hs, p["Gs"], p["HNs"],
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
                 if rows:
-                    rows(rnn.rnn_backward_rows_part, nth, rows_bt, wp, dy, dh, perm, nb, reverse,
-                         mode == "rnn_relu", p["As"], dG, x2, Hs, *tail)
+                    rows(rnn.rnn_backward_rows_part, nth, rows_bt, wp, dyk, dh, perm, nb, reverse,
+                         mode == "rnn_relu", p["As"], dG, x2, Hs, *tail, dybm)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                     kern(dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,

@@ -126,11 +126,12 @@ def _fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs):
 
 
 @inner
-def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident):
+def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident, dybm):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): gate
     gradients to dGi[t] (input side) and buf (recurrent side, sorted rows;
     dGh[t] itself when ident, else also copied to dGh[t] in original order),
-    and dhd = the direct part of dh_prev (dht * z).  Rows [n, B) get zero."""
+    and dhd = the direct part of dh_prev (dht * z).  Rows [n, B) get zero.
+    dybm: dy is batch-major, (B, T, H) (see lstm.lstm_backward_rows_part)."""
     B = perm.shape[0]       # the rows perm covers (see lstm._fwd_units)
     H = dh.shape[1]
     m = k1 - k0
@@ -139,7 +140,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, iden
         return
     for j in range(n):
         b = perm[j]
-        dyr = dy[t, b, k0:]
+        dyr = dy[b, t, k0:] if dybm else dy[t, b, k0:]
         sg = Gs[t, b, k0:]
         shn = HNs[t, b, k0:]
         sh = Hs[t, b, k0:]
@@ -211,7 +212,7 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
         t = s if reverse else T - 1 - s
         n = nb[t]
         buf = dGh[t] if ident else dgs
-        _bwd_units(t, n, 0, H, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+        _bwd_units(t, n, 0, H, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident, False)
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
             _add_units(dh, dhd, n, 0, H)
@@ -247,7 +248,7 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, wp, dy, dh, Gs, HNs, Hs, dGi, 
         step_product_range(prev[:nprev], wp, w_hhT, dh[:nprev], k0, k1)
         _add_units(dh, dhd, nprev, k0, k1)
     if t >= 0:
-        _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident)
+        _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident, False)
 
 
 @inner_par
@@ -340,11 +341,12 @@ def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, t
 
 @njit(**JIT)
 def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs, HNs, dGi, dGh,
-                           x2, w_ih, dx, dwi, dwh, dbi, dbh, bsum):
-    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part). bsum
-    (nth, 1, H) (for the GRU (nth, 2, 3H): dGi's sums, then dGh's), where
-    not None: part i's running bias sums (see lstm_backward_rows_part)."""
-    T = dy.shape[0]
+                           x2, w_ih, dx, dwi, dwh, dbi, dbh, bsum, dybm):
+    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part).
+    bsum (nth, 2, 3H), where not None: part i's running bias sums, dGi's
+    in bsum[i, 0], dGh's in bsum[i, 1]; dybm: dy (B, T, H), batch-major
+    (see lstm.lstm_backward_rows_part for both)."""
+    T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
     pp = take_rows(perm, i, nth)
@@ -357,7 +359,7 @@ def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs,
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = rows_of(nb[t], i, nth)
-        _bwd_units(t, n, 0, H, dy, dhp, Gs, HNs, Hs, dGi, buf, dGh, dhd, pp, False)
+        _bwd_units(t, n, 0, H, dy, dhp, Gs, HNs, Hs, dGi, buf, dGh, dhd, pp, False, dybm)
         if bsum is not None:
             bias_sums_step(bsum[i, 0], tmp, dGi, t, n, pp)
             bias_sums_step(bsum[i, 1], tmp, dGh, t, n, pp)

@@ -191,12 +191,13 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
 
 
 @inner
-def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
+def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident, dybm):
     """Pointwise BPTT of step t for sorted rows [0, n) and units [k0, k1):
     dh holds the gradient from step t+1's recurrence; writes the four gate
     gradients of these units to buf (sorted rows; dG[t] itself when ident)
     and to dG[t] in original order, zero for rows [n, B).  Row views start
-    at k0 (see _fwd_units for why, and for the H <= 0 exit)."""
+    at k0 (see _fwd_units for why, and for the H <= 0 exit).  dybm: dy
+    is batch-major, (B, T, H), read as it lies (see lstm_backward_rows_part)."""
     B = perm.shape[0]       # the rows perm covers (see _fwd_units)
     H = dh.shape[1]
     m = k1 - k0
@@ -205,7 +206,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident):
         return
     for j in range(n):
         b = perm[j]
-        dyr = dy[t, b, k0:]
+        dyr = dy[b, t, k0:] if dybm else dy[t, b, k0:]
         sg = Gs[t, b, k0:]
         sc = Cs[t, b, k0:]
         stc = TCs[t, b, k0:]
@@ -274,7 +275,7 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
         t = s if reverse else T - 1 - s
         n = nb[t]
         buf = dG[t] if ident else dgs
-        _bwd_units(t, n, 0, H, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+        _bwd_units(t, n, 0, H, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident, False)
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
 
@@ -310,7 +311,7 @@ def _bwd_step(p, parts, t, n, nprev, prev, w_hhT, wp, dy, dh, dc, Gs, Cs, TCs, b
     if nprev > 0:
         step_product_range(prev[:nprev], wp, w_hhT, dh[:nprev], k0, k1)
     if t >= 0:
-        _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident)
+        _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident, False)
 
 
 @inner_par
@@ -418,7 +419,7 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, 
 
 @njit(**JIT)
 def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs,
-                                 TCs):
+                                 TCs, xbm):
     """Part i of nth of the forward by rows with the input projection in the
     step (numba_cpu.FUSED_STEP_*): per step one product [x_t | h] @ w_cat.T,
     w_cat = [W_ih | W_hh] (4H, I + H), for its running rows, instead of a
@@ -428,8 +429,12 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
     is written and read back.  The row's working vector xh = [x_t | h]
     holds the state: the pointwise pass writes h into its tail.  x (T, B, I)
     in the caller's row order; the rest as in lstm_forward_rows_part.
-    w_cat None: wp holds every column (packed.pack_rows2)."""
-    T, B, I = x.shape
+    w_cat None: wp holds every column (packed.pack_rows2).  xbm: x is
+    (B, T, I), batch-major (a batch_first caller's input, read as it
+    lies: each step reads its rows' x_t into xh anyway, so no transposed
+    copy of x is made first)."""
+    I = x.shape[2]
+    T = x.shape[1] if xbm else x.shape[0]
     H = h.shape[1]
     GH = bias.shape[0]
     pp = take_rows(perm, i, nth)
@@ -448,8 +453,9 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
         n = rows_of(nb[t], i, nth)
         for j in range(n):
             b = pp[j]
+            xr = x[b, t] if xbm else x[t, b]
             for k in range(I):
-                xh[j, k] = x[t, b, k]
+                xh[j, k] = xr[k]
         if n > 0:
             step_product(xh[:n], wp, w_cat, gp[:n])
         _cells_rows(t, n, gp, bias, xh, I, cp, pp, training, y, Hs, Gs, Cs, TCs)
@@ -461,7 +467,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
 
 @njit(**JIT)
 def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG,
-                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum):
+                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum, dybm):
     """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part).
     The GEMMs after the loop: the caller runs them as a region of their own
     (parallel.after_loop_part), with dwi, dwh, dbi, dbh None, or each part
@@ -469,8 +475,10 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
     (parallel.grads_own_rows) into sums of its own dwi[i], dwh[i], dbi[i],
     dbh[i], which the caller adds up.  bsum (nth, 1, 4H), where not None:
     part i sums its rows' gate gradients into bsum[i, 0] step by step (the
-    bias gradient's share, see parallel.bias_sums_step)."""
-    T = dy.shape[0]
+    bias gradient's share, see parallel.bias_sums_step).  dybm: dy is
+    (B, T, H), batch-major (a batch_first caller's gradient, read as it
+    lies, no transposed copy made), else (T, B, H)."""
+    T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
     dcp = take_rows(dc, i, nth)
@@ -482,7 +490,7 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = rows_of(nb[t], i, nth)
-        _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, False)
+        _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, False, dybm)
         if bsum is not None:
             bias_sums_step(bsum[i, 0], tmp, dG, t, n, pp)
         if n > 0:

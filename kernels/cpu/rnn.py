@@ -100,11 +100,12 @@ def _fwd_rows(t, n, xg, gp, bias, hp, perm, relu, training, y, Hs, As):
 
 
 @inner
-def _bwd_rows(t, n, dy, dhp, As, buf, dG, perm, relu):
+def _bwd_rows(t, n, dy, dhp, As, buf, dG, perm, relu, dybm):
     """The pointwise BPTT of a by-rows part's running rows [0, n) at step t
     (_bwd_units on 2-D indices): the pre-activation gradient to buf (the
     part's rows) and to dG[t] (original order); the part's rows [n, B)
-    that no longer run get zero."""
+    that no longer run get zero.  dybm: dy is batch-major, (B, T, H)
+    (see lstm.lstm_backward_rows_part)."""
     H = dhp.shape[1]
     one = dy.dtype.type(1)
     zero = dy.dtype.type(0)
@@ -112,15 +113,17 @@ def _bwd_rows(t, n, dy, dhp, As, buf, dG, perm, relu):
         return
     for j in range(n):
         b = perm[j]
+        # dy's two leading indices for this row: (b, t) batch-major, else (t, b)
+        d0, d1 = (b, t) if dybm else (t, b)
         if relu:
             for k in range(H):
-                v = (dhp[j, k] + dy[t, b, k]) if As[t, b, k] > zero else zero
+                v = (dhp[j, k] + dy[d0, d1, k]) if As[t, b, k] > zero else zero
                 buf[j, k] = v
                 dG[t, b, k] = v
         else:
             for k in range(H):
                 a = As[t, b, k]
-                v = (dhp[j, k] + dy[t, b, k]) * (one - a * a)
+                v = (dhp[j, k] + dy[d0, d1, k]) * (one - a * a)
                 buf[j, k] = v
                 dG[t, b, k] = v
     for j in range(n, perm.shape[0]):
@@ -311,11 +314,11 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, perm, nb, reverse, relu
 
 @njit(**JIT)
 def rnn_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, relu, As, dG,
-                           x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum):
-    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part). bsum
-    (nth, 1, H) (for the GRU (nth, 2, 3H): dGi's sums, then dGh's), where
-    not None: part i's running bias sums (see lstm_backward_rows_part)."""
-    T = dy.shape[0]
+                           x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum, dybm):
+    """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part).
+    bsum (nth, 1, H), where not None: part i's running bias sums; dybm:
+    dy (B, T, H), batch-major (see lstm.lstm_backward_rows_part for both)."""
+    T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
     pp = take_rows(perm, i, nth)
@@ -326,7 +329,7 @@ def rnn_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, relu, A
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = rows_of(nb[t], i, nth)
-        _bwd_rows(t, n, dy, dhp, As, buf, dG, pp, relu)
+        _bwd_rows(t, n, dy, dhp, As, buf, dG, pp, relu, dybm)
         if bsum is not None:
             bias_sums_step(bsum[i, 0], tmp, dG, t, n, pp)
         if n > 0:
