@@ -78,8 +78,15 @@ TINY_WORK = 1 << 18
 # S1 (B, T, I, H) = (1, 100, 64, 64), 4.9 M, 1.8-2.0x (once 1.18x); GRU
 # S1 3.7 M 1.81-1.85x; (1, 100, 64, 64) with G = 2, 2.5 M, 1.25x; vanilla
 # RNN S1, 1.2 M, 1.10x; (1, 20, 64, 64) LSTM, 1 M, 0.82x; (1, 10, 32, 32)
-# LSTM, 82 K, 0.34x.
-AFTER_LOOP_THREADS_MIN_MACS = 1 << 21
+# LSTM, 82 K, 0.34x.  But in whole backward calls on the twenty-sixth
+# session's Intel VM (two threads, no torch, region vs this thread
+# alternating, medians of ~95): LSTM S1 (4.9 M) 281 against 250 us and
+# 326 against 284, GRU S1 (3.7 M) 241 against 207, (2, 50, 64, 64) LSTM
+# 275 against 247, where the woken workers cost more than they save;
+# level at (1, 100, 96, 96) (LSTM 11 M, GRU 8.3 M); the region ahead at
+# (1, 100, 128, 128) LSTM, 19.7 M, 916 against 989 us, and (1, 200, 128,
+# 96) GRU, 20 M, 791 against 891.  Hence from 8 M.
+AFTER_LOOP_THREADS_MIN_MACS = 1 << 23
 # The pool's workers are asleep by then (nothing ran on them for longer
 # than spinpool.SPIN_US): the backward wakes them before its loop
 # (SpinPool.wake), to spin up to this long for the region.
