@@ -230,11 +230,16 @@ FUSED_STEP_MAX_BYTES = min(8 * _threads.cache_bytes(2, 1 << 20), 1 << 22)
 SAVE_XH = True
 
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
-# (common.transpose_into) from this size up, with NumPy below it: NumPy's
-# transpose is as fast there (0.27 against 0.13 ms at 1 MB, 3.9 against
-# 0.65 ms at 4 MB and 31 against 4.3 at 16 MB), and small calls then do not
-# compile the kernel (0.5 s of a cold first call).
-TRANSPOSE_KERNEL_MIN_BYTES = 1 << 20
+# (common.transpose_into) from this size up, with NumPy below it, where
+# NumPy's transpose is as fast and the tiniest calls then do not compile
+# the kernel (0.5 s of a cold first call).  Measured on the first dev VM:
+# 0.27 against 0.13 ms at 1 MB, 3.9 against 0.65 ms at 4 MB and 31
+# against 4.3 at 16 MB.  On the twenty-sixth session's Intel VM the
+# kernel is ahead from 64 KB too (NumPy 13.9 against 6.4 us at 64 KB,
+# 77 against 32 at 256 KB; 16 KB 1.5 against 1.4): whole fwd+bwd calls,
+# one-thread loops, alternating, medians of ~290, LSTM S1 1.022x, GRU S1
+# level, LSTM (4, 50, 128, 128) 1.012x.  Hence from 16 KB (was 1 MB).
+TRANSPOSE_KERNEL_MIN_BYTES = 1 << 14
 
 
 # The threaded loops multiply each step by the weights packed into panels
