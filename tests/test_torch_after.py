@@ -20,12 +20,13 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 class _Calls(list):
-    """The torch path's calls ('cat' or 'split'), and in .bsum whether each
-    got the parts' bias sums."""
+    """The torch path's calls ('cat' or 'split'), in .bsum whether each got
+    the parts' bias sums, in .dxb whether it wrote dx batch-major."""
 
     def __init__(self):
         super().__init__()
         self.bsum = []
+        self.dxb = []
 
 
 @pytest.fixture
@@ -39,8 +40,10 @@ def torch_calls(monkeypatch):
 
     def spy(torch_mod, dG2, dGh2, x2, h2, *rest):
         calls.append("cat" if h2 is None else "split")
-        # the parts' bias sums (BIAS_IN_PARTS), if given: the last argument
-        calls.bsum.append(len(rest) == 8 and rest[-1] is not None)
+        # the parts' bias sums (BIAS_IN_PARTS) and the batch-major dx
+        # (DX_LIKE_X), if given: the arguments after db_hh
+        calls.bsum.append(len(rest) >= 8 and rest[7] is not None)
+        calls.dxb.append(len(rest) >= 9 and rest[8] is not None)
         return real(torch_mod, dG2, dGh2, x2, h2, *rest)
     monkeypatch.setattr(numba_cpu, "_after_loop_torch", spy)
     return calls
@@ -195,3 +198,45 @@ def test_forked_child_keeps_the_kernels(monkeypatch):
             p.terminate()
     assert status == "ok", value
     assert value == 0, "torch.mm ran in the forked child"
+
+
+@pytest.mark.parametrize("lengths", ["full", "random"])
+@pytest.mark.parametrize("mode", fastrnn.MODES)
+def test_dx_in_the_layout_of_a_batch_major_x(torch_calls, two_threads, monkeypatch, mode, lengths):
+    """x handed over batch-major (a batch_first caller's) and the GEMMs after
+    the loop on torch: dx comes back in x's layout (DX_LIKE_X, one batched
+    GEMM), equal to the call's on a C-contiguous x but for rounding, and
+    every other output bit for bit."""
+    force_by_rows(monkeypatch)
+    monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
+    monkeypatch.setattr(numba_cpu, "OWN_AFTER", False)
+    rng = np.random.default_rng(3)
+    B, T, I, H = 6, 9, 40, 64
+    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    w = tuple((rng.standard_normal(s) * 0.25).astype(np.float32) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,)))
+    xb = rng.standard_normal((B, T, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    L = rng.integers(0, T + 1, B) if lengths == "random" else None
+    if L is not None:
+        dy[np.arange(T)[:, None] >= L[None, :]] = 0
+    res = []
+    for x in (xb.transpose(1, 0, 2), np.ascontiguousarray(xb.transpose(1, 0, 2))):
+        y, hn, saved = fastrnn.rnn_forward(mode, x, w, None, L, training=True, backend="numba")
+        dx, dh0, dw = fastrnn.rnn_backward(saved, dy)
+        res.append((dx, [y, *(hn if isinstance(hn, tuple) else (hn,)),
+                         *(dh0 if isinstance(dh0, tuple) else (dh0,)), *dw]))
+    assert torch_calls.dxb == [True, False], torch_calls.dxb
+    (dxb, rest_b), (dxc, rest_c) = res
+    assert dxb.shape == (T, B, I) and dxb.transpose(1, 0, 2).flags.c_contiguous
+    assert dxc.flags.c_contiguous
+    assert np.all(np.isfinite(dxb))
+    assert np.abs(dxb - dxc).max() <= 1e-5 * np.abs(dxc).max()
+    if L is not None:
+        assert np.all(dxb[np.arange(T)[:, None] >= L[None, :]] == 0)
+    for a, b in zip(rest_b, rest_c):
+        assert np.array_equal(a, b)
+    # and off: dx time-major, C-contiguous
+    monkeypatch.setattr(numba_cpu, "DX_LIKE_X", False)
+    _, _, saved = fastrnn.rnn_forward(mode, xb.transpose(1, 0, 2), w, None, L, training=True, backend="numba")
+    dx_off = fastrnn.rnn_backward(saved, dy)[0]
+    assert dx_off.flags.c_contiguous and np.array_equal(dx_off, dxc)

@@ -412,6 +412,16 @@ TORCH_PROJECT = True
 # torch.sum after the loop.
 BIAS_IN_PARTS = True
 
+# Where x came batch-major (a batch_first caller's input seen time-major)
+# and torch's BLAS runs the GEMMs after the loop, dx comes back in x's
+# layout: written batch-major by one batched GEMM (torch.bmm over each batch
+# row's (T, 4H) slice of dG, read where it lies) and returned as its
+# time-major view.  fastrnn.torch then hands autograd a C-contiguous
+# (B, T, I) gradient, which it keeps as x.grad or passes on, where a
+# transposed one is copied first (AccumulateGrad's layout rule; 1 MB at
+# LSTM S3).  DX_LIKE_X False: dx C-contiguous (T, B, I) always.
+DX_LIKE_X = True
+
 
 def _torch_after(dt, macs, nth):
     """_torch_blas for the GEMMs after the BPTT loop."""
@@ -443,7 +453,7 @@ def _project_torch(torch, x2, w_ih, xg2):
     return True
 
 
-def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, bsum=None):
+def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, bsum=None, dxb=None):
     """parallel.after_loop_part(_cat)'s products by torch.mm, written into
     the backend's own arrays (C-contiguous; torch writes through the
     shared memory).  dGh2 None: dW_hh's gate gradients are dG's (all but
@@ -452,12 +462,20 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
     (an unusual build, say): the caller then runs its own region, which
     writes every output again.  bsum (nth, S, GH): the parts' running bias
     sums (S = 2 for the GRU: dG's, then dGh's), added up here instead of
-    torch.sum over dG (BIAS_IN_PARTS)."""
+    torch.sum over dG (BIAS_IN_PARTS).  dxb (B, T, I), C-contiguous: dx
+    written there batch-major (one batched GEMM over dG's (T, I) slices
+    of each batch row, read where they lie) instead of into dx2
+    (DX_LIKE_X)."""
     t = torch.from_numpy
     try:
         G = t(dG2)
         outs = (t(dx2), t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
-        torch.mm(G, t(w_ih), out=outs[0])
+        if dxb is None:
+            torch.mm(G, t(w_ih), out=outs[0])
+        else:
+            Bn, Tn, In = dxb.shape
+            W = t(w_ih)
+            torch.bmm(G.view(Tn, Bn, G.shape[1]).transpose(0, 1), W.expand(Bn, *W.shape), out=t(dxb))
         if h2 is None:
             # one GEMM over the I + H columns, then its two column blocks (LSTM
             # S3: 4.95 ms, against 2.18 + 3.77 for the two on column slices)
@@ -719,7 +737,7 @@ class NumbaCPU:
         # passes on as it is to this backend: ACCEPTS_BATCH_MAJOR).  The
         # fused LSTM reads it as it lies; every other form gets a
         # C-contiguous copy below, once the form is known.
-        xbm = not x.flags.c_contiguous
+        xbm = bm_in = not x.flags.c_contiguous
         alloc = _allocator(T, B, GH, dt)
         w_hh = np.ascontiguousarray(w_hh)
         h = _take_rows(h0, perm, ident)
@@ -862,7 +880,7 @@ class NumbaCPU:
         if training:
             payload = dict(mode=mode, x2=x2, w_ih=w_ih, w_hh=w_hh, w_hhT=w_hhT if w_hhT.size else None, Hs=Hs,
                            xh=xh, perm=perm, nb=nb, ident=ident, reverse=reverse, shape=(T, B, I, H),
-                           padded=padded, wp_bwd=wp_bwd, **bufs)
+                           padded=padded, wp_bwd=wp_bwd, xbm=bm_in, **bufs)
         return y, h_n, c_n, payload
 
     # ------------------------------------------------------------ backward
@@ -972,6 +990,8 @@ class NumbaCPU:
             # sum the bias gradients as they go (BIAS_IN_PARTS)
             bsum = (np.empty((nth, 2 if mode == "gru" else 1, GH), dt)
                     if rows and torch_mm is not None and BIAS_IN_PARTS else None)
+            # and dx batch-major where x came so (DX_LIKE_X)
+            dxb = alloc((B, T, I), dt) if torch_mm is not None and p["xbm"] and DX_LIKE_X else None
             if rows:    # the parts' sums, or None: the region after the parts
                 sums = ((alloc((nth, GH, I), dt), alloc((nth, GH, H), dt), np.empty((nth, GH), dt),
                          np.empty((nth, GH), dt)) if own else (None,) * 4)
@@ -1010,8 +1030,11 @@ class NumbaCPU:
             elif torch_mm is not None and _after_loop_torch(
                     torch_mm, dG.reshape(T * B, GH), None if dGh is dG else dGh.reshape(T * B, GH),
                     Hs.reshape(T * B, I + H) if cat else x2, None if cat else Hs.reshape(T * B, H), I, w_ih,
-                    dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, bsum):
-                pass        # the same GEMMs by torch's BLAS
+                    dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, bsum, dxb):
+                # the same GEMMs by torch's BLAS; dx in x's layout where
+                # x came batch-major (DX_LIKE_X)
+                if dxb is not None:
+                    dx = dxb.transpose(1, 0, 2)
             elif cat:   # the GEMMs after the loop, the weight gradients as one
                 rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,
                      dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_arg)
