@@ -453,9 +453,9 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
         n = rows_of(nb[t], i, nth)
         for j in range(n):
             b = pp[j]
-            xr = x[b, t] if xbm else x[t, b]
+            x0, x1 = (b, t) if xbm else (t, b)     # indices, not a row view (see _cells_rows)
             for k in range(I):
-                xh[j, k] = xr[k]
+                xh[j, k] = x[x0, x1, k]
         if n > 0:
             step_product(xh[:n], wp, w_cat, gp[:n])
         _cells_rows(t, n, gp, bias, xh, I, cp, pp, training, y, Hs, Gs, Cs, TCs)
