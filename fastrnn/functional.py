@@ -301,7 +301,8 @@ def rnn_backward(saved, dy, dh_n=None):
 
     Returns
     -------
-    dx : (T, B, I)
+    dx : (T, B, I); where x was a batch-major view (a batch_first caller's,
+        x.transpose(1, 0, 2) C-contiguous), possibly one too, in x's layout
     dh0 : (B, H), for lstm the pair (dh0, dc0)
     dweights : (dw_ih, dw_hh, db_ih, db_hh); a bias gradient is None when
         that bias was None in the forward call
