@@ -159,6 +159,31 @@ def test_matches_torch_float32(cell, cfg):
     check_against_torch(cell, torch.float32, **cfg)
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("cfg", [dict(batch_first=True), dict(batch_first=True, num_layers=2, bidirectional=True,
+                                                               with_hx=True),
+                                 dict(batch_first=True, packed=True), dict(batch_first=False, bidirectional=True)],
+                         ids=["bf", "bf-L2-bidir-hx", "bf-packed", "tm-bidir"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_torch_by_rows_on_torch_blas(monkeypatch, cell, cfg, dtype):
+    """The forms big calls take, forced at this size: the loops by rows on
+    two threads and, for float32, the GEMMs after BPTT on torch's BLAS.
+    There a batch_first input and output gradient are read where they lie
+    and dx comes back batch-major (numba_cpu.DX_LIKE_X)."""
+    from fastrnn import _threads
+    from fastrnn._backends import numba_cpu
+
+    from .helpers import force_by_rows, torch_threads
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    force_by_rows(monkeypatch)
+    monkeypatch.setattr(numba_cpu, "TORCH_AFTER_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
+    monkeypatch.setattr(numba_cpu, "OWN_AFTER", False)
+    with torch_threads(2):
+        check_against_torch(cell, dtype, **cfg)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_non_contiguous_input(cell):
     check_against_torch(cell, torch.float64, num_layers=2, bidirectional=True, noncontig=True)
