@@ -489,7 +489,10 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
             torch.mm(Gh.t(), t(h2), out=outs[2])
         if bsum is not None:
             np.sum(bsum[:, 0], axis=0, out=db_ih)
-            np.sum(bsum[:, -1], axis=0, out=db_hh)
+            if bsum.shape[1] == 1:      # dW_hh's gate gradients are dG's
+                db_hh[...] = db_ih
+            else:
+                np.sum(bsum[:, 1], axis=0, out=db_hh)
         else:
             torch.sum(G, 0, out=outs[3])
             if Gh is G:
@@ -945,19 +948,19 @@ class NumbaCPU:
             own = _own_grads(rows, padded, T, B, GH, I, H, dt)
             x2 = p["x2"]
             Hs = p["Hs"]
-            if x2 is None and not (p["xh"] and rows and not own and mode == "lstm"):
-                # the forward read a batch-major x as it lay and saved
-                # [x_t | h_prev] rows for the one GEMM after the parts
-                # (cat, below), but this call's form differs (the threads
-                # changed in between, say): x_t from those rows (zero at
-                # the padding, where dG is zero too)
-                x2 = np.ascontiguousarray(Hs[:, :, :I]).reshape(T * B, I)
             # the forward's [x_t | h_prev] rows: one dW GEMM where the
             # region after the parts runs (LSTM), else h_prev alone
             cat = p["xh"] and bool(rows) and not own and mode == "lstm"
+            # where the forward read a batch-major x as it lay (no x2) it
+            # saved those rows for cat; another form (the threads changed
+            # in between, say) takes x_t from them, already zero at the
+            # padding (where dG is zero too)
+            x_from_rows = x2 is None and not cat
+            if x_from_rows:
+                x2 = np.ascontiguousarray(Hs[:, :, :I]).reshape(T * B, I)
             if p["xh"] and not cat:
                 Hs = np.ascontiguousarray(Hs[:, :, I:])
-            if padded is not None and not own and not cat:
+            if padded is not None and not own and not cat and not x_from_rows:
                 # x's padding may hold anything (even NaN), and the GEMMs over
                 # all T*B rows multiply it by dG = 0: a copy with it zeroed
                 xz = alloc((T, B, I), dt)
