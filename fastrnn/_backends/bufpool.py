@@ -67,13 +67,19 @@ def _offset(buf):
     return -buf.__array_interface__["data"][0] % ALIGN
 
 
+def _aligned_bytes(n):
+    """(buf, off): a byte buffer ALIGN bytes longer than n, whose bytes
+    [off, off + n) start on an ALIGN-byte boundary."""
+    buf = np.empty(n + ALIGN, np.uint8)
+    return buf, _offset(buf)
+
+
 def aligned_empty(shape, dtype):
     """np.empty(shape, dtype) starting on an ALIGN-byte boundary (a view of
     a byte buffer ALIGN bytes longer)."""
     dtype = np.dtype(dtype)
     n = (shape if type(shape) is int else prod(shape)) * dtype.itemsize
-    buf = np.empty(n + ALIGN, np.uint8)
-    off = _offset(buf)
+    buf, off = _aligned_bytes(n)
     return buf[off:off + n].view(dtype).reshape(shape)
 
 
@@ -139,8 +145,7 @@ class BufferCache:
                 return buf[off:off + n].view(dtype).reshape(shape)
             self.misses += 1
             self._trim(self.cap - n)
-            buf = np.empty(n + ALIGN, np.uint8)
-            off = _offset(buf)
+            buf, off = _aligned_bytes(n)
             self._bufs.append(buf)
             self._sizes.append(n)
             self._offs.append(off)
