@@ -63,6 +63,12 @@ def make_problem(mode, T, B, I, H, *, dtype="float64", lengths="full", h0=True, 
     return dict(x=x, w=w, h0=hs, lengths=lengths, dy=dy, dhn=dhn)
 
 
+def arrays(v):
+    """A state or state gradient as a list of arrays: an lstm pair's two,
+    else the one."""
+    return list(v) if isinstance(v, tuple) else [v]
+
+
 def _cast(obj, dtype):
     if obj is None:
         return None

@@ -12,11 +12,7 @@ import fastrnn
 from fastrnn import _threads, functional
 from fastrnn._backends import numba_cpu
 
-from .helpers import force_by_rows, nan_empty
-
-
-def _arrays(v):
-    return list(v) if isinstance(v, tuple) else [v]
+from .helpers import _cast, arrays, force_by_rows, make_problem, nan_empty
 
 
 def _call(mode, x, dy, w, h0, lengths, reverse):
@@ -24,7 +20,7 @@ def _call(mode, x, dy, w, h0, lengths, reverse):
                                        backend="numba")
     dx, dh0, dw = fastrnn.rnn_backward(saved, dy)
     yi, hni, _ = fastrnn.rnn_forward(mode, x, w, h0, lengths, reverse=reverse, backend="numba")
-    return [y, *_arrays(hn), dx, *_arrays(dh0), *[d for d in dw if d is not None], yi, *_arrays(hni)]
+    return [y, *arrays(hn), dx, *arrays(dh0), *[d for d in dw if d is not None], yi, *arrays(hni)]
 
 
 @pytest.fixture
@@ -43,19 +39,11 @@ def copies(monkeypatch):
     return made
 
 
-def _problem(mode, dtype, B=6, T=9, I=10, H=16, lengths=None, seed=0):
-    rng = np.random.default_rng(seed)
-    G = {"lstm": 4, "gru": 3}.get(mode, 1)
-    w = tuple((rng.standard_normal(s) * 0.3).astype(dtype) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,)))
-    xb = rng.standard_normal((B, T, I)).astype(dtype)
-    dyb = rng.standard_normal((B, T, H)).astype(dtype)
-    h = rng.standard_normal((B, H)).astype(dtype)
-    h0 = (h, rng.standard_normal((B, H)).astype(dtype)) if mode == "lstm" else h
-    if lengths == "random":
-        lengths = rng.integers(0, T + 1, B)
-        lengths[0] = T
-        dyb[np.arange(T)[None, :] >= lengths[:, None]] = 0
-    return w, xb, dyb, h0, lengths
+def _problem(mode, dtype, lengths=None, seed=0, B=6, T=9, I=10, H=16):
+    """helpers.make_problem's data in dtype, x and dy batch-major (B, T, n)."""
+    p = make_problem(mode, T, B, I, H, lengths="random" if lengths == "random" else "full", scale=0.3, seed=seed)
+    bm = lambda a: np.ascontiguousarray(a.transpose(1, 0, 2)).astype(dtype)  # noqa: E731
+    return _cast(p["w"], dtype), bm(p["x"]), bm(p["dy"]), _cast(p["h0"], dtype), p["lengths"]
 
 
 def _compare(mode, dtype, lengths, reverse, copies):

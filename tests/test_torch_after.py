@@ -12,7 +12,7 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import numba_cpu, torch_team
 
-from .helpers import check_backend, force_by_rows, nan_empty, torch_threads
+from .helpers import arrays, check_backend, force_by_rows, nan_empty, torch_threads
 
 torch = pytest.importorskip("torch", reason="the torch BLAS path needs PyTorch (pip install fastrnn[torch])")
 
@@ -223,8 +223,7 @@ def test_dx_in_the_layout_of_a_batch_major_x(torch_calls, two_threads, monkeypat
     for x in (xb.transpose(1, 0, 2), np.ascontiguousarray(xb.transpose(1, 0, 2))):
         y, hn, saved = fastrnn.rnn_forward(mode, x, w, None, L, training=True, backend="numba")
         dx, dh0, dw = fastrnn.rnn_backward(saved, dy)
-        res.append((dx, [y, *(hn if isinstance(hn, tuple) else (hn,)),
-                         *(dh0 if isinstance(dh0, tuple) else (dh0,)), *dw]))
+        res.append((dx, [y, *arrays(hn), *arrays(dh0), *dw]))
     assert torch_calls.dxb == [True, False], torch_calls.dxb
     (dxb, rest_b), (dxc, rest_c) = res
     assert dxb.shape == (T, B, I) and dxb.transpose(1, 0, 2).flags.c_contiguous

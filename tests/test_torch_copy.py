@@ -11,13 +11,9 @@ import fastrnn
 from fastrnn import functional
 from fastrnn._backends import bufpool, torch_team
 
-from .helpers import check_backend
+from .helpers import arrays, check_backend
 
 torch = pytest.importorskip("torch", reason="the torch copy needs PyTorch (pip install fastrnn[torch])")
-
-
-def _arrays(v):
-    return list(v) if isinstance(v, tuple) else [v]
 
 
 @pytest.fixture
@@ -87,7 +83,7 @@ def test_batch_major_views_through_whole_calls(torch_copies, mode):
                   (np.ascontiguousarray(xb.transpose(1, 0, 2)), np.ascontiguousarray(dyb.transpose(1, 0, 2)))):
         y, hn, saved = fastrnn.rnn_forward(mode, x, w, training=True, backend="numba")
         dx, dh0, dw = fastrnn.rnn_backward(saved, dy)
-        res.append([y, *_arrays(hn), dx, *_arrays(dh0), *dw])
+        res.append([y, *arrays(hn), dx, *arrays(dh0), *dw])
     assert torch_copies.count(True) == 2
     for got, want in zip(*res):
         assert np.array_equal(got, want)
