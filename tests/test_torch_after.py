@@ -60,10 +60,11 @@ def two_threads():
 
 
 @pytest.mark.parametrize("bias_in_parts", [True, False])
-@pytest.mark.parametrize("own_after", [True, False])
+@pytest.mark.parametrize("own_after,xh_torch", [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("lengths", ["full", "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
-def test_by_rows_on_two_threads(torch_calls, two_threads, monkeypatch, mode, lengths, own_after, bias_in_parts):
+def test_by_rows_on_two_threads(torch_calls, two_threads, monkeypatch, mode, lengths, own_after, xh_torch,
+                                bias_in_parts):
     force_by_rows(monkeypatch)
     # the bias gradients summed by the parts as they go, or by torch.sum after
     monkeypatch.setattr(numba_cpu, "BIAS_IN_PARTS", bias_in_parts)
@@ -71,12 +72,14 @@ def test_by_rows_on_two_threads(torch_calls, two_threads, monkeypatch, mode, len
     # the parts (FUSED_GRADS_*), so that the region's x has padding in it
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     # without the own blocks' bound the LSTM's fused forward saves
-    # [x_t | h_prev] rows (SAVE_XH) and dW is one GEMM over I + H columns
+    # [x_t | h_prev] rows (SAVE_XH) and dW is one GEMM over I + H columns;
+    # within it too where torch takes the GEMMs on two threads (XH_TORCH_AFTER)
     monkeypatch.setattr(numba_cpu, "OWN_AFTER", own_after)
+    monkeypatch.setattr(numba_cpu, "XH_TORCH_AFTER", xh_torch)
     for reverse in (False, True):
         check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25,
                       reverse=reverse, seed=int(reverse))
-    want = "cat" if mode == "lstm" and not own_after else "split"
+    want = "cat" if mode == "lstm" and (xh_torch or not own_after) else "split"
     assert torch_calls and set(torch_calls) == {want}, torch_calls
     assert set(torch_calls.bsum) == {bias_in_parts}, torch_calls.bsum
 

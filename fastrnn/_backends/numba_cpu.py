@@ -228,6 +228,17 @@ FUSED_STEP_MAX_BYTES = min(8 * _threads.cache_bytes(2, 1 << 20), 1 << 22)
 # rounds: 30.2 against 29.5 ms); on the own blocks (OWN_AFTER_*) the one
 # GEMM was slower than two (LSTM S2, 20 rounds: 5.24 against 4.94 ms).
 SAVE_XH = True
+# But where torch's BLAS runs those GEMMs (TORCH_AFTER) the own blocks'
+# bound does not apply: on two threads the rows are saved there too, so a
+# batch_first caller's x is read where it lies, not copied time-major for
+# the region after BPTT.  Measured (the twenty-seventh session's Intel
+# VM, fastrnn.torch.LSTM fwd+bwd, on/off alternating after a torch.nn
+# call, medians of 31-41): S2 batch_first 1.046, 1.002, 1.017, 1.020,
+# 1.013, 1.024x; S2 time-major 1.007, 1.011, 0.993x (level); but torch
+# and the kernels at one thread S2 batch_first 0.973-0.980x (four runs:
+# one thread pays the cat GEMM's column-block copies in full), so only
+# where the call runs on two or more threads.
+XH_TORCH_AFTER = True
 
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
 # (common.transpose_into) from this size up, with NumPy below it, where
@@ -774,7 +785,12 @@ class NumbaCPU:
             # (parallel.after_loop_part_cat), i.e. unless its parts compute
             # them (padding: _own_grads)
             padded = lengths if training and lengths is not None and lengths.min() < T else None
-            xh = (training and fused and SAVE_XH and not _own_after(GH, I, H, dt)
+            # (XH_TORCH_AFTER: also where the own blocks would fit but
+            # torch's BLAS takes those GEMMs on two or more threads)
+            xh = (training and fused and SAVE_XH
+                  and (not _own_after(GH, I, H, dt)
+                       or (XH_TORCH_AFTER and nth > 1
+                           and _torch_after(dt, T * B * GH * (2 * I + H), nth) is not None))
                   and not _own_grads(rows, padded, T, B, GH, I, H, dt))
             # x as it lies where only the fused step reads it (BPTT then
             # reads the saved [x_t | h_prev] rows, or nothing: inference);
