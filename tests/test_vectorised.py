@@ -19,7 +19,7 @@ from fastrnn._kernels.cpu import gru, lstm, rnn
 def _wrappers(training):
     @njit(cache=False)
     def lstm_cells(t, n, gp, bias, hx, h0, cp, perm, y, Hs, Gs, Cs, TCs):
-        lstm._cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs)
+        lstm._cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs, np.empty((0, 0), gp.dtype))
 
     @njit(cache=False)
     def rnn_tanh(t, n, xg, gp, bias, hp, perm, y, Hs, As):
@@ -60,3 +60,11 @@ def test_row_cells_are_vectorised(name, training):
     vector, scalar = _divisions(fn)
     assert vector + scalar > 0, "no divisions found: the test no longer sees the loop"
     assert vector > 0, f"{name}, training={training}: {scalar} scalar divisions and no vector ones (the loop ran scalar)"
+    if name == "lstm" and training:
+        # two training loops, the saves by plain stores and by streaming
+        # stores through a scratch row (kernels/cpu/stream.py): both in
+        # vector form, twice the inference loop's vector divisions
+        infer = _wrappers(False)[0]
+        infer(0, B, z(B, 4 * H), z(4 * H), z(B, H), 0, z(B, H), perm, z(1, B, H), z(1, B, H), z(1, B, 4 * H),
+              z(1, B, H), z(1, B, H))
+        assert vector >= 2 * _divisions(infer)[0], (vector, _divisions(infer))

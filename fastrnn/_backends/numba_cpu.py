@@ -240,6 +240,22 @@ SAVE_XH = True
 # where the call runs on two or more threads.
 XH_TORCH_AFTER = True
 
+# The LSTM's forward by rows writes its saved activations (gates, cell
+# states, tanh(c), the h_prev or [x_t | h_prev] rows) by streaming stores
+# (kernels/cpu/stream.py: no read of each line before it is written, and
+# the lines not kept in cache) where the gates' array holds at least this
+# many bytes: twice a core's L2, from which BPTT could not have found them
+# in cache anyway.  Measured (the twenty-seventh session's Intel VM, 2 MB
+# of L2 a core; fastrnn.torch.LSTM, batch_first, each call right after a
+# torch.nn call, the two builds in separate processes taking turns):
+# forward S3 (gates 8 MB) 9.19-9.44 against 9.68-10.08 ms, S4 (26 MB)
+# 54.6-55.8 against 58.9-59.0 (its backward 97.7-100.6 against
+# 104.0-104.5), S2 (1.6 MB) level, S1 (100 KB) 398-433 against 350-385 us;
+# the LSTM training loop's forward (S3's shape) 9.07-9.28 against
+# 9.49-10.01.  STREAM_SAVES False: never.
+STREAM_SAVES = True
+STREAM_SAVES_MIN_BYTES = 2 * _threads.cache_bytes(2, 1 << 20)
+
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
 # (common.transpose_into) from this size up, with NumPy below it, where
 # NumPy's transpose is as fast and the tiniest calls then do not compile
@@ -838,6 +854,8 @@ class NumbaCPU:
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
+                # the saved rows by streaming stores (STREAM_SAVES_*)
+                stream = bool(training and STREAM_SAVES and Gs.nbytes >= STREAM_SAVES_MIN_BYTES)
                 if fused:
                     wp = _panels(packed, GH, I + H, dt, alloc)
                     if _panels_cover(packed, GH, dt):
@@ -857,10 +875,10 @@ class NumbaCPU:
                         _pack(packed.pack_rows_part, rows, nth, w_cat, wp)
                     rows(lstm.lstm_forward_fused_rows_part, nth, x.transpose(1, 0, 2) if xbm else x,
                          w_cat, wp, b_ih + b_hh, h, c, perm, nb, reverse,
-                         training, y, Hs, Gs, Cs, TCs, xbm)
+                         training, y, Hs, Gs, Cs, TCs, xbm, stream)
                 elif rows:
                     rows(lstm.lstm_forward_rows_part, nth, xg, rows_w, wp, b_ih + b_hh, h, c, perm, nb, reverse,
-                         training, y, Hs, Gs, Cs, TCs, x2, w_ih, project)
+                         training, y, Hs, Gs, Cs, TCs, x2, w_ih, project, stream)
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward

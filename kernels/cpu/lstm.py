@@ -42,6 +42,7 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
+from .stream import fence, put_row
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
@@ -85,7 +86,7 @@ def _add_input(t, n, gp, xg, perm):
 
 
 @inner
-def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs):
+def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs, sg):
     """The cell's forward for a by-rows part's running rows [0, n) at step
     t: gate pre-activations gp[j] + bias, c in cp[j] (updated), h_prev in
     hx[j, h0:h0 + H] (overwritten with h); rows b = perm[j] of y and, when
@@ -95,15 +96,40 @@ def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs):
     Indexed in 2-D, without the row views _fwd_units passes _cell_fwd: a
     row's views cost ~170 ns (their reference counts), which at H = 128
     was 30 % of the cell's time (4.0 against 2.7 ns a unit, one thread),
-    and without scratch stores when not training.  Rows [n, B) get y = 0 (and Hs = 0)."""
+    and without scratch stores when not training.  Rows [n, B) get y = 0 (and Hs = 0).
+    sg (2, 4H) when training: the saved rows go out by streaming stores
+    (stream.py), the gate values and tanh(c) through sg's two rows; else
+    (0, 0), the saved arrays written in the cell's loop."""
     H = cp.shape[1]
     w = Hs.shape[2]
     s0 = h0 + H - w
     if H <= 0 or h0 < 0 or s0 < 0:
         return      # never taken; see _fwd_units (h0 + k too must be provably >= 0)
+    streamed = training and sg.shape[0] == 2 and sg.shape[1] == 4 * H
     for j in range(n):
         b = perm[j]
-        if training:
+        if streamed:
+            put_row(Hs, t, b, hx, j, s0, w)
+            put_row(Cs, t, b, cp, j, 0, H)
+            for k in range(H):
+                i = sigmoid_(gp[j, k] + bias[k])
+                f = sigmoid_(gp[j, H + k] + bias[H + k])
+                g = tanh_(gp[j, 2 * H + k] + bias[2 * H + k])
+                o = sigmoid_(gp[j, 3 * H + k] + bias[3 * H + k])
+                cn = f * cp[j, k] + i * g
+                tc = tanh_(cn)
+                hn = o * tc
+                sg[0, k] = i
+                sg[0, H + k] = f
+                sg[0, 2 * H + k] = g
+                sg[0, 3 * H + k] = o
+                sg[1, k] = tc
+                cp[j, k] = cn
+                hx[j, h0 + k] = hn
+                y[t, b, k] = hn
+            put_row(Gs, t, b, sg, 0, 0, 4 * H)
+            put_row(TCs, t, b, sg, 1, 0, H)
+        elif training:
             # the state saved first, in loops of their own: with those
             # stores in it the cell's loop ran scalar (26.6 ns a unit)
             for k in range(w):
@@ -255,6 +281,7 @@ def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y,
     one-thread forwards likewise (GRU 1.11-1.17x at the first shape,
     rnn_relu 1.09-1.10x, rnn_tanh 1.02-1.06x)."""
     T, B, GH = xg.shape
+    nosg = np.empty((0, 0), h.dtype)     # its calls are small: plain stores (stream.py)
     # input projection for all T*B rows: one GEMM, before the loop
     np.dot(x2, w_ih.T, xg.reshape((T * B, GH)))
     for s in range(T):
@@ -263,7 +290,7 @@ def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y,
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
         _add_input(t, n, gh, xg, perm)
-        _cells_rows(t, n, gh, bias, h, 0, c, perm, training, y, Hs, Gs, Cs, TCs)
+        _cells_rows(t, n, gh, bias, h, 0, c, perm, training, y, Hs, Gs, Cs, TCs, nosg)
 
 
 @njit(**JIT)
@@ -386,7 +413,7 @@ def lstm_backward_par(dy, w_hhT, wp, dh, dc, perm, nb, reverse, ident, Hs, Gs, C
 
 @njit(**JIT)
 def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs,
-                           x2, w_ih, project):
+                           x2, w_ih, project, stream):
     """Part i of nth of the forward time loop by rows (parallel.py, "by
     rows"): sorted rows i, i + nth, ... into a working state of its own, the
     whole loop on them (its recurrent GEMM against all of W_hh, its
@@ -395,7 +422,8 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, 
     projection (xg) is complete (project = parallel.PROJECT_BEFORE), or each
     part first computes its own rows of it (x2, w_ih; parallel.project_own_rows).
     w_hh None: wp holds every column (numba_cpu.PANELS_ONLY_ROWS); the BPTT
-    parts take w_hhT None the same way."""
+    parts take w_hhT None the same way.  stream: the saved rows go out by
+    streaming stores (stream.py; numba_cpu.STREAM_SAVES_*)."""
     if project != PROJECT_BEFORE:   # this part's own rows of the input projection
         project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
@@ -406,20 +434,23 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, 
     pp = take_rows(perm, i, nth)
     m = pp.shape[0]
     gp = np.empty((m, GH), h.dtype)
+    sg = np.empty((2, GH) if stream and training else (0, 0), h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)      # sorted rows run longest first: a prefix
         if n > 0:
             step_product(hp[:n], wp, w_hh, gp[:n])
         _add_input(t, n, gp, xg, pp)        # the input's share of the gates, then the cell
-        _cells_rows(t, n, gp, bias, hp, 0, cp, pp, training, y, Hs, Gs, Cs, TCs)
+        _cells_rows(t, n, gp, bias, hp, 0, cp, pp, training, y, Hs, Gs, Cs, TCs, sg)
+    if sg.shape[0]:
+        fence()
     put_rows(hp, h, i, nth)
     put_rows(cp, c, i, nth)
 
 
 @njit(**JIT)
 def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs,
-                                 TCs, xbm):
+                                 TCs, xbm, stream):
     """Part i of nth of the forward by rows with the input projection in the
     step (numba_cpu.FUSED_STEP_*): per step one product [x_t | h] @ w_cat.T,
     w_cat = [W_ih | W_hh] (4H, I + H), for its running rows, instead of a
@@ -432,7 +463,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
     w_cat None: wp holds every column (packed.pack_rows2).  xbm: x is
     (B, T, I), batch-major (a batch_first caller's input, read as it
     lies: each step reads its rows' x_t into xh anyway, so no transposed
-    copy of x is made first)."""
+    copy of x is made first).  stream: as in lstm_forward_rows_part."""
     I = x.shape[2]
     T = x.shape[1] if xbm else x.shape[0]
     H = h.shape[1]
@@ -446,6 +477,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
             xh[r, I + k] = h[i + r * nth, k]
     cp = take_rows(c, i, nth)
     gp = np.empty((m, GH), dt)
+    sg = np.empty((2, GH) if stream and training else (0, 0), dt)
     if H <= 0:
         return      # never taken (see _fwd_units)
     for s in range(T):
@@ -458,7 +490,9 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
                 xh[j, k] = x[x0, x1, k]
         if n > 0:
             step_product(xh[:n], wp, w_cat, gp[:n])
-        _cells_rows(t, n, gp, bias, xh, I, cp, pp, training, y, Hs, Gs, Cs, TCs)
+        _cells_rows(t, n, gp, bias, xh, I, cp, pp, training, y, Hs, Gs, Cs, TCs, sg)
+    if sg.shape[0]:
+        fence()
     for r in range(m):
         for k in range(H):
             h[i + r * nth, k] = xh[r, I + k]
