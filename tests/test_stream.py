@@ -1,5 +1,5 @@
-"""Streaming stores for the LSTM's saved activations (kernels/cpu/stream.py,
-numba_cpu.STREAM_SAVES_*): the rows they write are the rows plain stores
+"""Streaming stores for the LSTM's saved activations and BPTT's gate
+gradients (kernels/cpu/stream.py, numba_cpu.STREAM_SAVES_*, STREAM_DG): the rows they write are the rows plain stores
 write, whether a row can be streamed (on a 64-byte line, whole lines of
 float32) or not, and whole calls give the float64 oracle's results and the
 same bits as without them."""
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from numba import njit
 
+from fastrnn import _threads
 from fastrnn._backends import bufpool, numba_cpu
 from fastrnn._kernels.cpu import stream
 
-from .helpers import check_backend, force_by_rows, make_problem, run
+from .helpers import check_backend, force_by_rows, make_problem, run, torch_threads
 
 
 @njit(cache=False)
@@ -52,12 +53,29 @@ def _lstm(prob, reverse):
     return run("lstm", prob, backend="numba", dtype="float32", reverse=reverse)
 
 
+@pytest.fixture(params=["own", "torch"])
+def after(request, monkeypatch):
+    """The GEMMs after BPTT in fastrnn's region, or on torch's BLAS at two
+    threads (the parts then sum the bias gradients as they go: with dG
+    streamed, from their scratch rows, parallel.bias_sums_buf)."""
+    if request.param == "own":
+        yield request.param
+        return
+    pytest.importorskip("torch", reason="the torch BLAS path needs PyTorch")
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    monkeypatch.setattr(numba_cpu, "TORCH_AFTER_MIN_MACS", 0)
+    with torch_threads(2):
+        yield request.param
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("I,H", [(16, 32), (40, 24)])
-def test_streamed_saves_match_the_oracle_and_plain_stores(monkeypatch, fused, I, H):
-    # by rows at any size, streaming from the first byte; (16, 32): every
-    # saved row on whole lines; (40, 24): the gates' rows only (the cell
-    # states' 96-byte rows take the plain stores)
+def test_streamed_saves_match_the_oracle_and_plain_stores(monkeypatch, after, fused, I, H):
+    # by rows at any size, streaming from the first byte (the forward's
+    # saves and BPTT's dG); (16, 32): every saved row on whole lines;
+    # (40, 24): the gates' rows only (the cell states' 96-byte rows take
+    # the plain stores)
     force_by_rows(monkeypatch)
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     if not fused:
@@ -77,9 +95,16 @@ def test_streamed_saves_match_the_oracle_and_plain_stores(monkeypatch, fused, I,
     assert seen and set(seen) == {0}
     prob = make_problem("lstm", 7, 6, I, H, lengths="random", seed=3)
     streamed = _lstm(prob, False)
+    for name, flag in (("STREAM_SAVES", False), ("STREAM_DG", True), ("STREAM_SAVES", True),
+                       ("STREAM_DG", False)):
+        monkeypatch.setattr(numba_cpu, name, flag)
+        half = _lstm(prob, False)       # one of the two streamed, the other not
+        for key in half:
+            np.testing.assert_array_equal(half[key], streamed[key], err_msg=f"{name}={flag}: {key}")
     monkeypatch.setattr(numba_cpu, "STREAM_SAVES", False)
     plain = _lstm(prob, False)
     monkeypatch.setattr(numba_cpu, "STREAM_SAVES", True)
+    monkeypatch.setattr(numba_cpu, "STREAM_DG", True)
     monkeypatch.setattr(numba_cpu, "_empty", _misaligned_nan)       # every row on plain stores
     unaligned = _lstm(prob, False)
     for name in plain:

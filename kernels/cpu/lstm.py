@@ -43,7 +43,7 @@ from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
 from .stream import fence, put_row
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, bias_sums_step, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
 
@@ -501,7 +501,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
 
 @njit(**JIT)
 def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs, Cs, TCs, dG,
-                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum, dybm):
+                            x2, Hs, w_ih, dx, dwi, dwh, dbi, dbh, bsum, dybm, stream):
     """Part i of nth of the BPTT loop by rows (see lstm_forward_rows_part).
     The GEMMs after the loop: the caller runs them as a region of their own
     (parallel.after_loop_part), with dwi, dwh, dbi, dbh None, or each part
@@ -511,7 +511,9 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
     part i sums its rows' gate gradients into bsum[i, 0] step by step (the
     bias gradient's share, see parallel.bias_sums_step).  dybm: dy is
     (B, T, H), batch-major (a batch_first caller's gradient, read as it
-    lies, no transposed copy made), else (T, B, H)."""
+    lies, no transposed copy made), else (T, B, H).  stream: dG's rows go
+    out by streaming stores (stream.py) from the part's scratch rows, and
+    the bias sums come from those rows (parallel.bias_sums_buf)."""
     T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
@@ -524,11 +526,18 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
     for s in range(T):
         t = s if reverse else T - 1 - s
         n = rows_of(nb[t], i, nth)
-        _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, False, dybm)
-        if bsum is not None:
+        _bwd_units(t, n, 0, H, dy, dhp, dcp, Gs, Cs, TCs, buf, dG, pp, stream, dybm)
+        if stream:
+            for j in range(n):
+                put_row(dG, t, pp[j], buf, j, 0, buf.shape[1])
+            if bsum is not None:
+                bias_sums_buf(bsum[i, 0], tmp, buf, n)
+        elif bsum is not None:
             bias_sums_step(bsum[i, 0], tmp, dG, t, n, pp)
         if n > 0:
             step_product(buf[:n], wp, w_hhT, dhp[:n])
+    if stream:
+        fence()
     put_rows(dhp, dh, i, nth)
     put_rows(dcp, dc, i, nth)
     # this part's rows' share of the gradients after the loop, given its

@@ -181,6 +181,23 @@ def bias_sums_step(acc, tmp, a, t, n, perm):
 
 
 @inner
+def bias_sums_buf(acc, tmp, buf, n):
+    """bias_sums_step over the step's rows as they lie in the part's
+    scratch rows buf[:n] (the same rows in the same order, so the same
+    sums): where they went to dG by streaming stores, not to be read back."""
+    G = acc.shape[0]
+    if n <= 0 or G <= 0:
+        return
+    for k in range(G):
+        tmp[k] = buf[0, k]
+    for j in range(1, n):
+        for k in range(G):
+            tmp[k] += buf[j, k]
+    for k in range(G):
+        acc[k] += tmp[k]
+
+
+@inner
 def zero_bias_sums(bsum, i):
     """Part i's running bias sums bsum[i] (nth, S, G) set to zero."""
     for q in range(bsum.shape[1]):

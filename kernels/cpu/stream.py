@@ -15,7 +15,9 @@ forward 54.6-55.8 against 58.9-59.0 and backward 97.7-100.6 against
 104.0-104.5; the LSTM training loop's forward 9.07-9.28 against
 9.49-10.01.  Small calls lose (S1 forward 398-433 against 350-385 us:
 their saves would have stayed in L2 for BPTT), S2 level: so only from
-numba_cpu.STREAM_SAVES_MIN_BYTES.
+numba_cpu.STREAM_SAVES_MIN_BYTES.  The BPTT parts by rows write the gate
+gradients dG the same way (numba_cpu.STREAM_DG): S3 fwd+bwd another
+1.023-1.026x.
 
 How.  put_row copies one row of a step's values, already computed into
 an L1-resident scratch row (or held in the working state), to its place
