@@ -109,6 +109,10 @@ def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs, 
     for j in range(n):
         b = perm[j]
         if streamed:
+            # the cell written out a second time, its gate values and
+            # tanh(c) into sg's rows (for put_row) instead of the saved
+            # arrays: one loop through sg for both ran the plain-store
+            # training cell at 4.72-4.79 against 4.09-4.27 ns a unit
             put_row(Hs, t, b, hx, j, s0, w)
             put_row(Cs, t, b, cp, j, 0, H)
             for k in range(H):
