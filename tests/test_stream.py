@@ -1,5 +1,6 @@
-"""Streaming stores for the LSTM's saved activations and BPTT's gate
-gradients (kernels/cpu/stream.py, numba_cpu.STREAM_SAVES_*, STREAM_DG): the rows they write are the rows plain stores
+"""Streaming stores for the LSTM's and GRU's saved activations and the
+LSTM BPTT's gate gradients (kernels/cpu/stream.py, numba_cpu.STREAM_SAVES_*,
+STREAM_DG): the rows they write are the rows plain stores
 write, whether a row can be streamed (on a 64-byte line, whole lines of
 float32) or not, and whole calls give the float64 oracle's results and the
 same bits as without them."""
@@ -49,10 +50,6 @@ def test_put_row_writes_the_row_and_nothing_else(dtype, alloc, w, k0):
     assert np.isnan(a[1, [0, 1, 3]]).all()
 
 
-def _lstm(prob, reverse):
-    return run("lstm", prob, backend="numba", dtype="float32", reverse=reverse)
-
-
 @pytest.fixture(params=["own", "torch"])
 def after(request, monkeypatch):
     """The GEMMs after BPTT in fastrnn's region, or on torch's BLAS at two
@@ -69,13 +66,13 @@ def after(request, monkeypatch):
         yield request.param
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("mode,fused", [("lstm", True), ("lstm", False), ("gru", False)])
 @pytest.mark.parametrize("I,H", [(16, 32), (40, 24)])
-def test_streamed_saves_match_the_oracle_and_plain_stores(monkeypatch, after, fused, I, H):
+def test_streamed_saves_match_the_oracle_and_plain_stores(monkeypatch, after, mode, fused, I, H):
     # by rows at any size, streaming from the first byte (the forward's
-    # saves and BPTT's dG); (16, 32): every saved row on whole lines;
-    # (40, 24): the gates' rows only (the cell states' 96-byte rows take
-    # the plain stores)
+    # saves and the LSTM BPTT's dG); (16, 32): every saved row on whole
+    # lines; (40, 24): the LSTM's gates' rows only (the cell states'
+    # 96-byte rows take the plain stores), none of the GRU's
     force_by_rows(monkeypatch)
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     if not fused:
@@ -90,23 +87,26 @@ def test_streamed_saves_match_the_oracle_and_plain_stores(monkeypatch, after, fu
     monkeypatch.setattr(numba_cpu, "_empty", aligned)
     for lengths in ("full", "random"):
         for reverse in (False, True):
-            check_backend("lstm", "numba", T=7, B=6, I=I, H=H, dtype="float32", lengths=lengths,
+            check_backend(mode, "numba", T=7, B=6, I=I, H=H, dtype="float32", lengths=lengths,
                           reverse=reverse, seed=int(reverse))
     assert seen and set(seen) == {0}
-    prob = make_problem("lstm", 7, 6, I, H, lengths="random", seed=3)
-    streamed = _lstm(prob, False)
+    prob = make_problem(mode, 7, 6, I, H, lengths="random", seed=3)
+
+    def call():
+        return run(mode, prob, backend="numba", dtype="float32")
+    streamed = call()
     for name, flag in (("STREAM_SAVES", False), ("STREAM_DG", True), ("STREAM_SAVES", True),
                        ("STREAM_DG", False)):
         monkeypatch.setattr(numba_cpu, name, flag)
-        half = _lstm(prob, False)       # one of the two streamed, the other not
+        half = call()       # one of the two streamed, the other not
         for key in half:
             np.testing.assert_array_equal(half[key], streamed[key], err_msg=f"{name}={flag}: {key}")
     monkeypatch.setattr(numba_cpu, "STREAM_SAVES", False)
-    plain = _lstm(prob, False)
+    plain = call()
     monkeypatch.setattr(numba_cpu, "STREAM_SAVES", True)
     monkeypatch.setattr(numba_cpu, "STREAM_DG", True)
     monkeypatch.setattr(numba_cpu, "_empty", _misaligned_nan)       # every row on plain stores
-    unaligned = _lstm(prob, False)
+    unaligned = call()
     for name in plain:
         np.testing.assert_array_equal(streamed[name], plain[name], err_msg=name)
         np.testing.assert_array_equal(unaligned[name], plain[name], err_msg=name)

@@ -27,7 +27,7 @@ def _wrappers(training):
 
     @njit(cache=False)
     def gru_cells(t, n, xg, gp, bx, bhn, hp, perm, y, Hs, Gs, HNs):
-        gru._fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs)
+        gru._fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs, np.empty((0, 0), gp.dtype))
     return lstm_cells, rnn_tanh, gru_cells
 
 

@@ -252,7 +252,9 @@ XH_TORCH_AFTER = True
 # 54.6-55.8 against 58.9-59.0 (its backward 97.7-100.6 against
 # 104.0-104.5), S2 (1.6 MB) level, S1 (100 KB) 398-433 against 350-385 us;
 # the LSTM training loop's forward (S3's shape) 9.07-9.28 against
-# 9.49-10.01.  STREAM_SAVES False: never.
+# 9.49-10.01.  The GRU's forward by rows likewise (gates, hn, h_prev):
+# on/off alternating in one process, fwd+bwd S3 1.033x and 1.006x, S4
+# 1.013x, the GRU training loop 1.040x.  STREAM_SAVES False: never.
 STREAM_SAVES = True
 STREAM_SAVES_MIN_BYTES = 2 * _threads.cache_bytes(2, 1 << 20)
 # Likewise the LSTM's BPTT parts by rows write dG (the gate gradients,
@@ -260,7 +262,8 @@ STREAM_SAVES_MIN_BYTES = 2 * _threads.cache_bytes(2, 1 << 20)
 # bound, and sum the bias gradients from their scratch rows instead of
 # reading dG back.  Measured as above, on/off alternating in one process,
 # fwd+bwd: S3 1.023x and 1.026x, S4 1.010x; the training loop 1.011x.
-# STREAM_DG False: never.
+# (The GRU's dGh the same way: S3 1.015x and 0.987x, S4 1.003x, training
+# loop 0.995x, so not there.)  STREAM_DG False: never.
 STREAM_DG = True
 
 # W_hh^T (BPTT reads its rows) is copied with the tiled kernel
@@ -899,7 +902,8 @@ class NumbaCPU:
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
                     rows(gru.gru_forward_rows_part, nth, xg, rows_w, wp, bx, bhn, h, perm, nb, reverse,
-                         training, y, Hs, Gs, HNs, x2, w_ih, project)
+                         training, y, Hs, Gs, HNs, x2, w_ih, project,
+                         bool(training and STREAM_SAVES and Gs.nbytes >= STREAM_SAVES_MIN_BYTES))
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = gru.gru_forward_par if par else gru.gru_forward

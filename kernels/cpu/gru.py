@@ -27,6 +27,7 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
+from .stream import fence, put_row
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
@@ -87,19 +88,40 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
 
 
 @inner
-def _fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs):
+def _fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs, sg):
     """The pointwise forward of a by-rows part's running rows [0, n) at
     step t (gp holds their h_prev @ W_hh^T; h_prev in hp, overwritten):
     _fwd_units on 2-D indices, without its row views (their reference
     counts: lstm._cells_rows) and without its copy of h_prev into y's row,
     which the views needed (reading hp[j, k] and writing it in the same
-    iteration through one index is no overlap LLVM has to check)."""
+    iteration through one index is no overlap LLVM has to check).  sg
+    (2, 3H) in training where the saved rows go out by streaming stores
+    (stream.py; numba_cpu.STREAM_SAVES_*): the gate values and hn through
+    its rows; else (0, 0)."""
     H = hp.shape[1]
     if H <= 0:
         return      # never taken; see lstm._fwd_units
+    streamed = training and sg.shape[0] == 2 and sg.shape[1] == 3 * H
     for j in range(n):
         b = perm[j]
-        if training:
+        if streamed:
+            # the cell a second time, through sg's rows (as lstm._cells_rows)
+            put_row(Hs, t, b, hp, j, 0, H)
+            for k in range(H):
+                r = sigmoid_(xg[t, b, k] + gp[j, k] + bx[k])
+                z = sigmoid_(xg[t, b, H + k] + gp[j, H + k] + bx[H + k])
+                hn = gp[j, 2 * H + k] + bhn[k]
+                nn = tanh_(xg[t, b, 2 * H + k] + bx[2 * H + k] + r * hn)
+                hnew = nn + z * (hp[j, k] - nn)
+                hp[j, k] = hnew
+                y[t, b, k] = hnew
+                sg[0, k] = r
+                sg[0, H + k] = z
+                sg[0, 2 * H + k] = nn
+                sg[1, k] = hn
+            put_row(Gs, t, b, sg, 0, 0, 3 * H)
+            put_row(HNs, t, b, sg, 1, 0, H)
+        elif training:
             for k in range(H):
                 Hs[t, b, k] = hp[j, k]
             for k in range(H):
@@ -193,6 +215,7 @@ def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, 
     """The one-thread forward: per step the recurrent product into gh,
     then the cell on whole rows (_fwd_rows, as the loops by rows)."""
     T, B = xg.shape[0], xg.shape[1]
+    nosg = np.empty((0, 0), h.dtype)     # its calls are small: plain stores (stream.py)
     # input projection for all T*B rows: one GEMM, before the loop
     np.dot(x2, w_ih.T, xg.reshape((T * B, xg.shape[2])))
     for s in range(T):
@@ -200,7 +223,7 @@ def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, 
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
-        _fwd_rows(t, n, xg, gh, bx, bhn, h, perm, training, y, Hs, Gs, HNs)
+        _fwd_rows(t, n, xg, gh, bx, bhn, h, perm, training, y, Hs, Gs, HNs, nosg)
 
 
 @njit(**JIT)
@@ -318,9 +341,9 @@ def gru_backward_par(dy, w_hhT, wp, dh, perm, nb, reverse, ident, Hs, Gs, HNs, d
 
 @njit(**JIT)
 def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs,
-                          x2, w_ih, project):
+                          x2, w_ih, project, stream):
     """Part i of nth of the forward time loop by rows (see
-    lstm.lstm_forward_rows_part)."""
+    lstm.lstm_forward_rows_part, stream too)."""
     if project != PROJECT_BEFORE:   # this part's own rows of the input projection
         project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
@@ -330,12 +353,15 @@ def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, t
     pp = take_rows(perm, i, nth)
     m = pp.shape[0]
     gp = np.empty((m, GH), h.dtype)
+    sg = np.empty((2, GH) if stream and training else (0, 0), h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)
         if n > 0:
             step_product(hp[:n], wp, w_hh, gp[:n])
-        _fwd_rows(t, n, xg, gp, bx, bhn, hp, pp, training, y, Hs, Gs, HNs)
+        _fwd_rows(t, n, xg, gp, bx, bhn, hp, pp, training, y, Hs, Gs, HNs, sg)
+    if sg.shape[0]:
+        fence()
     put_rows(hp, h, i, nth)
 
 
