@@ -444,7 +444,7 @@ TORCH_PROJECT = True
 # Where torch's BLAS runs the GEMMs after the loops by rows (TORCH_AFTER),
 # the bias gradients (column sums of dG over all T*B rows) are summed by
 # the parts as they go, each step's rows while they are in cache
-# (parallel.bias_sums_step), and the parts' sums added up after: torch.sum
+# (parallel.bias_sums_buf), and the parts' sums added up after: torch.sum
 # over dG read 8 MB at LSTM S3 for 0.36 ms a call.  BIAS_IN_PARTS False:
 # torch.sum after the loop.
 BIAS_IN_PARTS = True

@@ -28,7 +28,7 @@ from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
 from .stream import fence, put_row
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, bias_sums_step, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
 
@@ -388,7 +388,7 @@ def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs,
         _bwd_units(t, n, 0, H, dy, dhp, Gs, HNs, Hs, dGi, buf, dGh, dhd, pp, False, dybm)
         if bsum is not None:
             bias_sums_step(bsum[i, 0], tmp, dGi, t, n, pp)
-            bias_sums_step(bsum[i, 1], tmp, dGh, t, n, pp)
+            bias_sums_buf(bsum[i, 1], tmp, buf, n)     # dGh's rows, as they lie in buf
         if n > 0:
             step_product(buf[:n], wp, w_hhT, dhp[:n])
             _add_units(dhp, dhd, n, 0, H)

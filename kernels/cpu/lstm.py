@@ -43,7 +43,7 @@ from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
 from .stream import fence, put_row
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, bias_sums_step, copy_rows,
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
 
@@ -513,11 +513,10 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
     (parallel.grads_own_rows) into sums of its own dwi[i], dwh[i], dbi[i],
     dbh[i], which the caller adds up.  bsum (nth, 1, 4H), where not None:
     part i sums its rows' gate gradients into bsum[i, 0] step by step (the
-    bias gradient's share, see parallel.bias_sums_step).  dybm: dy is
-    (B, T, H), batch-major (a batch_first caller's gradient, read as it
-    lies, no transposed copy made), else (T, B, H).  stream: dG's rows go
-    out by streaming stores (stream.py) from the part's scratch rows, and
-    the bias sums come from those rows (parallel.bias_sums_buf)."""
+    bias gradient's share, from its scratch rows: parallel.bias_sums_buf).
+    dybm: dy is (B, T, H), batch-major (a batch_first caller's gradient,
+    read as it lies, no transposed copy made), else (T, B, H).  stream: dG's rows go
+    out by streaming stores (stream.py) from the part's scratch rows."""
     T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)
@@ -534,10 +533,8 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
         if stream:
             for j in range(n):
                 put_row(dG, t, pp[j], buf, j, 0, buf.shape[1])
-            if bsum is not None:
-                bias_sums_buf(bsum[i, 0], tmp, buf, n)
-        elif bsum is not None:
-            bias_sums_step(bsum[i, 0], tmp, dG, t, n, pp)
+        if bsum is not None:
+            bias_sums_buf(bsum[i, 0], tmp, buf, n)
         if n > 0:
             step_product(buf[:n], wp, w_hhT, dhp[:n])
     if stream:

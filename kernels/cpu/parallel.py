@@ -182,9 +182,11 @@ def bias_sums_step(acc, tmp, a, t, n, perm):
 
 @inner
 def bias_sums_buf(acc, tmp, buf, n):
-    """bias_sums_step over the step's rows as they lie in the part's
-    scratch rows buf[:n] (the same rows in the same order, so the same
-    sums): where they went to dG by streaming stores, not to be read back."""
+    """bias_sums_step over the step's rows as they lie in a by-rows BPTT
+    part's scratch rows buf[:n] (the same rows in the same order, so the
+    same sums), already in L1, and there even where they went to dG by
+    streaming stores (not to be read back).  The GRU's dGi, which has no
+    scratch rows, takes bias_sums_step."""
     G = acc.shape[0]
     if n <= 0 or G <= 0:
         return

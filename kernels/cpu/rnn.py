@@ -23,7 +23,7 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_step, copy_rows,
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
 
@@ -331,7 +331,7 @@ def rnn_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, relu, A
         n = rows_of(nb[t], i, nth)
         _bwd_rows(t, n, dy, dhp, As, buf, dG, pp, relu, dybm)
         if bsum is not None:
-            bias_sums_step(bsum[i, 0], tmp, dG, t, n, pp)
+            bias_sums_buf(bsum[i, 0], tmp, buf, n)
         if n > 0:
             step_product(buf[:n], wp, w_hhT, dhp[:n])
     put_rows(dhp, dh, i, nth)
