@@ -673,6 +673,13 @@ def _own_after(GH, I, H, dt):
                 and max(I, H) <= OWN_AFTER_MAX_IH)
 
 
+def _streams(on, a):
+    """Whether the by-rows parts write the rows of a (the gates' saved
+    array, or dG) by streaming stores: where `on` (the switch, and
+    training for the saves) and a holds STREAM_SAVES_MIN_BYTES or more."""
+    return bool(on and a.nbytes >= STREAM_SAVES_MIN_BYTES)
+
+
 def _own_grads(rows, padded, T, B, GH, I, H, dt):
     """Whether the BPTT parts by rows compute their rows' share of the
     gradients after the loop (FUSED_GRADS_*): with padding (padded, the
@@ -864,8 +871,7 @@ class NumbaCPU:
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
-                # the saved rows by streaming stores (STREAM_SAVES_*)
-                stream = bool(training and STREAM_SAVES and Gs.nbytes >= STREAM_SAVES_MIN_BYTES)
+                stream = _streams(training and STREAM_SAVES, Gs)
                 if fused:
                     wp = _panels(packed, GH, I + H, dt, alloc)
                     if _panels_cover(packed, GH, dt):
@@ -902,8 +908,7 @@ class NumbaCPU:
                 bhn = np.ascontiguousarray(b_hh[2 * H:])
                 if rows:
                     rows(gru.gru_forward_rows_part, nth, xg, rows_w, wp, bx, bhn, h, perm, nb, reverse,
-                         training, y, Hs, Gs, HNs, x2, w_ih, project,
-                         bool(training and STREAM_SAVES and Gs.nbytes >= STREAM_SAVES_MIN_BYTES))
+                         training, y, Hs, Gs, HNs, x2, w_ih, project, _streams(training and STREAM_SAVES, Gs))
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = gru.gru_forward_par if par else gru.gru_forward
@@ -1049,8 +1054,7 @@ class NumbaCPU:
                 dc = _take_rows(dc_n, perm, ident)
                 if rows:
                     rows(lstm.lstm_backward_rows_part, nth, rows_bt, wp, dyk, dh, dc, perm, nb, reverse,
-                         p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail, dybm,
-                         bool(STREAM_DG and dG.nbytes >= STREAM_SAVES_MIN_BYTES))
+                         p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail, dybm, _streams(STREAM_DG, dG))
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
                     kern(dy, *w_ops, dh, dc, perm, nb, reverse, ident, Hs, p["Gs"], p["Cs"], p["TCs"],
