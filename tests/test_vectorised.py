@@ -60,11 +60,17 @@ def test_row_cells_are_vectorised(name, training):
     vector, scalar = _divisions(fn)
     assert vector + scalar > 0, "no divisions found: the test no longer sees the loop"
     assert vector > 0, f"{name}, training={training}: {scalar} scalar divisions and no vector ones (the loop ran scalar)"
-    if name == "lstm" and training:
+    if name in ("lstm", "gru") and training:
         # two training loops, the saves by plain stores and by streaming
         # stores through a scratch row (kernels/cpu/stream.py): both in
         # vector form, twice the inference loop's vector divisions
-        infer = _wrappers(False)[0]
-        infer(0, B, z(B, 4 * H), z(4 * H), z(B, H), 0, z(B, H), perm, z(1, B, H), z(1, B, H), z(1, B, 4 * H),
-              z(1, B, H), z(1, B, H))
+        lstm_infer, _, gru_infer = _wrappers(False)
+        if name == "lstm":
+            infer = lstm_infer
+            infer(0, B, z(B, 4 * H), z(4 * H), z(B, H), 0, z(B, H), perm, z(1, B, H), z(1, B, H),
+                  z(1, B, 4 * H), z(1, B, H), z(1, B, H))
+        else:
+            infer = gru_infer
+            infer(0, B, z(1, B, 3 * H), z(B, 3 * H), z(3 * H), z(H), z(B, H), perm, z(1, B, H), z(1, B, H),
+                  z(1, B, 3 * H), z(1, B, H))
         assert vector >= 2 * _divisions(infer)[0], (vector, _divisions(infer))
