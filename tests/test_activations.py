@@ -24,8 +24,12 @@ def _apply(which, x, out):
 def _grid():
     lin = np.linspace(-100, 100, 2_000_001, dtype=np.float32)
     tiny = np.geomspace(1e-30, 1.0, 200_001).astype(np.float32)
-    # every float32 in [0.5, 1) (the tanh forms switch at 0.625)
-    mid = np.arange(np.float32(0.5).view(np.int32), np.float32(1.0).view(np.int32), dtype=np.int32).view(np.float32)
+    # every float32 in [0.125, 0.25) and [0.5, 1): tanh's expm1(2x) there
+    # has the range reduction's n = -1 and +-1..3, where 2^n expm1(r) +
+    # (2^n - 1) cancels most
+    every = lambda lo, hi: np.arange(np.float32(lo).view(np.int32), np.float32(hi).view(np.int32),  # noqa: E731
+                                     dtype=np.int32).view(np.float32)
+    mid = np.concatenate([every(0.125, 0.25), every(0.5, 1.0)])
     return np.concatenate([lin, tiny, -tiny, mid, -mid, np.float32([0.0, -0.0])])
 
 
