@@ -57,6 +57,20 @@ def test_float32_forms_against_float64(name, which, ref, bound, lo, hi):
     assert err[worst] < bound, f"{name}: relative error {err[worst]:.2e} at x = {x[worst]!r}"
 
 
+def test_tanh_tails_absolute_error():
+    """In the tails the gradient of a tanh unit, 1 - tanh^2, is a small
+    difference from 1, so what matters there is tanh's absolute error: at
+    most 2 ulps of the values just below 1 (4 * 2^-25; rounding alone
+    gives 2^-25).  The form from |x| has 3 * 2^-25; the same expm1 form
+    from x itself (e -> -1 in the negative tail) had 5 * 2^-25, and a
+    float32 gradient test against float64 failed on it."""
+    x = np.linspace(-9, 9, 2_000_001, dtype=np.float32)
+    x = x[np.abs(x) >= 1]
+    err = np.abs(_run(1, x).astype(np.float64) - np.tanh(x.astype(np.float64))) / 2.0 ** -25
+    worst = int(np.argmax(err))
+    assert err[worst] <= 4, f"tanh: absolute error {err[worst]:.2f} * 2^-25 at x = {x[worst]!r}"
+
+
 def test_tails_saturate_exactly_and_nan_passes():
     x = np.float32([-1e30, -200, -50, 50, 200, 1e30, np.inf, -np.inf, np.nan])
     t = _run(1, x)
