@@ -136,6 +136,61 @@ def test_every_part_runs_when_a_member_keeps_the_gil_past_its_post():
     assert len({c[1] for c in calls}) == 3
 
 
+def test_parts_say_they_started_and_the_next_member_runs_meanwhile():
+    # A compiled part says it has started (spin.part_started), with the GIL
+    # released; the next member waits for that word (spin.wait_started)
+    # before it asks for the GIL, not only for the Python post before the
+    # part's call, while the part's dispatch still held the GIL.  Part 0
+    # here is compiled: it posts and then spins 20 ms without the GIL, and
+    # member 1 runs during that time and reads the word at 1.  The wait
+    # itself: False until the word reaches the target, True once it has.
+    # And the kernels' parts post their index + 1.
+    import time
+
+    from numba import njit
+
+    from fastrnn._kernels.cpu import packed, spin
+
+    @njit(nogil=True)
+    def started_then_spin(i, ns):
+        spin.part_started(i)
+        t = 0
+        for k in range(ns):
+            t += k % 7
+        return t
+
+    seen = []
+
+    def part(i, nth, ns):
+        if i == 0:
+            t0 = time.perf_counter()
+            started_then_spin(i, ns)
+            seen.append(("0 ran", time.perf_counter() - t0))
+        else:
+            seen.append(("word", spin._STARTED[0]))
+    started_then_spin(0, 1)
+    ns = 1
+    while True:                         # about 20 ms of spinning
+        t0 = time.perf_counter()
+        started_then_spin(0, ns)
+        if time.perf_counter() - t0 > 0.02:
+            break
+        ns *= 2
+    RUN(part, 2, ns)
+    got = dict(seen)
+    assert got["word"] == 1, seen
+    assert got["0 ran"] > 0.01, seen
+    spin.reset_started()
+    assert not spin.wait_started(1, 100)
+    started_then_spin(1, 1)
+    assert spin.wait_started(2, 1) and not spin.wait_started(3, 100)
+    # a kernel part posts i + 1
+    bt = np.zeros((2 * packed.PANEL, 8), np.float32)
+    pp = np.empty((2, 8, packed.PANEL), np.float32)
+    packed.pack_rows_part(5, 7, bt, pp)
+    assert spin._STARTED[0] == 6
+
+
 def test_concurrent_callers_each_get_their_own_parts():
     results, errors = {}, []
 

@@ -16,9 +16,15 @@ What a region costs is the GIL's hand-over (an empty one: 25-43 us on the
 dev VM before, 10-14 us now, fastrnn's own pool 10):
   * each member enters through a compiled C callback (kernels/cpu/team.py)
     that, for members other than the caller, spins without the GIL until
-    the member before it has posted that it is about to enter its part,
-    and only then calls the Python member: two threads asking for the
-    GIL at once cost the loser a sleep and a wake-up;
+    the member before it has posted that it is about to enter its part
+    and that part's compiled code has said it started (so the GIL is
+    free), and only then calls the Python member: two threads asking for
+    the GIL at once cost the loser a sleep and a wake-up.  (Waiting for
+    the Python post alone and a 6 us grace, member 1 entered 51-68 us
+    after member 0 in a module call after a torch.nn call, 17-22 us now;
+    on/off alternating, fwd+bwd: LSTM S3 1.016x and 1.014x, GRU S3 1.010x,
+    GRU S2 1.042x and 1.007x, LSTM S2 1.003x and 0.999x; training loop
+    LSTM 1.007x, GRU 1.027x);
   * the OpenMP threads keep the Python thread state their first callback
     made (_pin_thread_state); otherwise ctypes makes one and drops it at
     every callback, ~20 us each.
@@ -91,6 +97,11 @@ def _find_gomp(torch):
 # poster still holds the GIL until its part's dispatch releases it).
 WAIT_US = 500.0
 GRACE_US = 6.0
+# Then up to this long for member k - 1's part to say from its compiled
+# code that it has started (kernels/cpu/spin.py: part_started), i.e. that
+# the GIL is free; where that never comes, GRACE_US as before.  0: the
+# grace after the post only.
+STARTED_WAIT_US = 200.0
 _PINNED = set()     # the team's threads whose Python thread state is kept
 # At most this many: libgomp makes a pool of threads per calling thread
 # (and a pool can shrink), so a program that calls from ever new threads
@@ -136,6 +147,7 @@ def _make_runner(gomp):
     # scipy.linalg, which would otherwise load it with OpenBLAS's own choice
     _threads._blas_control()
     from .._kernels.cpu import team
+    from .._kernels.cpu.spin import reset_started
     parallel = gomp.GOMP_parallel
     parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     parallel.restype = None
@@ -166,8 +178,9 @@ def _make_runner(gomp):
     per_round = _round_seconds(ctypes.CFUNCTYPE(None, ctypes.c_void_p)(entry), team)
     rounds = max(1, int(WAIT_US * 1e-6 / per_round))
     grace = max(1, int(GRACE_US * 1e-6 / per_round))
+    started = int(STARTED_WAIT_US * 1e-6 / per_round)
     template = np.zeros(team.CTL_SIZE, np.int64)
-    for slot, value in ((team.CTL_ROUNDS, rounds), (team.CTL_GRACE, grace),
+    for slot, value in ((team.CTL_ROUNDS, rounds), (team.CTL_GRACE, grace), (team.CTL_STARTED_ROUNDS, started),
                         (team.CTL_THREAD_NUM, addr(gomp.omp_get_thread_num)),
                         (team.CTL_NUM_THREADS, addr(gomp.omp_get_num_threads)),
                         (team.CTL_MEMBER, addr(_MEMBER))):
@@ -181,6 +194,7 @@ def _make_runner(gomp):
         ctl = template.copy()
         ctl[team.CTL_KEY] = key
         _JOBS[key] = (fn, nth, args, errors, ctl)
+        reset_started()
         try:
             parallel(entry, ctl.ctypes.data, nth, 0)
         finally:

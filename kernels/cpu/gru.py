@@ -27,6 +27,7 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
+from .spin import part_started
 from .stream import fence, put_row
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, bias_sums_step, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
@@ -346,6 +347,7 @@ def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, t
                           x2, w_ih, project, stream):
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part, stream too)."""
+    part_started(i)
     if project != PROJECT_BEFORE:   # this part's own rows of the input projection
         project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
@@ -374,6 +376,7 @@ def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs,
     bsum (nth, 2, 3H), where not None: part i's running bias sums, dGi's
     in bsum[i, 0], dGh's in bsum[i, 1]; dybm: dy (B, T, H), batch-major
     (see lstm.lstm_backward_rows_part for both)."""
+    part_started(i)
     T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)

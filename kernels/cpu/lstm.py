@@ -42,6 +42,7 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
+from .spin import part_started
 from .stream import fence, put_row
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
@@ -428,6 +429,7 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, 
     w_hh None: wp holds every column (numba_cpu.PANELS_ONLY_ROWS); the BPTT
     parts take w_hhT None the same way.  stream: the saved rows go out by
     streaming stores (stream.py; numba_cpu.STREAM_SAVES_*)."""
+    part_started(i)
     if project != PROJECT_BEFORE:   # this part's own rows of the input projection
         project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
@@ -468,6 +470,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
     (B, T, I), batch-major (a batch_first caller's input, read as it
     lies: each step reads its rows' x_t into xh anyway, so no transposed
     copy of x is made first).  stream: as in lstm_forward_rows_part."""
+    part_started(i)
     I = x.shape[2]
     T = x.shape[1] if xbm else x.shape[0]
     H = h.shape[1]
@@ -517,6 +520,7 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
     dybm: dy is (B, T, H), batch-major (a batch_first caller's gradient,
     read as it lies, no transposed copy made), else (T, B, H).  stream: dG's rows go
     out by streaming stores (stream.py) from the part's scratch rows."""
+    part_started(i)
     T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)

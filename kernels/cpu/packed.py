@@ -52,6 +52,7 @@ from numba.extending import intrinsic
 from .blas import gemm, split
 from .common import JIT, inner, transpose_into
 from .gemm import _cols
+from .spin import part_started
 
 
 def _vector_lanes():
@@ -369,6 +370,7 @@ def pack_rows_part(i, nth, Bt, Pp):
     """Part i of nth of pack_rows (its share of the panels): the backend
     runs the parts on its threads where the weights are big enough
     (numba_cpu.PACK_IN_PARTS_MIN_BYTES), else part 0 of 1."""
+    part_started(i)
     p0, p1 = split(Pp.shape[0], nth, i, 1)
     for p in range(p0, p1):
         transpose_into(Bt[p * PANEL:(p + 1) * PANEL], Pp[p])
@@ -384,6 +386,7 @@ def pack_rows(Bt, Pp):
 @njit(**JIT)
 def pack_rows2_part(i, nth, B1, B2, Pp):
     """Part i of nth of pack_rows2 (see pack_rows_part)."""
+    part_started(i)
     K1 = B1.shape[1]
     p0, p1 = split(Pp.shape[0], nth, i, 1)
     for p in range(p0, p1):
@@ -398,6 +401,7 @@ def pack_rows2_cols_part(i, nth, B1, B2, Pp, Pc):
     panels of W_hh = B2, each part the second from the rows of B2 it has
     just read for the first (its share by rows, not by panels), so W_hh
     is read from memory once, not again at the start of the backward."""
+    part_started(i)
     pack_rows2_part(i, nth, B1, B2, Pp)
     P, K, W = Pc.shape
     if W != PANEL or K != B2.shape[0]:
@@ -423,6 +427,7 @@ def pack_rows2(B1, B2, Pp):
 @njit(**JIT)
 def pack_cols_part(i, nth, BtT, Pp):
     """Part i of nth of pack_cols (see pack_rows_part)."""
+    part_started(i)
     P, K, W = Pp.shape
     p0, p1 = split(P, nth, i, 1)
     if W != PANEL:

@@ -37,6 +37,7 @@ from numba import njit, prange
 from .blas import gemm, split
 from .common import JIT, inner, inner_par, colsum
 from .packed import gemm_nn, gemm_tn
+from .spin import part_started
 
 
 @njit(**JIT)
@@ -44,6 +45,7 @@ def project_part(i, nth, x2, w_ih, xg2):
     """Block i of nth of xg2 = x2 @ w_ih.T (rows [r0, r1)): one thread's
     share, for input_projection and for callers running the parts on
     threads of their own (the loops by rows)."""
+    part_started(i)
     r0, r1 = split(x2.shape[0], nth, i, 1)
     gemm(x2[r0:r1], False, w_ih, True, xg2[r0:r1], xg2.dtype.type(0))
 
@@ -212,6 +214,7 @@ def after_loop_part(i, nth, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, 
     """Block i of nth of common.after_loop_grads: its block of rows of dx,
     of rows of dW_ih and dW_hh, and of bias columns.  own: the GEMMs by
     fastrnn's own blocks (packed.gemm_nn, gemm_tn), else by BLAS."""
+    part_started(i)
     r0, r1 = split(dG2.shape[0], nth, i, 1)
     g0, g1 = split(dG2.shape[1], nth, i, 8)
     gemm_nn(dG2[r0:r1], w_ih, dx2[r0:r1], own)
@@ -230,6 +233,7 @@ def after_loop_part_cat(i, nth, dG2, XH2, w_ih, dx2, dw_cat, dw_ih, dw_hh, db_ih
     one column sum for both bias gradients.  One GEMM over N = I + H
     columns packs dG^T once, not twice (LSTM S3, two threads, OpenBLAS:
     8.7 against 9.1-9.4 ms for the two)."""
+    part_started(i)
     I = dw_ih.shape[1]
     H = dw_hh.shape[1]
     r0, r1 = split(dG2.shape[0], nth, i, 1)
@@ -252,6 +256,7 @@ def sgemm_part(i, nth, A, B, C):
     one-thread BLAS call: `fastrnn bench` measures its floor's GEMM rate
     with these, on the BLAS and the threads the kernels' parts use, so no
     BLAS worker is left spinning on the cores after it."""
+    part_started(i)
     r0, r1 = split(C.shape[0], nth, i, 1)
     gemm(A[r0:r1], False, B, False, C[r0:r1], C.dtype.type(0))
 

@@ -23,6 +23,7 @@ from .blas import split
 from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import step_product, step_product_range
+from .spin import part_started
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
@@ -296,6 +297,7 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, perm, nb, reverse, relu
                           x2, w_ih, project):
     """Part i of nth of the forward time loop by rows (see
     lstm.lstm_forward_rows_part)."""
+    part_started(i)
     if project != PROJECT_BEFORE:   # this part's own rows of the input projection
         project_own_rows(i, nth, x2, w_ih, xg, perm, nb, project)
     T = xg.shape[0]
@@ -318,6 +320,7 @@ def rnn_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, relu, A
     """Part i of nth of the BPTT loop by rows (see lstm.lstm_forward_rows_part).
     bsum (nth, 1, H), where not None: part i's running bias sums; dybm:
     dy (B, T, H), batch-major (see lstm.lstm_backward_rows_part for both)."""
+    part_started(i)
     T = dy.shape[1] if dybm else dy.shape[0]
     H = dh.shape[1]
     dhp = take_rows(dh, i, nth)

@@ -13,8 +13,10 @@ exit); elsewhere nothing.
 Timeouts are counts of spin rounds; the pool times spin_rounds once per
 process (spinpool._round_seconds) and converts its microseconds to rounds.
 """
+import ctypes
 import platform
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -121,3 +123,65 @@ def wait_at_least(ctl, idx, target, rounds, grace):
             return
         _pause()
 
+
+
+# ------------------------------------------------------------ part started
+# A part run on torch's OpenMP team (fastrnn/_backends/torch_team.py) says
+# here, as its first statement, that it has started: its compiled code
+# runs with the GIL released, so the team's next member, spinning without
+# the GIL in kernels/cpu/team.py, can now take the GIL without finding it
+# held.  Posted from Python before the part's call instead, the next member
+# asked for the GIL while the part's dispatch still held it (18 us after a
+# torch.nn call), slept, and was woken 40-45 us later.  One int64 in C
+# memory, reached from compiled code by name (an external global, resolved
+# when a function is compiled or loaded from Numba's cache): the regions
+# run one at a time (_threads.threaded's lock), and a wait on it only ever
+# saves time (team.py times out and goes on).
+_STARTED_NAME = "fastrnn_part_started"
+_STARTED = (ctypes.c_int64 * 8)()       # a line of its own (slot 0 used)
+llvm.add_symbol(_STARTED_NAME, ctypes.addressof(_STARTED))
+
+
+def _started_global(builder):
+    mod = builder.module
+    gv = mod.globals.get(_STARTED_NAME)
+    if gv is None:
+        gv = ir.GlobalVariable(mod, ir.IntType(64), _STARTED_NAME)
+        gv.linkage = "external"
+    return gv
+
+
+@intrinsic
+def part_started(typingctx, i):
+    """The part-started word = i + 1 (an atomic release store)."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.add(context.cast(builder, args[0], sig.args[0], types.int64), ir.Constant(ir.IntType(64), 1))
+        builder.store_atomic(v, _started_global(builder), "release", 8)
+        return context.get_dummy_value()
+    return types.void(i), codegen
+
+
+@intrinsic
+def _load_started(typingctx):
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_started_global(builder), "acquire", 8)
+    return types.int64(), codegen
+
+
+@njit(**JIT)
+def wait_started(target, rounds):
+    """Spin until the part-started word is >= target or `rounds` rounds
+    pass; whether it got there."""
+    for _ in range(rounds):
+        if _load_started() >= target:
+            return True
+        _pause()
+    return _load_started() >= target
+
+
+def reset_started():
+    """The part-started word back to 0 (before a region)."""
+    _STARTED[0] = 0

@@ -5,10 +5,16 @@ GOMP_parallel(team_member, ctl, nth, 0) calls team_member(ctl) on every
 member of the team.  team_member is compiled (a C callback: no Python, no
 GIL) and calls the team's Python member function only when that will not
 have to wait for the GIL: member k > 0 first spins (spin.wait_at_least)
-until member k - 1 has posted that it is about to enter its part (whose
-compiled code releases the GIL), then a grace of a few microseconds more.
-Two threads asking for the GIL at once cost the one that loses a sleep
-and a wake-up (20-60 us on the dev VM, see spinpool.py).
+until member k - 1 has posted that it is about to enter its part, then
+(spin.wait_started) until that part's compiled code, which runs with the
+GIL released, has said it started (spin.part_started; every by-rows part
+does so first).  Where that never comes (a part that does not say it, a
+timeout of ctl[CTL_STARTED_ROUNDS] rounds; 0 turns the wait off) a grace
+of a few microseconds after the post, as before.  Two threads asking for
+the GIL at once cost the one that loses a sleep and a wake-up (20-60 us on
+the dev VM, see spinpool.py); after a torch.nn call a part's dispatch held
+the GIL for ~18 us, past the grace, and member 1 entered its part 51-68 us
+after member 0 where it now enters 17-22 us after.
 
 ctl is an int64 array: CTL_POST (written by the members, on a cache line
 of its own), then the call's constants.  The addresses are of C functions
@@ -24,7 +30,7 @@ from llvmlite import ir
 from numba import carray, cfunc, types
 from numba.extending import intrinsic
 
-from .spin import wait_at_least
+from .spin import wait_at_least, wait_started
 
 CTL_POST = 0
 CTL_KEY = 8
@@ -33,6 +39,7 @@ CTL_GRACE = 10
 CTL_THREAD_NUM = 11
 CTL_NUM_THREADS = 12
 CTL_MEMBER = 13
+CTL_STARTED_ROUNDS = 14
 CTL_SIZE = 16
 
 
@@ -77,5 +84,14 @@ def team_member(data):
     member = _call_int32(ctl[CTL_THREAD_NUM])
     members = _call_int32(ctl[CTL_NUM_THREADS])
     if member > 0:
-        wait_at_least(ctl, CTL_POST, member, ctl[CTL_ROUNDS], ctl[CTL_GRACE])
+        started = ctl[CTL_STARTED_ROUNDS]
+        if started > 0:
+            # member - 1's Python post, then its part's own post (made with
+            # the GIL released: spin.part_started); the grace only where
+            # that never came (a part that does not post)
+            wait_at_least(ctl, CTL_POST, member, ctl[CTL_ROUNDS], 0)
+            if not wait_started(member, started):
+                wait_at_least(ctl, CTL_POST, member, 1, ctl[CTL_GRACE])
+        else:
+            wait_at_least(ctl, CTL_POST, member, ctl[CTL_ROUNDS], ctl[CTL_GRACE])
     _call_member(ctl[CTL_MEMBER], ctl[CTL_KEY], member, members)
