@@ -124,7 +124,6 @@ def wait_at_least(ctl, idx, target, rounds, grace):
         _pause()
 
 
-
 # ------------------------------------------------------------ part started
 # A part run on torch's OpenMP team (fastrnn/_backends/torch_team.py) says
 # here, as its first statement, that it has started: its compiled code
@@ -138,7 +137,7 @@ def wait_at_least(ctl, idx, target, rounds, grace):
 # run one at a time (_threads.threaded's lock), and a wait on it only ever
 # saves time (team.py times out and goes on).
 _STARTED_NAME = "fastrnn_part_started"
-_STARTED = (ctypes.c_int64 * 8)()       # a line of its own (slot 0 used)
+_STARTED = (ctypes.c_int64 * 8)()       # 64 bytes, slot 0 used
 llvm.add_symbol(_STARTED_NAME, ctypes.addressof(_STARTED))
 
 
