@@ -194,6 +194,46 @@ def test_spin_waits_see_the_stores():
     assert ctl[17] == 7 and spin.wait_done(ctl, 17, 7, 0)
 
 
+def test_a_worker_waits_for_the_part_before_it_to_start():
+    # A region's post names the part-started word the worker waits for
+    # (ctl[want]); a wake's names none.  The wait ends when the word gets
+    # there, or times out and the worker goes on all the same.
+    from numba import njit
+
+    @njit(nogil=True)
+    def started(i):
+        spin.part_started(i)
+
+    ctl = np.zeros(32, np.int64)
+    post, done, want = 16, 17, 18
+    spin.reset_started()
+    assert spin.wait_post_started(ctl, post, 0, 100, 0, want, 100) == 0     # nothing posted
+    ctl[post] = 7                                   # a wake: no word to wait for
+    assert spin.wait_post_started(ctl, post, 0, 100, 0, want, 10**9) == 7
+    ctl[want] = 1                                   # a region: part 0 never starts, time out
+    assert spin.wait_post_started(ctl, post, 0, 100, 0, want, 1000) == 7
+    started(0)                                      # part 0 has started
+    assert spin.wait_started(1, 1) and spin.wait_post_started(ctl, post, 0, 100, 0, want, 10**9) == 7
+    assert spin.finish_and_wait_started(ctl, done, 7, post, 10, 0, want, 10) == 7
+    assert ctl[done] == 7
+
+
+def test_regions_of_compiled_parts_that_say_they_started(pool):
+    # the workers wait for the part before theirs, the caller's first
+    from numba import njit
+
+    @njit(nogil=True)
+    def part(i, nth, out):
+        spin.part_started(i)
+        out[i] = i + 1
+
+    for nth in range(2, pool.nworkers + 2):
+        for _ in range(20):
+            out = np.zeros(nth, np.int64)
+            pool.run(part, nth, out)
+            assert list(out) == list(range(1, nth + 1))
+
+
 def test_the_backend_runs_its_by_rows_parts_on_the_pool(monkeypatch):
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
     monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)

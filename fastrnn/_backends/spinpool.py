@@ -18,7 +18,12 @@ and runs part 0 itself.  Two details make the hand-over cost microseconds:
     GIL in that window would sleep on it (and pay the wake-up after all),
     so on seeing a post it spins GRACE_US more before returning to Python.
     Measured: ticket seen 0.4-1 us after the post, GIL taken 2-6 us after
-    the post with the grace, 20-60 us without it.
+    the post with the grace, 20-60 us without it.  Where the dispatch
+    takes longer than the grace (after other work has pushed Python out of
+    the caches, ~18 us), a worker waits instead for the part before its
+    own to say from its compiled code that it has started
+    (spin.part_started; every by-rows part does so first), up to
+    STARTED_WAIT_US, and takes the GIL then, when it is free.
   * the finish.  A worker stores its "done" from compiled code after it has
     released the GIL again (spin.finish_and_wait), so the caller, spinning
     on that store, never wakes to find the GIL held.
@@ -54,12 +59,17 @@ from .._kernels.cpu import spin
 SPIN_US = 300.0
 # after seeing a post, before taking the GIL (see the module docstring)
 GRACE_US = 6.0
+# For a region's post, instead: up to this long for the part before the
+# worker's to say from its compiled code that it has started (the GIL is
+# then free: spin.part_started); the grace only where that never comes.
+# 0: the grace always.
+STARTED_WAIT_US = 200.0
 # the caller spins this long for its workers, then polls
 CALLER_SPIN_US = 2000.0
 _POLL_S = 20e-6
 
 _STRIDE = 16            # int64s per slot: 128 bytes, so slots never share a cache line
-_POST, _DONE = 0, 1
+_POST, _DONE, _WANT = 0, 1, 2      # _WANT: the part-started word the worker waits for (0: none)
 _ROUND_S = None         # seconds per spin round (calibrated once)
 
 
@@ -99,6 +109,7 @@ class SpinPool:
         self.ctl = np.zeros(_STRIDE * (nworkers + 1), np.int64)
         self._spin = _rounds(SPIN_US if spin_us is None else spin_us)
         self._grace = _rounds(GRACE_US if grace_us is None else grace_us)
+        self._started = _rounds(STARTED_WAIT_US)
         self._caller_spin = _rounds(CALLER_SPIN_US)
         self._tasks = [None] * nworkers
         self._errors = [None] * nworkers
@@ -123,10 +134,10 @@ class SpinPool:
     def _work(self, w):
         self._worker_ids.add(threading.get_ident())
         ctl = self.ctl
-        post, done = self._slot(w, _POST), self._slot(w, _DONE)
+        post, done, want = self._slot(w, _POST), self._slot(w, _DONE), self._slot(w, _WANT)
         cond = self._conds[w]
         last = 0
-        v = spin.wait_post(ctl, post, last, self._spin, self._grace)
+        v = spin.wait_post_started(ctl, post, last, self._spin, self._grace, want, self._started)
         while True:
             if v == last:       # nothing posted while spinning: sleep until a post
                 with cond:
@@ -149,7 +160,7 @@ class SpinPool:
                 except BaseException as exc:   # noqa: BLE001 - re-raised on the caller's thread
                     self._errors[w] = exc
             del fn, args
-            v = spin.finish_and_wait(ctl, done, last, post, rounds, self._grace)
+            v = spin.finish_and_wait_started(ctl, done, last, post, rounds, self._grace, want, self._started)
 
     # ------------------------------------------------------------ caller
     def run(self, fn, nth, *args):
@@ -225,9 +236,15 @@ class SpinPool:
         """Post ticket tk to the first nworkers workers, with task fn(w + 1,
         nworkers + 1, *args); with fn None their task slots are left as the
         caller wrote them (wake(); close() posts -1, read before any slot)."""
+        if fn is not None:
+            spin.reset_started()
         for w in range(nworkers):
             if fn is not None:
                 self._tasks[w] = (fn, (w + 1, nworkers + 1) + args)
+            # a region's worker w waits for part w to start (the caller's
+            # part 0 for the first), a wake() for nothing; written before
+            # the post, which the worker reads first
+            self.ctl[self._slot(w, _WANT)] = w + 1 if fn is not None else 0
             self.ctl[self._slot(w, _POST)] = tk
             if self._sleeping[w]:
                 with self._conds[w]:

@@ -125,11 +125,11 @@ def wait_at_least(ctl, idx, target, rounds, grace):
 
 
 # ------------------------------------------------------------ part started
-# A part run on torch's OpenMP team (fastrnn/_backends/torch_team.py) says
-# here, as its first statement, that it has started: its compiled code
-# runs with the GIL released, so the team's next member, spinning without
-# the GIL in kernels/cpu/team.py, can now take the GIL without finding it
-# held.  Posted from Python before the part's call instead, the next member
+# A part run on torch's OpenMP team (fastrnn/_backends/torch_team.py) or
+# fastrnn's own workers (spinpool.py) says here, as its first statement,
+# that it has started: its compiled code runs with the GIL released, so
+# the next member or worker, spinning without the GIL (kernels/cpu/team.py,
+# wait_post_started), can now take the GIL without finding it held.  Posted from Python before the part's call instead, the next member
 # asked for the GIL while the part's dispatch still held it (18 us after a
 # torch.nn call), slept, and was woken 40-45 us later.  One int64 in C
 # memory, reached from compiled code by name (an external global, resolved
@@ -184,3 +184,26 @@ def wait_started(target, rounds):
 def reset_started():
     """The part-started word back to 0 (before a region)."""
     _STARTED[0] = 0
+
+
+@njit(**JIT)
+def wait_post_started(ctl, post, old, rounds, grace, want, started_rounds):
+    """wait_post for fastrnn's own workers (spinpool.py), where a post of a
+    region asks it (ctl[want] > 0; a wake() posts 0) waiting, instead of
+    the grace, for the part-started word to reach ctl[want]: the part
+    before this worker's has started, so the GIL is free.  The grace only
+    where that does not come within started_rounds."""
+    v = wait_post(ctl, post, old, rounds, 0)
+    if v != old:
+        target = _load_acquire(ctl, want)
+        if not (target > 0 and started_rounds > 0 and wait_started(target, started_rounds)):
+            for _ in range(grace):
+                _pause()
+    return v
+
+
+@njit(**JIT)
+def finish_and_wait_started(ctl, done, ticket, post, rounds, grace, want, started_rounds):
+    """finish_and_wait with wait_post_started's wait for the next task."""
+    _store_release(ctl, done, ticket)
+    return wait_post_started(ctl, post, ticket, rounds, grace, want, started_rounds)
