@@ -190,7 +190,7 @@ def test_spin_waits_see_the_stores():
     ctl[16] = 7
     assert spin.wait_post(ctl, 16, 0, 100, 3) == 7
     assert not spin.wait_done(ctl, 17, 7, 50)
-    assert spin.finish_and_wait(ctl, 17, 7, 16, 10, 0) == 7  # stores done, nothing new posted
+    assert spin.finish_and_wait(ctl, 17, 7, 16, 10, 0, 18, 0) == 7  # stores done, nothing new posted
     assert ctl[17] == 7 and spin.wait_done(ctl, 17, 7, 0)
 
 
@@ -214,7 +214,7 @@ def test_a_worker_waits_for_the_part_before_it_to_start():
     assert spin.wait_post_started(ctl, post, 0, 100, 0, want, 1000) == 7
     started(0)                                      # part 0 has started
     assert spin.wait_started(1, 1) and spin.wait_post_started(ctl, post, 0, 100, 0, want, 10**9) == 7
-    assert spin.finish_and_wait_started(ctl, done, 7, post, 10, 0, want, 10) == 7
+    assert spin.finish_and_wait(ctl, done, 7, post, 10, 0, want, 10) == 7
     assert ctl[done] == 7
 
 

@@ -160,7 +160,7 @@ class SpinPool:
                 except BaseException as exc:   # noqa: BLE001 - re-raised on the caller's thread
                     self._errors[w] = exc
             del fn, args
-            v = spin.finish_and_wait_started(ctl, done, last, post, rounds, self._grace, want, self._started)
+            v = spin.finish_and_wait(ctl, done, last, post, rounds, self._grace, want, self._started)
 
     # ------------------------------------------------------------ caller
     def run(self, fn, nth, *args):

@@ -82,14 +82,6 @@ def wait_post(ctl, post, old, rounds, grace):
     return old
 
 
-@njit(**JIT)
-def finish_and_wait(ctl, done, ticket, post, rounds, grace):
-    """ctl[done] = ticket (this worker's task is finished), then wait_post
-    for the next task: the store happens here, after the GIL is released,
-    so the caller it wakes never finds the GIL held by this worker."""
-    _store_release(ctl, done, ticket)
-    return wait_post(ctl, post, ticket, rounds, grace)
-
 
 @njit(**JIT)
 def wait_done(ctl, done, ticket, rounds):
@@ -187,23 +179,32 @@ def reset_started():
 
 
 @njit(**JIT)
+def started_or_grace(target, started_rounds, grace):
+    """After a post: wait for the part-started word to reach target (the
+    part before this thread's has started, so the GIL is free), up to
+    started_rounds; where it does not get there (or target or
+    started_rounds is 0: nothing to wait for), `grace` rounds instead."""
+    if not (target > 0 and started_rounds > 0 and wait_started(target, started_rounds)):
+        for _ in range(grace):
+            _pause()
+
+
+@njit(**JIT)
 def wait_post_started(ctl, post, old, rounds, grace, want, started_rounds):
     """wait_post for fastrnn's own workers (spinpool.py), where a post of a
-    region asks it (ctl[want] > 0; a wake() posts 0) waiting, instead of
-    the grace, for the part-started word to reach ctl[want]: the part
-    before this worker's has started, so the GIL is free.  The grace only
-    where that does not come within started_rounds."""
+    region asks it (ctl[want] > 0; a wake() posts 0) waiting for the part
+    before this worker's to start instead of the grace (started_or_grace)."""
     v = wait_post(ctl, post, old, rounds, 0)
     if v != old:
-        target = _load_acquire(ctl, want)
-        if not (target > 0 and started_rounds > 0 and wait_started(target, started_rounds)):
-            for _ in range(grace):
-                _pause()
+        started_or_grace(_load_acquire(ctl, want), started_rounds, grace)
     return v
 
 
 @njit(**JIT)
-def finish_and_wait_started(ctl, done, ticket, post, rounds, grace, want, started_rounds):
-    """finish_and_wait with wait_post_started's wait for the next task."""
+def finish_and_wait(ctl, done, ticket, post, rounds, grace, want, started_rounds):
+    """ctl[done] = ticket (this worker's task is finished), then
+    wait_post_started for the next task: the store happens here, after the
+    GIL is released, so the caller it wakes never finds the GIL held by
+    this worker."""
     _store_release(ctl, done, ticket)
     return wait_post_started(ctl, post, ticket, rounds, grace, want, started_rounds)

@@ -6,7 +6,7 @@ member of the team.  team_member is compiled (a C callback: no Python, no
 GIL) and calls the team's Python member function only when that will not
 have to wait for the GIL: member k > 0 first spins (spin.wait_at_least)
 until member k - 1 has posted that it is about to enter its part, then
-(spin.wait_started) until that part's compiled code, which runs with the
+(spin.started_or_grace) until that part's compiled code, which runs with the
 GIL released, has said it started (spin.part_started; every by-rows part
 does so first).  Where that never comes (a part that does not say it, a
 timeout of ctl[CTL_STARTED_ROUNDS] rounds; 0 turns the wait off) a grace
@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba import carray, cfunc, types
 from numba.extending import intrinsic
 
-from .spin import wait_at_least, wait_started
+from .spin import started_or_grace, wait_at_least
 
 CTL_POST = 0
 CTL_KEY = 8
@@ -90,8 +90,7 @@ def team_member(data):
             # the GIL released: spin.part_started); the grace only where
             # that never came (a part that does not post)
             wait_at_least(ctl, CTL_POST, member, ctl[CTL_ROUNDS], 0)
-            if not wait_started(member, started):
-                wait_at_least(ctl, CTL_POST, member, 1, ctl[CTL_GRACE])
+            started_or_grace(member, started, ctl[CTL_GRACE])
         else:
             wait_at_least(ctl, CTL_POST, member, ctl[CTL_ROUNDS], ctl[CTL_GRACE])
     _call_member(ctl[CTL_MEMBER], ctl[CTL_KEY], member, members)
