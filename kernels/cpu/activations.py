@@ -84,16 +84,51 @@ def sigmoid_(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
+# The range reduction exp and tanh share (float32): x = n ln2 + r with n
+# the nearest integer to x / ln2 (_nearest_n), r = x - n ln2 in two parts
+# (_reduced), and 2^n built in the exponent bits (_pow2, for |n| <= 126).
+def _nearest_n(x):
+    return np.floor(x / math.log(2) + 0.5)
+
+
+def _reduced(x, n):
+    return x - n * math.log(2)
+
+
+def _pow2(n):
+    return 2.0 ** n
+
+
+@overload(_nearest_n, jit_options=_EXACT_ORDER)
+def _nearest_n_impl(x):
+    if x == types.float32:
+        return lambda x: f32(np.floor(x * _LOG2E + f32(0.5)))
+
+
+@overload(_reduced, jit_options=_EXACT_ORDER)
+def _reduced_impl(x, n):
+    if x == types.float32 and n == types.float32:
+        def impl(x, n):
+            r = x - n * _LN2_HI
+            return r - n * _LN2_LO
+        return impl
+
+
+@overload(_pow2, jit_options=_EXACT_ORDER)
+def _pow2_impl(n):
+    if n == types.float32:
+        return lambda n: _bits_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+
+
 @overload(exp_, jit_options=_EXACT_ORDER)
 def _exp_impl(x):
     if x == types.float32:
         def impl(x):
             x = max(min(x, _XMAX), _XMIN)
-            n = f32(np.floor(x * _LOG2E + f32(0.5)))
-            r = x - n * _LN2_HI
-            r = r - n * _LN2_LO
+            n = _nearest_n(x)
+            r = _reduced(x, n)
             p = _E0 + r * (_E1 + r * (_E2 + r * (_E3 + r * (_E4 + r * (_E5 + r * _E6)))))
-            return p * _bits_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+            return p * _pow2(n)
         return impl
     if x == types.float64:
         return lambda x: math.exp(x)
@@ -107,11 +142,10 @@ def _tanh_impl(x):
             # LLVM inlines it into the kernels' loops); numba's min/max
             # propagate NaN
             z = f32(2) * min(abs(x), _TANH_CLAMP)
-            n = f32(np.floor(z * _LOG2E + f32(0.5)))
-            r = z - n * _LN2_HI
-            r = r - n * _LN2_LO
+            n = _nearest_n(z)
+            r = _reduced(z, n)
             em1r = r + (r * r) * (_E2 + r * (_E3 + r * (_E4 + r * (_E5 + r * (_E6 + r * _E7)))))
-            s = _bits_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+            s = _pow2(n)
             e = s * em1r + (s - f32(1))         # expm1(z)
             return math.copysign(e / (e + f32(2)), x)
         return impl
