@@ -241,6 +241,24 @@ def why_single():
     return _state()[1]
 
 
+# The Numba backend's compiled form of the entry below (kernels/cpu/blasctl.py):
+# hold() -> (Numba's thread count, OpenBLAS's count before it set it to 1).
+# Three ctypes calls took 12 us after a torch.nn call, the compiled one ~3.
+_hold = _restore = None
+
+
+def use_compiled_hold(install):
+    """Give threaded() the compiled hold: install(get, set) registers
+    SciPy's OpenBLAS's two functions and returns (hold, restore)
+    (blasctl.install).
+    Nothing happens where fastrnn cannot reach that OpenBLAS (threaded()
+    then always returns 1)."""
+    global _hold, _restore
+    blas = _blas_control()
+    if blas and _hold is None:
+        _hold, _restore = install(*blas)
+
+
 class threaded:
     """A context whose value is the number of threads the caller may use
     (>= 2), or 1 when it must run the one-thread kernels (see the module
@@ -253,17 +271,31 @@ class threaded:
     def __enter__(self):
         global _used
         self._saved = None
-        nth = available_threads()
-        if nth < 2 or not _lock.acquire(blocking=False):
-            return 1
-        try:
-            get, set_ = _blas
-            saved = get()
-            if saved != 1:
-                set_(1)
-        except BaseException:
-            _lock.release()
-            raise
+        hold = _hold
+        if hold is None:
+            nth = available_threads()
+            if nth < 2 or not _lock.acquire(blocking=False):
+                return 1
+            try:
+                get, set_ = _blas
+                saved = get()
+                if saved != 1:
+                    set_(1)
+            except BaseException:
+                _lock.release()
+                raise
+        else:
+            # _state's checks, Numba's count last (in hold)
+            if _forked_after_use or not _lock.acquire(blocking=False):
+                return 1
+            try:
+                nth, saved = hold()
+            except BaseException:
+                _lock.release()
+                raise
+            if nth < 2:
+                _lock.release()
+                return 1
         self._saved = saved
         _used = True
         return nth
@@ -274,7 +306,7 @@ class threaded:
             self._saved = None
             try:
                 if saved != 1:
-                    _blas[1](saved)
+                    (_restore or _blas[1])(saved)
             finally:
                 _lock.release()
         return False

@@ -231,6 +231,16 @@ def numba_threads(n):
     return _thread_count(numba, n)
 
 
+def one_numba_thread(request):
+    """Numba at one thread (the calling thread's setting) until the test
+    ends: the kernels' one-thread forms, as numba.set_num_threads(1) gives
+    them to a user (_threads.threaded() then returns 1)."""
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    request.addfinalizer(lambda: numba.set_num_threads(old))
+
+
 def torch_threads(n):
     """torch's intra-op thread count at n inside."""
     import torch

@@ -12,7 +12,7 @@ import fastrnn
 from fastrnn import _threads, functional
 from fastrnn._backends import numba_cpu
 
-from .helpers import _cast, arrays, force_by_rows, make_problem, nan_empty
+from .helpers import _cast, arrays, force_by_rows, make_problem, nan_empty, numba_threads, one_numba_thread
 
 
 def _call(mode, x, dy, w, h0, lengths, reverse):
@@ -94,9 +94,9 @@ def test_by_rows_reads_in_place(by_rows, copies, mode, dtype, lengths, reverse):
 
 @pytest.mark.parametrize("lengths", [None, "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
-def test_other_forms_copy(copies, monkeypatch, mode, lengths):
+def test_other_forms_copy(copies, monkeypatch, request, mode, lengths):
     # the one-thread loops (threads off): both copied, as before
-    monkeypatch.setattr(_threads, "available_threads", lambda: 1)
+    one_numba_thread(request)
     monkeypatch.setattr(numba_cpu, "ONE_THREAD_ROWS", False)
     made = _compare(mode, np.float32, lengths, False, copies)
     B, T, I, H = 6, 9, 10, 16
@@ -115,9 +115,8 @@ def test_backward_in_another_form_than_the_forward(by_rows, copies, monkeypatch,
         assert saved.payload["xh"]
         # no time-major x kept where it came batch-major
         assert (saved.payload["x2"] is None) == (x.base is xb), saved.payload["x2"]
-        with monkeypatch.context() as m:
+        with monkeypatch.context() as m, numba_threads(1):
             m.setattr(numba_cpu, "_rows_form", lambda *a: None)
-            m.setattr(_threads, "available_threads", lambda: 1)
             dx, dh0, dw = fastrnn.rnn_backward(saved, np.ascontiguousarray(dyb.transpose(1, 0, 2)))
         res.append([dx, *dh0, *dw])
     for a, b in zip(*res):

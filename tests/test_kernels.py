@@ -7,7 +7,7 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import bufpool, numba_cpu
 
-from .helpers import (assert_close, check_backend, force_by_rows, make_problem, nan_empty,
+from .helpers import (assert_close, check_backend, force_by_rows, make_problem, nan_empty, one_numba_thread,
                       poison_free_cached_buffers, run)
 
 MODES = fastrnn.MODES
@@ -26,7 +26,7 @@ def kernel_form(request, monkeypatch):
     the loops by rows as one part on the calling thread (big calls,
     numba_cpu.ONE_THREAD_ROWS_*), here at every size and from one row."""
     if request.param.startswith("one-thread"):
-        monkeypatch.setattr(_threads, "available_threads", lambda: 1)
+        one_numba_thread(request)
         if request.param == "one-thread kernels":
             monkeypatch.setattr(numba_cpu, "ONE_THREAD_ROWS", False)
         else:

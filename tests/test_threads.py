@@ -532,7 +532,20 @@ def test_blas_threads_restored():
         set_(before)
 
 
-def test_threaded_context_restores_blas_and_lock_on_error():
+@pytest.fixture(params=["compiled", "ctypes"])
+def hold_form(request, monkeypatch):
+    """threaded() with the Numba backend's compiled hold (kernels/cpu/
+    blasctl.py, installed by the backend's first call) and with its ctypes
+    calls (where the backend has not run yet)."""
+    numba_cpu._kernels()
+    assert _threads._hold is not None and _threads._restore is not None, "the backend installs the compiled hold"
+    if request.param == "ctypes":
+        monkeypatch.setattr(_threads, "_hold", None)
+        monkeypatch.setattr(_threads, "_restore", None)
+    return request.param
+
+
+def test_threaded_context_restores_blas_and_lock_on_error(hold_form):
     """threaded() (a class since session 21, not a generator): the user's
     OpenBLAS count and the lock come back when the body raises."""
     get, set_ = _threads._blas
@@ -550,8 +563,37 @@ def test_threaded_context_restores_blas_and_lock_on_error():
                 assert inner == 1
             assert nth >= 2 and _threads._lock.locked()
         assert not _threads._lock.locked()
+        set_(1)                                     # already one: stays one
+        with _threads.threaded() as nth:
+            assert nth >= 2 and get() == 1
+        assert get() == 1
     finally:
         set_(before)
+
+
+def test_threaded_with_one_numba_thread_changes_nothing(hold_form):
+    get, set_ = _threads._blas
+    before = get()
+    try:
+        set_(2)
+        with numba_threads(1):
+            with _threads.threaded() as nth:
+                assert nth == 1 and get() == 2, "one Numba thread: OpenBLAS left as it is"
+                assert not _threads._lock.locked()
+        with _threads.threaded() as nth:
+            assert nth >= 2 and get() == 1
+        assert get() == 2
+    finally:
+        set_(before)
+
+
+def test_compiled_hold_is_installed_once():
+    from fastrnn._kernels.cpu import blasctl
+    numba_cpu._kernels()
+    get, set_ = _threads._blas
+    assert blasctl.install(get, set_) == (_threads._hold, _threads._restore)   # the same functions: no-op
+    with pytest.raises(RuntimeError, match="already installed"):
+        blasctl.install(set_, get)
 
 
 def test_thread_count_follows_numba_setting():

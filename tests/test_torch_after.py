@@ -12,7 +12,7 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import numba_cpu, torch_team
 
-from .helpers import arrays, check_backend, force_by_rows, nan_empty, torch_threads
+from .helpers import arrays, check_backend, force_by_rows, nan_empty, one_numba_thread, torch_threads
 
 torch = pytest.importorskip("torch", reason="the torch BLAS path needs PyTorch (pip install fastrnn[torch])")
 
@@ -86,10 +86,10 @@ def test_by_rows_on_two_threads(torch_calls, two_threads, monkeypatch, mode, len
 
 @pytest.mark.parametrize("lengths", ["full", "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
-def test_one_thread_loops_region(torch_calls, monkeypatch, mode, lengths):
+def test_one_thread_loops_region(torch_calls, monkeypatch, request, mode, lengths):
     # the one-thread loops (a call under PAR_MIN_WORK) leave their GEMMs to
     # a region on this thread (AFTER_LOOP_OWN_MIN_MACS): torch takes it
-    monkeypatch.setattr(_threads, "available_threads", lambda: 1)
+    one_numba_thread(request)
     monkeypatch.setattr(numba_cpu, "ONE_THREAD_ROWS", False)
     check_backend(mode, "numba", T=9, B=3, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
     assert torch_calls and set(torch_calls) == {"split"}, torch_calls

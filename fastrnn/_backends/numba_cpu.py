@@ -571,7 +571,8 @@ def _kernels():
     import statement per call cost ~5 us at the smallest sizes."""
     global _KERNELS
     if _KERNELS is None:
-        from .._kernels.cpu import gemm, gru, lstm, packed, parallel, rnn
+        from .._kernels.cpu import blasctl, gemm, gru, lstm, packed, parallel, rnn
+        _threads.use_compiled_hold(blasctl.install)
         _KERNELS = gemm, gru, lstm, rnn, parallel, packed
     return _KERNELS
 

@@ -1,0 +1,72 @@
+"""Holding SciPy's OpenBLAS at one thread from compiled code.
+
+fastrnn/_threads.py holds the OpenBLAS that the kernels call at one thread
+while a call's kernels run (see its docstring for why).  Through ctypes
+that is three foreign calls on entry (Numba's thread count, OpenBLAS's
+thread count, and setting it to one), and after a torch.nn call, whose
+work has pushed ctypes' and libffi's code and data out of the caches,
+they took 12 us, and restoring the count through ctypes 1.5-6 us:
+twice per forward+backward, ~4 % of an LSTM at S1.  `hold` makes the
+same three calls as one compiled function, and `restore` the last, by name:
+the two OpenBLAS functions are registered with LLVM under the names
+below (`install`, given their addresses), and Numba registers
+`get_num_threads` itself when it starts its threads, so the cached code
+finds them in a new process too.
+
+`install` returns `hold` and `restore`: their code names symbols that only `install`
+defines, and a compiled function that cannot find one does not raise,
+it ends the process (numba_cpu installs once, before the first call).
+"""
+import ctypes
+
+import llvmlite.binding as llvm
+from numba import njit, types
+
+_GET = "fastrnn_openblas_get_num_threads"
+_SET = "fastrnn_openblas_set_num_threads"
+_installed = None       # the addresses registered, kept for a second install's check
+
+_blas_get = types.ExternalFunction(_GET, types.intc())
+_blas_set = types.ExternalFunction(_SET, types.void(types.intc))
+_numba_get = types.ExternalFunction("get_num_threads", types.intc())
+
+
+def install(get_fn, set_fn):
+    """Register OpenBLAS's openblas_get_num_threads and
+    openblas_set_num_threads (ctypes function objects, int(void) and
+    void(int)) and return (`hold`, `restore`).  A second call must name
+    the same functions."""
+    global _installed
+    addrs = (ctypes.cast(get_fn, ctypes.c_void_p).value, ctypes.cast(set_fn, ctypes.c_void_p).value)
+    if _installed is None:
+        if not all(addrs):
+            raise ValueError("blasctl.install: a null function address")
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()      # registers get_num_threads (numba.get_num_threads does the same)
+        llvm.add_symbol(_GET, addrs[0])
+        llvm.add_symbol(_SET, addrs[1])
+        _installed = addrs
+    elif _installed != addrs:
+        raise RuntimeError("blasctl.install: already installed with other functions")
+    return _hold, _restore
+
+
+@njit(cache=True)
+def _hold():
+    """hold() -> (n, saved): Numba's thread count for the calling thread
+    and, where it is 2 or more, OpenBLAS's thread count before the call,
+    which has set it to 1 (saved 0 where n < 2: nothing changed).  The
+    caller restores `saved` (unless it was 1) when its kernels are done."""
+    n = _numba_get()
+    if n < 2:
+        return n, 0
+    saved = _blas_get()
+    if saved != 1:
+        _blas_set(1)
+    return n, saved
+
+
+@njit(cache=True)
+def _restore(saved):
+    """OpenBLAS's thread count back to `saved`."""
+    _blas_set(saved)
