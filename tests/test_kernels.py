@@ -147,10 +147,15 @@ def test_lstm_step_panels_from_the_two_weights(H, B, lengths, reverse, kernel_fo
     # step's panels are packed from W_ih and W_hh (packed.pack_rows2_part) and
     # its product runs without a [W_ih | W_hh] copy; H = 11 makes the copy.
     # Every allocation NaN-filled, against the oracle.
+    # (spied on where the backend hands them out: a Python wrapper in
+    # packed's globals would be what Numba compiles pack_rows2_cols_part
+    # against, were that not yet compiled, and the call fails to type)
     from fastrnn._kernels.cpu import packed
     packs = []
-    real = packed.pack_rows2_part
-    monkeypatch.setattr(packed, "pack_rows2_part", lambda *a: packs.append(a) or real(*a))
+    real = numba_cpu._pack
+    two = ("pack_rows2_part", "pack_rows2_cols_part")
+    monkeypatch.setattr(numba_cpu, "_pack",
+                        lambda part, *a: (part.__name__ in two and packs.append(part)) or real(part, *a))
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
     regions = _spy_regions(monkeypatch)
     check_backend("lstm", "numba", T=9, B=B, I=5, H=H, dtype="float32", lengths=lengths, reverse=reverse)
