@@ -18,8 +18,8 @@ PANEL = packed.PANEL
 
 
 @njit
-def _step_product(A, Pp, Bt, out):
-    packed.step_product(A, Pp, Bt, out)
+def _step_product(A, Pp, Bt, out, rev=False):
+    packed.step_product(A, Pp, Bt, out, rev)
 
 
 def _reference_panels(Bt):
@@ -59,11 +59,16 @@ def test_packing_matches_the_panel_layout():
 @pytest.mark.parametrize("K,N", [(1, 64), (3, 65), (64, 63), (64, 64), (130, 128), (33, 200), (256, 512)])
 def test_step_product_every_block_and_remainder(M, K, N):
     # rows: blocks of 4 and the one-row block; columns: full panels and the
-    # dot form for the tail (N % 64), or for all of them (N < 64)
+    # dot form for the tail (N % 64), or for all of them (N < 64).  The
+    # panels last to first (rev, every other step of the loops by rows)
+    # give the same bits: each output's sum is the same either way
     A, Bt, Pp = _operands(M, K, N, seed=M * 1000 + K + N)
     out = np.full((M, N), np.nan, np.float32)
     _step_product(A, Pp, Bt, out)
     _check(out, A, Bt)
+    back = np.full((M, N), np.nan, np.float32)
+    _step_product(A, Pp, Bt, back, True)
+    np.testing.assert_array_equal(back, out)
 
 
 def test_views_write_only_their_own_elements():
@@ -123,8 +128,8 @@ def test_zero_rows_is_a_no_op_and_zero_terms_give_zeros():
 
 
 @njit
-def _step_product_range(A, Pp, Bt, out, n0, n1):
-    packed.step_product_range(A, Pp, Bt, out, n0, n1)
+def _step_product_range(A, Pp, Bt, out, n0, n1, rev=False):
+    packed.step_product_range(A, Pp, Bt, out, n0, n1, rev)
 
 
 @pytest.mark.parametrize("n0,n1", [(0, 200), (0, 64), (64, 192), (8, 136), (70, 100), (128, 200), (130, 131),
@@ -134,10 +139,11 @@ def test_step_product_range_writes_its_columns_only(n0, n1):
     # it packed, its edges by the dot form; nothing outside it is written
     M, K, N = 6, 37, 200
     A, Bt, Pp = _operands(M, K, N)
-    out = np.full((M, N), np.nan, np.float32)
-    _step_product_range(A, Pp, Bt, out, n0, n1)
-    _check(out[:, n0:n1], A, Bt[n0:n1])
-    assert np.isnan(out[:, :n0]).all() and np.isnan(out[:, n1:]).all()
+    for rev in (False, True):
+        out = np.full((M, N), np.nan, np.float32)
+        _step_product_range(A, Pp, Bt, out, n0, n1, rev)
+        _check(out[:, n0:n1], A, Bt[n0:n1])
+        assert np.isnan(out[:, :n0]).all() and np.isnan(out[:, n1:]).all()
 
 
 # ------------------------------------------------- the GEMMs after BPTT
@@ -233,6 +239,9 @@ def test_panels_of_two_weights_and_the_product_without_them(M, K1, K2, N):
     out = np.full((M, N), np.nan, np.float32)
     _step_product(A, Pp, None, out)
     _check(out, A, Bt)
+    back = np.full((M, N), np.nan, np.float32)
+    _step_product(A, Pp, None, back, True)      # the panels last to first: the same bits
+    np.testing.assert_array_equal(back, out)
 
 
 def test_product_without_weights_refuses_panels_that_do_not_cover_the_output():
