@@ -17,9 +17,12 @@ from fastrnn._kernels.cpu import gru, lstm, rnn
 
 
 def _wrappers(training):
+    # sg an argument, not made inside: _cells_rows is inlined into its
+    # callers (common.inner_inline), and with a (0, 0) sg made here LLVM
+    # would fold the streamed-saves loop away
     @njit(cache=False)
-    def lstm_cells(t, n, gp, bias, hx, h0, cp, perm, y, Hs, Gs, Cs, TCs):
-        lstm._cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs, np.empty((0, 0), gp.dtype))
+    def lstm_cells(t, n, gp, bias, hx, h0, cp, perm, y, Hs, Gs, Cs, TCs, sg):
+        lstm._cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs, sg)
 
     @njit(cache=False)
     def rnn_tanh(t, n, xg, gp, bias, hp, perm, y, Hs, As):
@@ -49,7 +52,7 @@ def test_row_cells_are_vectorised(name, training):
     if name == "lstm":
         fn = lstm_cells
         fn(0, B, z(B, 4 * H), z(4 * H), z(B, H), 0, z(B, H), perm, z(1, B, H), z(1, B, H), z(1, B, 4 * H),
-           z(1, B, H), z(1, B, H))
+           z(1, B, H), z(1, B, H), z(0, 0))
     elif name == "rnn_tanh":
         fn = rnn_tanh
         fn(0, B, z(1, B, H), z(B, H), z(H), z(B, H), perm, z(1, B, H), z(1, B, H), z(1, B, H))
@@ -68,7 +71,7 @@ def test_row_cells_are_vectorised(name, training):
         if name == "lstm":
             infer = lstm_infer
             infer(0, B, z(B, 4 * H), z(4 * H), z(B, H), 0, z(B, H), perm, z(1, B, H), z(1, B, H),
-                  z(1, B, 4 * H), z(1, B, H), z(1, B, H))
+                  z(1, B, 4 * H), z(1, B, H), z(1, B, H), z(0, 0))
         else:
             infer = gru_infer
             infer(0, B, z(1, B, 3 * H), z(B, 3 * H), z(3 * H), z(H), z(B, H), perm, z(1, B, H), z(1, B, H),

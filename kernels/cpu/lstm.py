@@ -39,7 +39,7 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
+from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import REVERSE_ALTERNATE, step_product, step_product_range
 from .spin import part_started
@@ -86,7 +86,7 @@ def _add_input(t, n, gp, xg, perm):
             gp[j, k] += xg[t, b, k]
 
 
-@inner
+@inner_inline
 def _cells_rows(t, n, gp, bias, hx, h0, cp, perm, training, y, Hs, Gs, Cs, TCs, sg):
     """The cell's forward for a by-rows part's running rows [0, n) at step
     t: gate pre-activations gp[j] + bias, c in cp[j] (updated), h_prev in
@@ -221,7 +221,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
     finished_rows(t, n, k0, k1, perm, training, y, Hs)
 
 
-@inner
+@inner_inline
 def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident, dybm):
     """Pointwise BPTT of step t for sorted rows [0, n) and units [k0, k1):
     dh holds the gradient from step t+1's recurrence; writes the four gate
