@@ -17,7 +17,7 @@ from fastrnn._kernels.cpu import gru, lstm, rnn
 
 
 def _wrappers(training):
-    # sg an argument, not made inside: _cells_rows is inlined into its
+    # sg an argument, not made inside: the cells are inlined into their
     # callers (common.inner_inline), and with a (0, 0) sg made here LLVM
     # would fold the streamed-saves loop away
     @njit(cache=False)
@@ -29,8 +29,8 @@ def _wrappers(training):
         rnn._fwd_rows(t, n, xg, gp, bias, hp, perm, False, training, y, Hs, As)
 
     @njit(cache=False)
-    def gru_cells(t, n, xg, gp, bx, bhn, hp, perm, y, Hs, Gs, HNs):
-        gru._fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs, np.empty((0, 0), gp.dtype))
+    def gru_cells(t, n, xg, gp, bx, bhn, hp, perm, y, Hs, Gs, HNs, sg):
+        gru._fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs, sg)
     return lstm_cells, rnn_tanh, gru_cells
 
 
@@ -59,7 +59,7 @@ def test_row_cells_are_vectorised(name, training):
     else:
         fn = gru_cells
         fn(0, B, z(1, B, 3 * H), z(B, 3 * H), z(3 * H), z(H), z(B, H), perm, z(1, B, H), z(1, B, H),
-           z(1, B, 3 * H), z(1, B, H))
+           z(1, B, 3 * H), z(1, B, H), z(0, 0))
     vector, scalar = _divisions(fn)
     assert vector + scalar > 0, "no divisions found: the test no longer sees the loop"
     assert vector > 0, f"{name}, training={training}: {scalar} scalar divisions and no vector ones (the loop ran scalar)"
@@ -75,5 +75,5 @@ def test_row_cells_are_vectorised(name, training):
         else:
             infer = gru_infer
             infer(0, B, z(1, B, 3 * H), z(B, 3 * H), z(3 * H), z(H), z(B, H), perm, z(1, B, H), z(1, B, H),
-                  z(1, B, 3 * H), z(1, B, H))
+                  z(1, B, 3 * H), z(1, B, H), z(0, 0))
         assert vector >= 2 * _divisions(infer)[0], (vector, _divisions(infer))

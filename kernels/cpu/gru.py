@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
+from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import REVERSE_ALTERNATE, step_product, step_product_range
 from .spin import part_started
@@ -88,7 +88,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bx, bhn, perm, training, y, Hs, 
     finished_rows(t, n, k0, k1, perm, training, y, Hs)
 
 
-@inner
+@inner_inline
 def _fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs, sg):
     """The pointwise forward of a by-rows part's running rows [0, n) at
     step t (gp holds their h_prev @ W_hh^T; h_prev in hp, overwritten):
@@ -150,7 +150,7 @@ def _fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs, sg):
     finished_rows(t, n, 0, H, perm, training, y, Hs)
 
 
-@inner
+@inner_inline
 def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident, dybm):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): gate
     gradients to dGi[t] (input side) and buf (recurrent side, sorted rows;

@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from .activations import tanh_
 from .blas import split
-from .common import JIT, inner, inner_par, after_loop_grads, finished_rows
+from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import REVERSE_ALTERNATE, step_product, step_product_range
 from .spin import part_started
@@ -68,7 +68,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, xg, gh, bias, perm, relu, training, y, H
     finished_rows(t, n, k0, k1, perm, training, y, Hs)
 
 
-@inner
+@inner_inline
 def _fwd_rows(t, n, xg, gp, bias, hp, perm, relu, training, y, Hs, As):
     """The pointwise forward of a by-rows part's running rows [0, n) at
     step t (gp holds their h_prev @ W_hh^T; h_prev in hp, overwritten):
@@ -100,7 +100,7 @@ def _fwd_rows(t, n, xg, gp, bias, hp, perm, relu, training, y, Hs, As):
     finished_rows(t, n, 0, H, perm, training, y, Hs)
 
 
-@inner
+@inner_inline
 def _bwd_rows(t, n, dy, dhp, As, buf, dG, perm, relu, dybm):
     """The pointwise BPTT of a by-rows part's running rows [0, n) at step t
     (_bwd_units on 2-D indices): the pre-activation gradient to buf (the
@@ -133,7 +133,7 @@ def _bwd_rows(t, n, dy, dhp, As, buf, dG, perm, relu, dybm):
             dG[t, b, k] = 0
 
 
-@inner
+@inner_inline
 def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): the
     pre-activation gradient to buf (sorted rows; dG[t] itself when ident,
