@@ -265,6 +265,29 @@ def check_shape(cell, B, T, I, H):
             raise AssertionError(f"{cell} {(B, T, I, H)} {name}: max relative error {err:.2e} vs torch.nn")
 
 
+# Repetitions of a row of the shapes table where --reps is not given: as
+# many as fit in ROW_BUDGET_S (one repetition = torch.nn, fastrnn.torch
+# and the raw kernels once each), at least MIN_REPS and at most MAX_REPS.
+# This VM's timings of one call scatter by +-5-10 % between repetitions, and
+# a median of 5 moved S3's speedup by 0.94-1.09x between runs of the same
+# code (twenty-ninth session); the cheap rows (S1-S3) take 21-31 for about a
+# second more each, S4 and S5 stay at 5-7.
+ROW_BUDGET_S = 3.0
+MIN_REPS, MAX_REPS = 5, 31
+TRAIN_REPS = 11     # the training loop's, where --reps is not given (5 steps each)
+
+
+def row_reps(runs, reps):
+    """reps, or where it is None the repetitions ROW_BUDGET_S allows, from
+    one timed warm-up repetition of the row's calls."""
+    t0 = time.perf_counter()
+    for f in runs.values():
+        f()
+    if reps is not None:
+        return reps
+    return max(MIN_REPS, min(MAX_REPS, int(ROW_BUDGET_S / max(time.perf_counter() - t0, 1e-6))))
+
+
 def bench_shapes(cells, shapes, reps):
     rows = []
     for cell in cells:
@@ -273,6 +296,7 @@ def bench_shapes(cells, shapes, reps):
             row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H)
             runs = {impl: fwd_bwd_runner(impl, cell, B, T, I, H)[0] for impl in ("torch", "fastrnn")}
             runs["raw"] = raw_runner(cell, B, T, I, H)
+            row["reps"] = n = row_reps(runs, reps)
             # the floor's GEMM rate, timed in blocks just before and just
             # after the row's repetitions (this VM's speed drifts by 1.5-2x
             # within minutes; one rate for the whole run put some rows'
@@ -280,9 +304,9 @@ def bench_shapes(cells, shapes, reps):
             # in each repetition then met torch's threads just out of a big
             # GEMM (torch.nn's LSTM at S1: 1.5-2.1 ms against 0.9-1.0)
             gemm, gemm_flops = gemm_call()
-            around = paired_times({"gemm": gemm}, reps)["gemm"]
-            times = paired_times(runs, reps, warmup=2)
-            around += paired_times({"gemm": gemm}, reps)["gemm"]
+            around = paired_times({"gemm": gemm}, 5)["gemm"]
+            times = paired_times(runs, n, warmup=1)
+            around += paired_times({"gemm": gemm}, 5)["gemm"]
             row["gemm_gflops"] = gemm_flops / statistics.median(around) / 1e9
             floor = fwd_bwd_flops(cell, B, T, I, H) / (row["gemm_gflops"] * 1e9)
             row["floor_ms"] = 1e3 * floor
@@ -429,24 +453,25 @@ def markdown(res):
     if "training" in res:
         t = res["train_config"]
         lines += [f"Training steps/s (Embedding {t['V']}x{t['E']} -> {{cell}} H={t['H']} -> Linear, Adam, "
-                  f"cross-entropy; B={t['B']}, T={t['T']}; median of {res['reps']} repetitions, the two taking turns):", "",
+                  f"cross-entropy; B={t['B']}, T={t['T']}; median of {res['train_reps']} repetitions of "
+                  f"{res['train_steps']} steps, the two taking turns):", "",
                   "| cell | torch.nn steps/s | fastrnn.torch steps/s | speedup |", "|---|---|---|---|"]
         for cell, r in res["training"].items():
             lines.append(f"| {cell} | {r['torch']['steps_per_s']:.2f} | {r['fastrnn']['steps_per_s']:.2f} | "
                          f"{r['speedup']:.2f}x |")
         lines.append("")
     if "shapes" in res:
-        lines += [f"Recurrent layer forward+backward, ms (median of {res['reps']}, the two taking turns); "
+        lines += [f"Recurrent layer forward+backward, ms (median of the row's repetitions, the two taking turns); "
                   "floor = FLOPs / the rate of a 1024^3 torch.mm timed just before and after the row; "
                   "ceiling = torch.nn / floor, the speedup of a layer that ran every FLOP at that rate:", "",
                   "| cell | shape (B,T,I,H) | floor ms | torch.nn ms | fastrnn.torch ms | speedup | ceiling | "
-                  "fastrnn floor fraction | raw fastrnn ms (no torch) | GEMM GFLOP/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "fastrnn floor fraction | raw fastrnn ms (no torch) | GEMM GFLOP/s | reps |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["shapes"]:
             lines.append(f"| {r['cell']} | {r['shape']} ({r['B']},{r['T']},{r['I']},{r['H']}) | "
                          f"{r['floor_ms']:.2f} | {r['torch_ms']:.2f} | {r['fastrnn_ms']:.2f} | "
                          f"{r['speedup']:.2f}x | {r['ceiling']:.2f}x | {r['fastrnn_floor_fraction']:.2f} | "
-                         f"{r['raw_ms']:.2f} | {r['gemm_gflops']:.0f} |")
+                         f"{r['raw_ms']:.2f} | {r['gemm_gflops']:.0f} | {r['reps']} |")
         lines.append("")
     if "overhead" in res:
         o = res["overhead"]
@@ -468,7 +493,10 @@ def markdown(res):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke run)")
-    ap.add_argument("--reps", type=int, default=5, help="repetitions per measurement (median)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions per measurement (median); default: the training loop "
+                         f"{TRAIN_REPS}, each shape row as many as fit in {ROW_BUDGET_S:.0f} s "
+                         f"({MIN_REPS}-{MAX_REPS})")
     ap.add_argument("--cells", default="lstm,gru", help="cells for the training loop")
     ap.add_argument("--shape-cells", default="lstm", help="cells for the S1..S5 forward+backward table")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="subset of S1..S5")
@@ -483,13 +511,16 @@ def main(argv=None):
         set_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     reps = 2 if args.quick else args.reps
-    res = dict(machine=machine(), reps=reps, command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])))
+    train_reps = reps or TRAIN_REPS
+    train_steps = 2 if args.quick else 5
+    res = dict(machine=machine(), reps=reps, train_reps=train_reps, train_steps=train_steps,
+               command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])))
     res["gemm_gflops"] = gemm_rate() / 1e9
     t0 = time.perf_counter()
     if "training" not in skip:
         cfg = dict(V=50, E=8, H=16, B=4, T=8) if args.quick else dict(TRAIN)
         res["train_config"] = cfg
-        res["training"] = {c: bench_training(c, cfg, reps, 2 if args.quick else 5) for c in args.cells.split(",")}
+        res["training"] = {c: bench_training(c, cfg, train_reps, train_steps) for c in args.cells.split(",")}
     if "shapes" not in skip:
         shapes = {k: SHAPES[k] for k in args.shapes.split(",")}
         if args.quick:
