@@ -49,13 +49,16 @@ def _guarded(options):
 
 inner = _guarded(INNER)
 inner_par = _guarded(INNER_PAR)
-# The per-step pointwise passes the time loops call once a step (and a
-# part): inlined into their callers by Numba.  Called as a function of its
-# own, a helper that LLVM does not inline (too big) takes a reference on
-# each array argument and drops it again, and where its control flow
-# defeats Numba's reference-count pruning those are ~20 calls into the
-# runtime per call: the LSTM's training cell at one row and H = 64 took
-# 0.45 us a call as a function and 0.30 inlined.
+# The forward cells the time loops call once a step (and a part): inlined
+# into their callers by Numba.  Called as a function of its own, a helper
+# that LLVM does not inline (too big) takes a reference on each array
+# argument and drops it again, and where its control flow defeats Numba's
+# reference-count pruning those are ~20 calls into the runtime per call:
+# the LSTM's training cell at one row and H = 64 took 0.45 us a call as a
+# function and 0.30 inlined.  Not the BPTT cells: inlined into the BPTT
+# parts by rows they ran slower (LSTM part (100, 8, 128, 128) 1160-1290
+# against 980-1106 us, S3 4912-5166 against 4516-4696; GRU 1109 against
+# 939), level in the one-thread loops.
 INNER_INLINE = dict(INNER, inline="always")
 inner_inline = _guarded(INNER_INLINE)
 

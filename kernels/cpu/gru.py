@@ -150,7 +150,7 @@ def _fwd_rows(t, n, xg, gp, bx, bhn, hp, perm, training, y, Hs, Gs, HNs, sg):
     finished_rows(t, n, 0, H, perm, training, y, Hs)
 
 
-@inner_inline
+@inner
 def _bwd_units(t, n, k0, k1, dy, dh, Gs, HNs, Hs, dGi, buf, dGh, dhd, perm, ident, dybm):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): gate
     gradients to dGi[t] (input side) and buf (recurrent side, sorted rows;

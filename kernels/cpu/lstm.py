@@ -221,7 +221,7 @@ def _fwd_units(t, n, k0, k1, hin, hout, c, xg, gh, bias, perm, training, y, Hs, 
     finished_rows(t, n, k0, k1, perm, training, y, Hs)
 
 
-@inner_inline
+@inner
 def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident, dybm):
     """Pointwise BPTT of step t for sorted rows [0, n) and units [k0, k1):
     dh holds the gradient from step t+1's recurrence; writes the four gate

@@ -100,7 +100,7 @@ def _fwd_rows(t, n, xg, gp, bias, hp, perm, relu, training, y, Hs, As):
     finished_rows(t, n, 0, H, perm, training, y, Hs)
 
 
-@inner_inline
+@inner
 def _bwd_rows(t, n, dy, dhp, As, buf, dG, perm, relu, dybm):
     """The pointwise BPTT of a by-rows part's running rows [0, n) at step t
     (_bwd_units on 2-D indices): the pre-activation gradient to buf (the
@@ -133,7 +133,7 @@ def _bwd_rows(t, n, dy, dhp, As, buf, dG, perm, relu, dybm):
             dG[t, b, k] = 0
 
 
-@inner_inline
+@inner
 def _bwd_units(t, n, k0, k1, dy, dh, As, buf, dG, perm, relu, ident):
     """Pointwise BPTT of step t for sorted rows [0, n), units [k0, k1): the
     pre-activation gradient to buf (sorted rows; dG[t] itself when ident,
