@@ -587,6 +587,29 @@ def test_threaded_with_one_numba_thread_changes_nothing(hold_form):
         set_(before)
 
 
+def test_compiled_hold_before_install_runs_the_stand_ins():
+    # a fresh process: the compiled hold called before install finds the
+    # stand-ins (count 1, set a no-op), not a missing symbol (which would
+    # crash the process), and install then refuses
+    import subprocess
+    import sys
+    code = ("from fastrnn._kernels.cpu import blasctl\n"
+            "from fastrnn import _threads\n"
+            "n, saved = blasctl._hold()\n"
+            "assert saved == (1 if n >= 2 else 0), (n, saved)\n"
+            "blasctl._restore(3)\n"
+            "try:\n"
+            "    blasctl.install(*_threads._blas_control())\n"
+            "except RuntimeError as e:\n"
+            "    assert 'already ran' in str(e), e\n"
+            "else:\n"
+            "    raise SystemExit('install after use did not raise')\n"
+            "print('alive')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip() == "alive"
+
+
 def test_compiled_hold_is_installed_once():
     from fastrnn._kernels.cpu import blasctl
     numba_cpu._kernels()

@@ -6,16 +6,19 @@ that is three foreign calls on entry (Numba's thread count, OpenBLAS's
 thread count, and setting it to one), and after a torch.nn call, whose
 work has pushed ctypes' and libffi's code and data out of the caches,
 they took 12 us, and restoring the count through ctypes 1.5-6 us:
-twice per forward+backward, ~4 % of an LSTM at S1.  `hold` makes the
-same three calls as one compiled function, and `restore` the last, by name:
-the two OpenBLAS functions are registered with LLVM under the names
+twice per forward+backward, ~4 % of an LSTM at S1.  `_hold` makes the
+same three calls as one compiled function, and `_restore` the last, by
+name: the two OpenBLAS functions are registered with LLVM under the names
 below (`install`, given their addresses), and Numba registers
-`get_num_threads` itself when it starts its threads, so the cached code
-finds them in a new process too.
+`get_num_threads` when it starts its threads (done here), so the cached
+code finds them in a new process too.
 
-`install` returns `hold` and `restore`: their code names symbols that only `install`
-defines, and a compiled function that cannot find one does not raise,
-it ends the process (numba_cpu installs once, before the first call).
+Until `install`, the two names stand for harmless stand-ins (the count is
+1, setting it does nothing): compiled code whose symbol is missing is not
+refused, it crashes the process when called.  `install` must come before
+the first call of either function (code is linked to the symbols it
+finds when it is compiled or loaded); numba_cpu installs once, when it
+first imports the kernels.
 """
 import ctypes
 
@@ -25,6 +28,19 @@ from numba import njit, types
 _GET = "fastrnn_openblas_get_num_threads"
 _SET = "fastrnn_openblas_set_num_threads"
 _installed = None       # the addresses registered, kept for a second install's check
+
+# the stand-ins (ctypes callbacks: they take the GIL themselves)
+_STAND_INS = (ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 1), ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda n: None))
+llvm.add_symbol(_GET, ctypes.cast(_STAND_INS[0], ctypes.c_void_p).value)
+llvm.add_symbol(_SET, ctypes.cast(_STAND_INS[1], ctypes.c_void_p).value)
+
+
+def _launch_numba_threads():
+    from numba.np.ufunc import parallel
+    parallel._launch_threads()      # registers get_num_threads (as numba.get_num_threads does)
+
+
+_launch_numba_threads()
 
 _blas_get = types.ExternalFunction(_GET, types.intc())
 _blas_set = types.ExternalFunction(_SET, types.void(types.intc))
@@ -41,8 +57,8 @@ def install(get_fn, set_fn):
     if _installed is None:
         if not all(addrs):
             raise ValueError("blasctl.install: a null function address")
-        from numba.np.ufunc import parallel
-        parallel._launch_threads()      # registers get_num_threads (numba.get_num_threads does the same)
+        if _hold.overloads or _restore.overloads:
+            raise RuntimeError("blasctl.install: _hold or _restore already ran, linked to the stand-ins")
         llvm.add_symbol(_GET, addrs[0])
         llvm.add_symbol(_SET, addrs[1])
         _installed = addrs
