@@ -241,18 +241,32 @@ def why_single():
     return _state()[1]
 
 
-# The Numba backend's compiled form of the entry below (kernels/cpu/blasctl.py):
-# hold() -> (Numba's thread count, OpenBLAS's count before it set it to 1).
-# Three ctypes calls took 12 us after a torch.nn call, the compiled one ~3.
+def _ctypes_hold():
+    """threaded()'s entry through ctypes: (Numba's thread count, OpenBLAS's
+    count before this set it to 1; 0 where nothing was changed: fewer than
+    2 Numba threads, or an OpenBLAS fastrnn cannot reach)."""
+    blas = _blas_control()
+    n = _numba_thread_count() if blas else 1
+    if n < 2:
+        return n, 0
+    get, set_ = blas
+    saved = get()
+    if saved != 1:
+        set_(1)
+    return n, saved
+
+
+# The same entry and the exit compiled, where the Numba backend gives them
+# (kernels/cpu/blasctl.py): the ctypes calls took 12 us after a torch.nn
+# call, the compiled ones ~3.
 _hold = _restore = None
 
 
 def use_compiled_hold(install):
     """Give threaded() the compiled hold: install(get, set) registers
     SciPy's OpenBLAS's two functions and returns (hold, restore)
-    (blasctl.install).
-    Nothing happens where fastrnn cannot reach that OpenBLAS (threaded()
-    then always returns 1)."""
+    (blasctl.install).  Nothing happens where fastrnn cannot reach that
+    OpenBLAS (threaded() then always returns 1)."""
     global _hold, _restore
     blas = _blas_control()
     if blas and _hold is None:
@@ -271,31 +285,17 @@ class threaded:
     def __enter__(self):
         global _used
         self._saved = None
-        hold = _hold
-        if hold is None:
-            nth = available_threads()
-            if nth < 2 or not _lock.acquire(blocking=False):
-                return 1
-            try:
-                get, set_ = _blas
-                saved = get()
-                if saved != 1:
-                    set_(1)
-            except BaseException:
-                _lock.release()
-                raise
-        else:
-            # _state's checks, Numba's count last (in hold)
-            if _forked_after_use or not _lock.acquire(blocking=False):
-                return 1
-            try:
-                nth, saved = hold()
-            except BaseException:
-                _lock.release()
-                raise
-            if nth < 2:
-                _lock.release()
-                return 1
+        # _state's checks: the fork first, the rest in the hold
+        if _forked_after_use or not _lock.acquire(blocking=False):
+            return 1
+        try:
+            nth, saved = (_hold or _ctypes_hold)()
+        except BaseException:
+            _lock.release()
+            raise
+        if nth < 2:
+            _lock.release()
+            return 1
         self._saved = saved
         _used = True
         return nth

@@ -24,6 +24,7 @@ import ctypes
 
 import llvmlite.binding as llvm
 from numba import njit, types
+from numba.np.ufunc import parallel
 
 _GET = "fastrnn_openblas_get_num_threads"
 _SET = "fastrnn_openblas_set_num_threads"
@@ -34,13 +35,7 @@ _STAND_INS = (ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 1), ctypes.CFUNCTYPE(None, 
 llvm.add_symbol(_GET, ctypes.cast(_STAND_INS[0], ctypes.c_void_p).value)
 llvm.add_symbol(_SET, ctypes.cast(_STAND_INS[1], ctypes.c_void_p).value)
 
-
-def _launch_numba_threads():
-    from numba.np.ufunc import parallel
-    parallel._launch_threads()      # registers get_num_threads (as numba.get_num_threads does)
-
-
-_launch_numba_threads()
+parallel._launch_threads()      # registers get_num_threads (as numba.get_num_threads does)
 
 _blas_get = types.ExternalFunction(_GET, types.intc())
 _blas_set = types.ExternalFunction(_SET, types.void(types.intc))
