@@ -26,7 +26,7 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
-from .packed import REVERSE_ALTERNATE, step_product, step_product_range
+from .packed import reversed_at, step_product, step_product_range
 from .spin import part_started
 from .stream import fence, put_row
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, bias_sums_step, copy_rows,
@@ -362,7 +362,7 @@ def gru_forward_rows_part(i, nth, xg, w_hh, wp, bx, bhn, h, perm, nb, reverse, t
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)
         if n > 0:
-            step_product(hp[:n], wp, w_hh, gp[:n], REVERSE_ALTERNATE and (s & 1) == 1)
+            step_product(hp[:n], wp, w_hh, gp[:n], reversed_at(s))
         _fwd_rows(t, n, xg, gp, bx, bhn, hp, pp, training, y, Hs, Gs, HNs, sg)
     if sg.shape[0]:
         fence()
@@ -395,7 +395,7 @@ def gru_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, Hs, Gs,
             bias_sums_step(bsum[i, 0], tmp, dGi, t, n, pp)
             bias_sums_buf(bsum[i, 1], tmp, buf, n)     # dGh's rows, as they lie in buf
         if n > 0:
-            step_product(buf[:n], wp, w_hhT, dhp[:n], REVERSE_ALTERNATE and (s & 1) == 1)
+            step_product(buf[:n], wp, w_hhT, dhp[:n], reversed_at(s))
             _add_units(dhp, dhd, n, 0, H)
     put_rows(dhp, dh, i, nth)
     # this part's rows' share of the gradients after the loop, given its

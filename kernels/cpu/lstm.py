@@ -41,7 +41,7 @@ from .activations import sigmoid_, tanh_
 from .blas import split
 from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
-from .packed import REVERSE_ALTERNATE, step_product, step_product_range
+from .packed import reversed_at, step_product, step_product_range
 from .spin import part_started
 from .stream import fence, put_row
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, copy_rows,
@@ -445,7 +445,7 @@ def lstm_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, c, perm, nb, reverse, 
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)      # sorted rows run longest first: a prefix
         if n > 0:
-            step_product(hp[:n], wp, w_hh, gp[:n], REVERSE_ALTERNATE and (s & 1) == 1)
+            step_product(hp[:n], wp, w_hh, gp[:n], reversed_at(s))
         _add_input(t, n, gp, xg, pp)        # the input's share of the gates, then the cell
         _cells_rows(t, n, gp, bias, hp, 0, cp, pp, training, y, Hs, Gs, Cs, TCs, sg)
     if sg.shape[0]:
@@ -496,7 +496,7 @@ def lstm_forward_fused_rows_part(i, nth, x, w_cat, wp, bias, h, c, perm, nb, rev
             for k in range(I):
                 xh[j, k] = x[x0, x1, k]
         if n > 0:
-            step_product(xh[:n], wp, w_cat, gp[:n], REVERSE_ALTERNATE and (s & 1) == 1)
+            step_product(xh[:n], wp, w_cat, gp[:n], reversed_at(s))
         _cells_rows(t, n, gp, bias, xh, I, cp, pp, training, y, Hs, Gs, Cs, TCs, sg)
     if sg.shape[0]:
         fence()
@@ -540,7 +540,7 @@ def lstm_backward_rows_part(i, nth, w_hhT, wp, dy, dh, dc, perm, nb, reverse, Gs
         if bsum is not None:
             bias_sums_buf(bsum[i, 0], tmp, buf, n)
         if n > 0:
-            step_product(buf[:n], wp, w_hhT, dhp[:n], REVERSE_ALTERNATE and (s & 1) == 1)
+            step_product(buf[:n], wp, w_hhT, dhp[:n], reversed_at(s))
     if stream:
         fence()
     put_rows(dhp, dh, i, nth)

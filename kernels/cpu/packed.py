@@ -47,7 +47,7 @@ speed, never memory.
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
 from .blas import gemm, split
 from .common import JIT, inner, transpose_into
@@ -369,6 +369,12 @@ def step_product(A, Pp, Bt, out, rev=False):
 # 1024), 1.5 MB, 135 against 141; 2 MB 123-126 against 135-137; 2.5 MB
 # 115-117 against 126-127; 1 MB (in the L2) 154-155 against 155-158.
 REVERSE_ALTERNATE = True
+
+
+@register_jitable
+def reversed_at(s):
+    """The `rev` of step_product at the loop's step s (its count, not t)."""
+    return REVERSE_ALTERNATE and (s & 1) == 1
 
 
 @inner

@@ -22,7 +22,7 @@ from .activations import tanh_
 from .blas import split
 from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
-from .packed import REVERSE_ALTERNATE, step_product, step_product_range
+from .packed import reversed_at, step_product, step_product_range
 from .spin import part_started
 from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
@@ -309,7 +309,7 @@ def rnn_forward_rows_part(i, nth, xg, w_hh, wp, bias, h, perm, nb, reverse, relu
         t = T - 1 - s if reverse else s
         n = rows_of(nb[t], i, nth)
         if n > 0:
-            step_product(hp[:n], wp, w_hh, gp[:n], REVERSE_ALTERNATE and (s & 1) == 1)
+            step_product(hp[:n], wp, w_hh, gp[:n], reversed_at(s))
         _fwd_rows(t, n, xg, gp, bias, hp, pp, relu, training, y, Hs, As)
     put_rows(hp, h, i, nth)
 
@@ -336,7 +336,7 @@ def rnn_backward_rows_part(i, nth, w_hhT, wp, dy, dh, perm, nb, reverse, relu, A
         if bsum is not None:
             bias_sums_buf(bsum[i, 0], tmp, buf, n)
         if n > 0:
-            step_product(buf[:n], wp, w_hhT, dhp[:n], REVERSE_ALTERNATE and (s & 1) == 1)
+            step_product(buf[:n], wp, w_hhT, dhp[:n], reversed_at(s))
     put_rows(dhp, dh, i, nth)
     # this part's rows' share of the gradients after the loop, given its
     # sums; None leaves grads_own_rows out of the compiled part (~1 s of a
