@@ -231,6 +231,17 @@ def numba_threads(n):
     return _thread_count(numba, n)
 
 
+def assert_child_survives(code, timeout=300):
+    """Run `code` in a fresh Python process: it must exit 0 and print
+    exactly 'alive' (what a crash, a SystemExit or an assertion in it
+    would not do)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip() == "alive"
+
+
 def one_numba_thread(request):
     """Numba at one thread (the calling thread's setting) until the test
     ends: the kernels' one-thread forms, as numba.set_num_threads(1) gives

@@ -2,9 +2,6 @@
 @inner) raise TypeError when called from Python instead of crashing the
 process (Numba calls such a function through a null pointer,
 numba/numba#2541)."""
-import subprocess
-import sys
-
 import pytest
 
 pytest.importorskip("numba")
@@ -12,6 +9,8 @@ pytest.importorskip("numba")
 from numba.core.registry import CPUDispatcher  # noqa: E402
 
 from fastrnn._kernels.cpu import blas, common, gemm, gru, lstm, parallel, rnn  # noqa: E402
+
+from .helpers import assert_child_survives  # noqa: E402
 
 MODULES = (blas, common, gemm, gru, lstm, parallel, rnn)
 
@@ -42,9 +41,7 @@ def test_calling_a_helper_from_python_raises_and_the_process_lives():
             "    else:\n"
             "        raise SystemExit('no TypeError')\n"
             "print('alive')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
-    assert out.stdout.strip() == "alive"
+    assert_child_survives(code)
 
 
 def test_compiled_callers_still_reach_the_helpers():

@@ -15,8 +15,8 @@ from fastrnn._backends import bufpool, numba_cpu
 from fastrnn.cells import spec
 from fastrnn._kernels.cpu import gru, lstm, packed, rnn
 
-from .helpers import (TOL, _cast, assert_close, check_backend, make_problem, nan_empty, poison_free_cached_buffers,
-                      numba_threads, run, spy_rows_parts)
+from .helpers import (TOL, _cast, assert_child_survives, assert_close, check_backend, make_problem, nan_empty,
+                      poison_free_cached_buffers, numba_threads, run, spy_rows_parts)
 
 MODES = fastrnn.MODES
 PAR = {"lstm": (lstm, "lstm"), "gru": (gru, "gru"), "rnn_tanh": (rnn, "rnn"), "rnn_relu": (rnn, "rnn")}
@@ -591,23 +591,18 @@ def test_compiled_hold_before_install_runs_the_stand_ins():
     # a fresh process: the compiled hold called before install finds the
     # stand-ins (count 1, set a no-op), not a missing symbol (which would
     # crash the process), and install then refuses
-    import subprocess
-    import sys
-    code = ("from fastrnn._kernels.cpu import blasctl\n"
-            "from fastrnn import _threads\n"
-            "n, saved = blasctl._hold()\n"
-            "assert saved == (1 if n >= 2 else 0), (n, saved)\n"
-            "blasctl._restore(3)\n"
-            "try:\n"
-            "    blasctl.install(*_threads._blas_control())\n"
-            "except RuntimeError as e:\n"
-            "    assert 'already ran' in str(e), e\n"
-            "else:\n"
-            "    raise SystemExit('install after use did not raise')\n"
-            "print('alive')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
-    assert out.stdout.strip() == "alive"
+    assert_child_survives("from fastrnn._kernels.cpu import blasctl\n"
+                          "from fastrnn import _threads\n"
+                          "n, saved = blasctl._hold()\n"
+                          "assert saved == (1 if n >= 2 else 0), (n, saved)\n"
+                          "blasctl._restore(3)\n"
+                          "try:\n"
+                          "    blasctl.install(*_threads._blas_control())\n"
+                          "except RuntimeError as e:\n"
+                          "    assert 'already ran' in str(e), e\n"
+                          "else:\n"
+                          "    raise SystemExit('install after use did not raise')\n"
+                          "print('alive')\n")
 
 
 def test_compiled_hold_is_installed_once():
