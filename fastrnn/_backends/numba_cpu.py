@@ -490,7 +490,8 @@ def _project_torch(torch, x2, w_ih, xg2):
     return True
 
 
-def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, bsum=None, dxb=None):
+def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, bsum=None, dxb=None,
+                      cat=None):
     """parallel.after_loop_part(_cat)'s products by torch.mm, written into
     the backend's own arrays (C-contiguous; torch writes through the
     shared memory).  dGh2 None: dW_hh's gate gradients are dG's (all but
@@ -502,7 +503,17 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
     torch.sum over dG (BIAS_IN_PARTS).  dxb (B, T, I), C-contiguous: dx
     written there batch-major (one batched GEMM over dG's (T, I) slices
     of each batch row, read where they lie) instead of into dx2
-    (DX_LIKE_X)."""
+    (DX_LIKE_X).  cat (GH, I + H), C-contiguous, where h2 is None: the
+    one GEMM's output, from the caller's allocator.
+
+    Everything after the GEMMs is NumPy on the backend's arrays: the
+    column blocks copied out of cat by np.copyto, the parts' two bias
+    sums added by np.add.  With a fresh torch.mm output, torch's copy_ and
+    np.sum over bsum's first axis, the copies took 95 us and the sums 43
+    at LSTM S2 (208 and 76 at S3), right after BPTT in a module call after
+    a torch.nn call; this function as a whole, alternating with that form
+    (medians of 101): 1500 against 1582 us at S2, level at S3 (8824
+    against 8822; docs/performance.md, thirtieth session)."""
     t = torch.from_numpy
     try:
         G = t(dG2)
@@ -516,20 +527,20 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
         if h2 is None:
             # one GEMM over the I + H columns, then its two column blocks (LSTM
             # S3: 4.95 ms, against 2.18 + 3.77 for the two on column slices)
-            cat = torch.mm(G.t(), t(x2))
-            outs[1].copy_(cat[:, :I])
-            outs[2].copy_(cat[:, I:])
+            torch.mm(G.t(), t(x2), out=t(cat))
+            np.copyto(dw_ih, cat[:, :I])
+            np.copyto(dw_hh, cat[:, I:])
             Gh = G
         else:
             torch.mm(G.t(), t(x2), out=outs[1])
             Gh = G if dGh2 is None else t(dGh2)
             torch.mm(Gh.t(), t(h2), out=outs[2])
         if bsum is not None:
-            np.sum(bsum[:, 0], axis=0, out=db_ih)
+            _add_parts(bsum, 0, db_ih)
             if bsum.shape[1] == 1:      # dW_hh's gate gradients are dG's
-                db_hh[...] = db_ih
+                np.copyto(db_hh, db_ih)
             else:
-                np.sum(bsum[:, 1], axis=0, out=db_hh)
+                _add_parts(bsum, 1, db_hh)
         else:
             torch.sum(G, 0, out=outs[3])
             if Gh is G:
@@ -539,6 +550,15 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
     except Exception:
         return False
     return True
+
+
+def _add_parts(bsum, q, out):
+    """out = bsum[:, q].sum(axis=0): for two parts one np.add (a
+    reduction over the first axis costs more than the add at these sizes)."""
+    if bsum.shape[0] == 2:
+        np.add(bsum[0, q], bsum[1, q], out=out)
+    else:
+        np.sum(bsum[:, q], axis=0, out=out)
 
 
 class _held_form:
@@ -1084,7 +1104,8 @@ class NumbaCPU:
             elif torch_mm is not None and _after_loop_torch(
                     torch_mm, dG.reshape(T * B, GH), None if dGh is dG else dGh.reshape(T * B, GH),
                     Hs.reshape(T * B, I + H) if cat else x2, None if cat else Hs.reshape(T * B, H), I, w_ih,
-                    dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, bsum, dxb):
+                    dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, bsum, dxb,
+                    alloc((GH, I + H), dt) if cat else None):
                 # the same GEMMs by torch's BLAS; dx in x's layout where
                 # x came batch-major (DX_LIKE_X)
                 if dxb is not None:
