@@ -119,10 +119,14 @@ def test_float64_stays_on_the_kernels(torch_calls, two_threads, monkeypatch):
     assert torch_calls == []
 
 
-def test_torch_raising_falls_back_to_the_kernels(torch_calls, two_threads, monkeypatch):
+@pytest.mark.parametrize("form", ["rows", "units"])
+def test_torch_raising_falls_back_to_the_kernels(torch_calls, two_threads, monkeypatch, form):
     # torch.mm raising partway (after dx was written): the kernels' own
     # region runs and writes every output again
-    force_by_rows(monkeypatch)
+    if form == "rows":
+        force_by_rows(monkeypatch)
+    else:
+        force_by_units(monkeypatch)
     real_mm = torch.mm
     seen = []
 
@@ -164,6 +168,39 @@ def test_projection_before_the_parts(torch_calls, two_threads, monkeypatch, mode
     assert len(projected) == n
 
 
+def force_by_units(monkeypatch):
+    """The threaded loops by units (the form of calls whose W_hh is over
+    ROWS_MAX_WHH_BYTES, such as S5) at any size."""
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 0)
+
+
+@pytest.mark.parametrize("lengths", ["full", "random"])
+@pytest.mark.parametrize("mode", fastrnn.MODES)
+def test_by_units_on_two_threads(torch_calls, two_threads, monkeypatch, mode, lengths):
+    # the loops by units given x2 None (TORCH_UNITS): torch.mm projects x
+    # before them and takes the GEMMs after BPTT, into NaN-filled buffers;
+    # with it off the kernels do both themselves
+    force_by_units(monkeypatch)
+    ran = []     # _project_torch_units is asked only by the loops by units
+    real_units = numba_cpu._project_torch_units
+
+    def spy(*args):
+        ran.append(real_units(*args))
+        return ran[-1]
+    monkeypatch.setattr(numba_cpu, "_project_torch_units", spy)
+    for reverse in (False, True):
+        check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25,
+                      reverse=reverse, seed=int(reverse))
+    assert ran and all(ran), ran
+    assert torch_calls and set(torch_calls) == {"split"}, torch_calls
+    n, m = len(ran), len(torch_calls)
+    monkeypatch.setattr(numba_cpu, "TORCH_UNITS", False)
+    check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25)
+    assert len(ran) == n and len(torch_calls) == m
+
+
 def _child_call(queue):
     try:
         check_backend("lstm", "numba", T=9, B=6, I=40, H=64, dtype="float32", scale=0.25)
@@ -203,14 +240,17 @@ def test_forked_child_keeps_the_kernels(monkeypatch):
     assert value == 0, "torch.mm ran in the forked child"
 
 
+@pytest.mark.parametrize("bmm", [True, False], ids=["bmm", "mm-copy"])
 @pytest.mark.parametrize("lengths", ["full", "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
-def test_dx_in_the_layout_of_a_batch_major_x(torch_calls, two_threads, monkeypatch, mode, lengths):
+def test_dx_in_the_layout_of_a_batch_major_x(torch_calls, two_threads, monkeypatch, mode, lengths, bmm):
     """x handed over batch-major (a batch_first caller's) and the GEMMs after
-    the loop on torch: dx comes back in x's layout (DX_LIKE_X, one batched
-    GEMM), equal to the call's on a C-contiguous x but for rounding, and
-    every other output bit for bit."""
+    the loop on torch: dx comes back in x's layout (DX_LIKE_X: one batched
+    GEMM, or where W_ih is over DX_BMM_MAX_W_BYTES one GEMM into time-major
+    rows copied over), equal to the call's on a C-contiguous x but for
+    rounding, and every other output bit for bit."""
     force_by_rows(monkeypatch)
+    monkeypatch.setattr(numba_cpu, "DX_BMM_MAX_W_BYTES", 1 << 40 if bmm else 0)
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     monkeypatch.setattr(numba_cpu, "OWN_AFTER", False)
     rng = np.random.default_rng(3)

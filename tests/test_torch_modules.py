@@ -165,11 +165,13 @@ def test_matches_torch_float32(cell, cfg):
                                  dict(batch_first=True, packed=True), dict(batch_first=False, bidirectional=True)],
                          ids=["bf", "bf-L2-bidir-hx", "bf-packed", "tm-bidir"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_torch_by_rows_on_torch_blas(monkeypatch, cell, cfg, dtype):
-    """The forms big calls take, forced at this size: the loops by rows on
-    two threads and, for float32, the GEMMs after BPTT on torch's BLAS.
-    There a batch_first input and output gradient are read where they lie
-    and dx comes back batch-major (numba_cpu.DX_LIKE_X)."""
+@pytest.mark.parametrize("form", ["rows", "units"])
+def test_matches_torch_by_rows_on_torch_blas(monkeypatch, cell, cfg, dtype, form):
+    """The forms big calls take, forced at this size: the loops by rows (or
+    by units, S5's form) on two threads and, for float32, the input
+    projection and the GEMMs after BPTT on torch's BLAS.  There a
+    batch_first input and output gradient are read where they lie and dx
+    comes back batch-major (numba_cpu.DX_LIKE_X)."""
     from fastrnn import _threads
     from fastrnn._backends import numba_cpu
 
@@ -177,6 +179,8 @@ def test_matches_torch_by_rows_on_torch_blas(monkeypatch, cell, cfg, dtype):
     if _threads.available_threads() < 2:
         pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
     force_by_rows(monkeypatch)
+    if form == "units":
+        monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 0)
     monkeypatch.setattr(numba_cpu, "TORCH_AFTER_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     monkeypatch.setattr(numba_cpu, "OWN_AFTER", False)

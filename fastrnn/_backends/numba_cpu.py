@@ -432,6 +432,22 @@ TORCH_AFTER = True
 TORCH_AFTER_MIN_MACS = 1 << 27
 
 
+# The loops by units (the threaded form where W_hh is over
+# ROWS_MAX_WHH_BYTES: LSTM S5) likewise leave to torch's BLAS, given x2
+# None, their input projection (run before their loop) and the GEMMs after
+# their BPTT loop, which they otherwise run on SciPy's OpenBLAS, one block
+# a thread.  Measured in the
+# thirtieth session (Intel VM, torch and the kernels at 2 threads): the
+# GEMMs after BPTT at LSTM S5's sizes alone, torch.mm 73.4 ms against 87-89
+# for the kernels' two OpenBLAS blocks; the projection 22.3 against
+# 23.1-23.9.  fastrnn.torch fwd+bwd after a torch.nn call, this and
+# DX_BMM_MAX_W_BYTES on against both off, alternating in one process,
+# medians of 9: LSTM S5 189.2 against 201.2 ms and 207.9 against 223.1
+# (1.06x, 1.07x), GRU S5 144.8 against 161.8 (1.12x); LSTM S4 (by rows,
+# so DX_BMM_MAX_W_BYTES alone) 166.5 against 174.0 and 174.1 against
+# 178.5.  TORCH_UNITS False: the loops by units run their own.
+TORCH_UNITS = True
+
 # Likewise the input projection before the loops by rows (xg = x W_ih^T
 # over all T*B rows, where the parts do not project their own rows:
 # FUSED_PROJECTION_*), from the same bound.  Measured as above, no_grad
@@ -458,6 +474,13 @@ BIAS_IN_PARTS = True
 # transposed one is copied first (AccumulateGrad's layout rule; 1 MB at
 # LSTM S3).  DX_LIKE_X False: dx C-contiguous (T, B, I) always.
 DX_LIKE_X = True
+# The batched GEMM reads W_ih once per batch row: where W_ih is bigger than
+# this, dx is one torch.mm into time-major rows and then copied batch-major
+# instead.  torch at 2 threads, the two forms alone (the thirtieth session's
+# Intel VM, 2 MB of L2), ms, bmm against mm + copy: LSTM S2 0.36 / 0.42
+# (W_ih 256 KB), S3 1.72 / 1.97 (512 KB), (64, 10, 256, 256) 1.45 / 1.27
+# (1 MB), S4 23.9 / 21.7 (4 MB), S5 39.1 / 23.6 (16 MB).
+DX_BMM_MAX_W_BYTES = _threads.cache_bytes(2, 1 << 20) // 2
 
 
 def _torch_after(dt, macs, nth):
@@ -490,6 +513,17 @@ def _project_torch(torch, x2, w_ih, xg2):
     return True
 
 
+def _project_torch_units(dt, macs, nth, x2, w_ih, xg, rows, GH):
+    """The input projection of the loops by units on torch's BLAS
+    (TORCH_PROJECT), before them: whether it ran.  Measured (the thirtieth
+    session, Intel VM, torch and the kernels at 2 threads), alone: at LSTM
+    S5's size (800 x 1024 by 1024 x 4096) torch.mm 22.3 ms against 23.1-23.9
+    for two one-thread OpenBLAS blocks; in the module's forward 23.2 ms
+    against ~25.7 for the kernel's own projection."""
+    torch_mm = _torch_blas(TORCH_PROJECT, dt, macs, nth)
+    return torch_mm is not None and _project_torch(torch_mm, x2, w_ih, xg.reshape(rows, GH))
+
+
 def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, bsum=None, dxb=None,
                       cat=None):
     """parallel.after_loop_part(_cat)'s products by torch.mm, written into
@@ -503,7 +537,8 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
     torch.sum over dG (BIAS_IN_PARTS).  dxb (B, T, I), C-contiguous: dx
     written there batch-major (one batched GEMM over dG's (T, I) slices
     of each batch row, read where they lie) instead of into dx2
-    (DX_LIKE_X).  cat (GH, I + H), C-contiguous, where h2 is None: the
+    (DX_LIKE_X), or, where W_ih holds DX_BMM_MAX_W_BYTES or more, into
+    dx2 and then copied there.  cat (GH, I + H), C-contiguous, where h2 is None: the
     one GEMM's output, from the caller's allocator.
 
     Everything after the GEMMs is NumPy on the backend's arrays: the
@@ -518,8 +553,11 @@ def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_i
     try:
         G = t(dG2)
         outs = (t(dx2), t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
-        if dxb is None:
+        if dxb is None or w_ih.nbytes >= DX_BMM_MAX_W_BYTES:
             torch.mm(G, t(w_ih), out=outs[0])
+            if dxb is not None:
+                Bn, Tn, In = dxb.shape
+                t(dxb).copy_(outs[0].view(Tn, Bn, In).transpose(0, 1))
         else:
             Bn, Tn, In = dxb.shape
             W = t(w_ih)
@@ -889,6 +927,13 @@ class NumbaCPU:
                 # by torch's BLAS (TORCH_PROJECT), else (or where it raised) by the kernels
                 if torch_mm is None or not _project_torch(torch_mm, x2, w_ih, xg.reshape(T * B, GH)):
                     rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
+            # the loops by units project x themselves (parallel.input_projection,
+            # OpenBLAS) unless given x2 None: where torch's BLAS takes the
+            # projection (TORCH_PROJECT), it runs here first
+            kx2 = x2
+            if (par and not rows and TORCH_UNITS
+                    and _project_torch_units(dt, T * B * GH * I, nth, x2, w_ih, xg, T * B, GH)):
+                kx2 = None
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
@@ -919,7 +964,7 @@ class NumbaCPU:
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
-                    kern(x2, w_ih, xg, *w_ops, b_ih + b_hh, hs, c, perm, nb, reverse, training,
+                    kern(kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, c, perm, nb, reverse, training,
                          y, Hs, Gs, Cs, TCs, gh, *scratch, *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
@@ -933,7 +978,7 @@ class NumbaCPU:
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = gru.gru_forward_par if par else gru.gru_forward
-                    kern(x2, w_ih, xg, *w_ops, bx, bhn, hs, perm, nb, reverse,
+                    kern(kx2, w_ih, xg, *w_ops, bx, bhn, hs, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, gh, *scratch, *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
@@ -943,7 +988,7 @@ class NumbaCPU:
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
-                    kern(x2, w_ih, xg, *w_ops, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
+                    kern(kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
                          training, y, Hs, As, gh, *last)
                 bufs = dict(As=As)
             if par and not rows:
@@ -1057,9 +1102,14 @@ class NumbaCPU:
                     _pool(nth).wake(AFTER_LOOP_WAKE_US)
                 elif own_after and after_macs >= AFTER_LOOP_OWN_MIN_MACS:
                     after = _on_this_thread
-            grads = (None if after else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
+            # torch's BLAS takes the GEMMs after the loop (TORCH_AFTER) from
+            # the parts by rows, the one-thread loops' region and the loops by
+            # units (given x2 None, they leave them to it)
+            torch_mm = (None if own or not (rows or after or (par and TORCH_UNITS))
+                        else _torch_after(dt, after_macs, nth))
+            units_torch = par and not rows and torch_mm is not None
+            grads = (None if after or units_torch else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
                      *((own_arg,) if par else ()), *last)
-            torch_mm = None if own or not (rows or after) else _torch_after(dt, after_macs, nth)
             # where torch's BLAS runs the GEMMs after the parts, the parts
             # sum the bias gradients as they go (BIAS_IN_PARTS)
             bsum = (np.empty((nth, 2 if mode == "gru" else 1, GH), dt)
@@ -1113,8 +1163,9 @@ class NumbaCPU:
             elif cat:   # the GEMMs after the loop, the weight gradients as one
                 rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,
                      dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_arg)
-            elif rows or after:  # the GEMMs after the loop, once every gate gradient is in
-                (rows or after)(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
+            elif rows or after or units_torch:  # the GEMMs after the loop, once every gate gradient is in
+                # (the loops by units left them to torch, which raised: here)
+                (rows or after or _on_this_thread)(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
                      x2, Hs.reshape(T * B, H), w_ih, dx.reshape(T * B, I),
                      dw_ih, dw_hh, db_ih, db_hh, own_arg)
         dh0 = _put_rows(dh, perm, ident)

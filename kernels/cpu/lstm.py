@@ -370,7 +370,9 @@ def lstm_forward_par(x2, w_ih, xg, w_hh, wp, bias, hbuf, c, perm, nb, reverse, t
                      gws, tcws, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
     p0, p1 = parts - parts, parts - parts + 1    # not literals: see _fwd_steps
-    input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
+    # x2 None: the caller projected xg already (torch's BLAS, numba_cpu.TORCH_PROJECT)
+    if x2 is not None:
+        input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
     nprev = B
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -408,9 +410,12 @@ def lstm_backward_par(dy, w_hhT, wp, dh, dc, perm, nb, reverse, ident, Hs, Gs, C
         nprev = n
         prev = buf
 
-    T_B = T * B
-    after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
-                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, own)
+    # x2 None: the caller runs these GEMMs (torch's BLAS, numba_cpu.TORCH_AFTER);
+    # Numba then compiles them out
+    if x2 is not None:
+        T_B = T * B
+        after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
+                             Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, own)
 
 
 

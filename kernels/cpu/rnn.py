@@ -247,7 +247,9 @@ def _bwd_steps(parts, t, n, nprev, prev, w_hhT, wp, dy, dh, As, buf, dG, perm, r
 def rnn_forward_par(x2, w_ih, xg, w_hh, wp, bias, hbuf, perm, nb, reverse, relu, training, y, Hs, As, gh, nth, parts):
     T, B = xg.shape[0], xg.shape[1]
     p0, p1 = parts - parts, parts - parts + 1    # not literals: see _fwd_steps
-    input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
+    # x2 None: the caller projected xg already (torch's BLAS, numba_cpu.TORCH_PROJECT)
+    if x2 is not None:
+        input_projection(x2, w_ih, xg.reshape((T * B, xg.shape[2])), nth)
     nprev = B
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -285,9 +287,12 @@ def rnn_backward_par(dy, w_hhT, wp, dh, perm, nb, reverse, relu, ident, Hs, As, 
         nprev = n
         prev = buf
 
-    T_B = T * B
-    after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
-                         Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, own)
+    # x2 None: the caller runs these GEMMs (torch's BLAS, numba_cpu.TORCH_AFTER);
+    # Numba then compiles them out
+    if x2 is not None:
+        T_B = T * B
+        after_loop_grads_par(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2,
+                             Hs.reshape((T_B, H)), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, nth, own)
 
 
 # ---------------------------------------------------------------- threads, by rows
