@@ -436,11 +436,11 @@ TORCH_AFTER_MIN_MACS = 1 << 27
 # ROWS_MAX_WHH_BYTES: LSTM S5) likewise leave to torch's BLAS, given x2
 # None, their input projection (run before their loop) and the GEMMs after
 # their BPTT loop, which they otherwise run on SciPy's OpenBLAS, one block
-# a thread.  Measured in the
-# thirtieth session (Intel VM, torch and the kernels at 2 threads): the
-# GEMMs after BPTT at LSTM S5's sizes alone, torch.mm 73.4 ms against 87-89
-# for the kernels' two OpenBLAS blocks; the projection 22.3 against
-# 23.1-23.9.  fastrnn.torch fwd+bwd after a torch.nn call, this and
+# a thread.  Measured in the thirtieth session (Intel VM, torch and the
+# kernels at 2 threads): the GEMMs after BPTT at LSTM S5's sizes alone,
+# torch.mm 73.4 ms against 87-89 for the kernels' two OpenBLAS blocks;
+# the projection 22.3 against 23.1-23.9 (in the module's forward 23.2
+# against ~25.7).  fastrnn.torch fwd+bwd after a torch.nn call, this and
 # DX_BMM_MAX_W_BYTES on against both off, alternating in one process,
 # medians of 9: LSTM S5 189.2 against 201.2 ms and 207.9 against 223.1
 # (1.06x, 1.07x), GRU S5 144.8 against 161.8 (1.12x); LSTM S4 (by rows,
@@ -514,12 +514,9 @@ def _project_torch(torch, x2, w_ih, xg2):
 
 
 def _project_torch_units(dt, macs, nth, x2, w_ih, xg, rows, GH):
-    """The input projection of the loops by units on torch's BLAS
-    (TORCH_PROJECT), before them: whether it ran.  Measured (the thirtieth
-    session, Intel VM, torch and the kernels at 2 threads), alone: at LSTM
-    S5's size (800 x 1024 by 1024 x 4096) torch.mm 22.3 ms against 23.1-23.9
-    for two one-thread OpenBLAS blocks; in the module's forward 23.2 ms
-    against ~25.7 for the kernel's own projection."""
+    """xg = x2 @ w_ih.T for the loops by units by torch's BLAS, before
+    them, where TORCH_PROJECT's bound takes it: whether it ran (see
+    TORCH_UNITS)."""
     torch_mm = _torch_blas(TORCH_PROJECT, dt, macs, nth)
     return torch_mm is not None and _project_torch(torch_mm, x2, w_ih, xg.reshape(rows, GH))
 
@@ -1164,10 +1161,12 @@ class NumbaCPU:
                 rows(parallel.after_loop_part_cat, nth, dG.reshape(T * B, GH), Hs.reshape(T * B, I + H), w_ih,
                      dx.reshape(T * B, I), alloc((GH, I + H), dt), dw_ih, dw_hh, db_ih, db_hh, own_arg)
             elif rows or after or units_torch:  # the GEMMs after the loop, once every gate gradient is in
-                # (the loops by units left them to torch, which raised: here)
-                (rows or after or _on_this_thread)(parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
-                     x2, Hs.reshape(T * B, H), w_ih, dx.reshape(T * B, I),
-                     dw_ih, dw_hh, db_ih, db_hh, own_arg)
+                # (where the loops by units left them to torch and torch
+                # raised: on this thread)
+                (rows or after or _on_this_thread)(
+                    parallel.after_loop_part, nth, dG.reshape(T * B, GH), dGh.reshape(T * B, GH),
+                    x2, Hs.reshape(T * B, H), w_ih, dx.reshape(T * B, I),
+                    dw_ih, dw_hh, db_ih, db_hh, own_arg)
         dh0 = _put_rows(dh, perm, ident)
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
