@@ -176,10 +176,21 @@ def test_parts_say_they_started_and_the_next_member_runs_meanwhile():
         if time.perf_counter() - t0 > 0.02:
             break
         ns *= 2
-    RUN(part, 2, ns)
-    got = dict(seen)
-    assert got["word"] == 1, seen
-    assert got["0 ran"] > 0.01, seen
+    # member 1 waits for the word only up to STARTED_WAIT_US (then it goes
+    # on all the same: the wait only saves time); on a busy machine part
+    # 0's way from the region's entry through Python to part_started can
+    # take longer, so a few tries, of which one must see the word
+    tries = []
+    for _ in range(5):
+        seen = []
+        spin.reset_started()
+        RUN(part, 2, ns)
+        got = dict(seen)
+        tries.append(seen)
+        if got["word"] == 1:
+            break
+    assert got["word"] == 1, tries
+    assert got["0 ran"] > 0.01, tries
     spin.reset_started()
     assert not spin.wait_started(1, 100)
     started_then_spin(1, 1)
