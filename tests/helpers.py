@@ -196,6 +196,15 @@ def force_by_rows(monkeypatch):
     monkeypatch.setattr(numba_cpu, "ROWS_MODES", fastrnn.MODES)
 
 
+def force_by_units(monkeypatch):
+    """The threaded loops by units (the form of calls whose W_hh is over
+    ROWS_MAX_WHH_BYTES, such as S5) at any size (where threads can run)."""
+    from fastrnn._backends import numba_cpu
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 0)
+
+
 def spy_rows_parts(monkeypatch, record):
     """force_by_rows, and every *_rows_part of the kernels wrapped so that
     each part appends record(name, i, nth) to the returned list before it runs."""

@@ -12,7 +12,7 @@ import fastrnn
 from fastrnn import _threads
 from fastrnn._backends import numba_cpu, torch_team
 
-from .helpers import arrays, check_backend, force_by_rows, nan_empty, one_numba_thread, torch_threads
+from .helpers import arrays, check_backend, force_by_rows, force_by_units, nan_empty, one_numba_thread, torch_threads
 
 torch = pytest.importorskip("torch", reason="the torch BLAS path needs PyTorch (pip install fastrnn[torch])")
 
@@ -168,14 +168,6 @@ def test_projection_before_the_parts(torch_calls, two_threads, monkeypatch, mode
     assert len(projected) == n
 
 
-def force_by_units(monkeypatch):
-    """The threaded loops by units (the form of calls whose W_hh is over
-    ROWS_MAX_WHH_BYTES, such as S5) at any size."""
-    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
-    monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 0)
-
-
 @pytest.mark.parametrize("lengths", ["full", "random"])
 @pytest.mark.parametrize("mode", fastrnn.MODES)
 def test_by_units_on_two_threads(torch_calls, two_threads, monkeypatch, mode, lengths):
@@ -183,13 +175,13 @@ def test_by_units_on_two_threads(torch_calls, two_threads, monkeypatch, mode, le
     # before them and takes the GEMMs after BPTT, into NaN-filled buffers;
     # with it off the kernels do both themselves
     force_by_units(monkeypatch)
-    ran = []     # _project_torch_units is asked only by the loops by units
-    real_units = numba_cpu._project_torch_units
+    ran = []     # in this form only the loops by units ask _torch_projected
+    real_units = numba_cpu._torch_projected
 
     def spy(*args):
         ran.append(real_units(*args))
         return ran[-1]
-    monkeypatch.setattr(numba_cpu, "_project_torch_units", spy)
+    monkeypatch.setattr(numba_cpu, "_torch_projected", spy)
     for reverse in (False, True):
         check_backend(mode, "numba", T=9, B=6, I=40, H=64, dtype="float32", lengths=lengths, scale=0.25,
                       reverse=reverse, seed=int(reverse))

@@ -175,12 +175,10 @@ def test_matches_torch_by_rows_on_torch_blas(monkeypatch, cell, cfg, dtype, form
     from fastrnn import _threads
     from fastrnn._backends import numba_cpu
 
-    from .helpers import force_by_rows, torch_threads
+    from .helpers import force_by_rows, force_by_units, torch_threads
     if _threads.available_threads() < 2:
         pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
-    force_by_rows(monkeypatch)
-    if form == "units":
-        monkeypatch.setattr(numba_cpu, "ROWS_MAX_WHH_BYTES", 0)
+    (force_by_rows if form == "rows" else force_by_units)(monkeypatch)
     monkeypatch.setattr(numba_cpu, "TORCH_AFTER_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "FUSED_GRADS_MAX_ROWS", 0)
     monkeypatch.setattr(numba_cpu, "OWN_AFTER", False)

@@ -513,12 +513,12 @@ def _project_torch(torch, x2, w_ih, xg2):
     return True
 
 
-def _project_torch_units(dt, macs, nth, x2, w_ih, xg, rows, GH):
-    """xg = x2 @ w_ih.T for the loops by units by torch's BLAS, before
-    them, where TORCH_PROJECT's bound takes it: whether it ran (see
-    TORCH_UNITS)."""
-    torch_mm = _torch_blas(TORCH_PROJECT, dt, macs, nth)
-    return torch_mm is not None and _project_torch(torch_mm, x2, w_ih, xg.reshape(rows, GH))
+def _torch_projected(dt, nth, x2, w_ih, xg2):
+    """xg2 = x2 @ w_ih.T by torch's BLAS where TORCH_PROJECT's bound takes
+    it (before the parts by rows, or the loops by units: TORCH_UNITS):
+    whether it ran (False: the caller's kernels project)."""
+    torch_mm = _torch_blas(TORCH_PROJECT, dt, xg2.shape[0] * xg2.shape[1] * x2.shape[1], nth)
+    return torch_mm is not None and _project_torch(torch_mm, x2, w_ih, xg2)
 
 
 def _after_loop_torch(torch, dG2, dGh2, x2, h2, I, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, bsum=None, dxb=None,
@@ -920,16 +920,14 @@ class NumbaCPU:
                 elif B <= FUSED_PROJECTION_MAX_ROWS:
                     project = parallel.PROJECT_PER_ROW
             if rows and project == parallel.PROJECT_BEFORE and not fused:
-                torch_mm = _torch_blas(TORCH_PROJECT, dt, T * B * GH * I, nth)
                 # by torch's BLAS (TORCH_PROJECT), else (or where it raised) by the kernels
-                if torch_mm is None or not _project_torch(torch_mm, x2, w_ih, xg.reshape(T * B, GH)):
+                if not _torch_projected(dt, nth, x2, w_ih, xg.reshape(T * B, GH)):
                     rows(parallel.project_part, nth, x2, w_ih, xg.reshape(T * B, GH))
             # the loops by units project x themselves (parallel.input_projection,
             # OpenBLAS) unless given x2 None: where torch's BLAS takes the
             # projection (TORCH_PROJECT), it runs here first
             kx2 = x2
-            if (par and not rows and TORCH_UNITS
-                    and _project_torch_units(dt, T * B * GH * I, nth, x2, w_ih, xg, T * B, GH)):
+            if par and not rows and TORCH_UNITS and _torch_projected(dt, nth, x2, w_ih, xg.reshape(T * B, GH)):
                 kx2 = None
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
