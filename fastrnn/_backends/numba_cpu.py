@@ -20,7 +20,9 @@ threads: see _by_rows; where W_hh fits in cache, ROWS_*) or by hidden units:
 where a step's recurrent GEMM has at least PAR_MIN_MACS multiply-adds,
 each time step split (the hidden units cut into one block per Numba
 thread, one fork/join per step); below that the steps run on one thread.  Every core is
-then Numba's, so nothing spins against the kernel.  Tiny calls run the
+then Numba's, so nothing spins against the kernel.  Below PAR_MIN_WORK
+the one-thread loops run, from HELPED_* up with a second thread helping
+(the forward's input projection, the GEMMs after BPTT).  Tiny calls run the
 one-thread loops (with OpenBLAS at one thread).  Where threads cannot run
 (a forked child, a BLAS fastrnn cannot set, one Numba thread), the
 one-thread loops, whose big GEMMs and, above gemm.OWN_MAX_*, per-step GEMMs
@@ -36,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from functools import partial
 
 import numpy as np
 
@@ -100,6 +103,54 @@ AFTER_LOOP_WAKE_US = 3000.0
 # G = 3 1.28x; G = 1 1.47x; (3, 63, 32, 40) LSTM 1.24x; (1, 20, 32, 32)
 # LSTM, 0.25 M: 6.1 against 11.0 us; (2, 10, 16, 16) LSTM, 61 K: 0.93x.
 AFTER_LOOP_OWN_MIN_MACS = 1 << 17
+# Where the one-thread loops run a call's BPTT (below PAR_MIN_WORK: S1),
+# a second thread helps from this many multiply-adds of GEMMs after the
+# loop up (kernels/cpu/parallel.py, a helper beside the one-thread BPTT):
+# one Numba parallel region of two parts, the loop on one, dx for the
+# steps done on the other meanwhile, the weight gradients split after.
+# The region enters in compiled code: an empty one took 1.7 us on the dev
+# VM, 9.8 right after a torch.nn call, against 25 and 60-70 for a region
+# of Python parts on fastrnn's threads or torch's team.  Measured
+# (fastrnn.torch fwd+bwd after a torch.nn call, torch and Numba at 2
+# threads, on/off alternating, medians of 151-201; the backend's backward
+# in brackets): LSTM S1 (4.9 M) 700 against 736 us (201 against 233) and
+# 705 against 746; GRU S1 936 against 963 (202 against 227); LSTM (2,
+# 50, 64, 64) 746 against 787; (1, 50, 48, 48), 1.4 M, 472 against 481
+# (102 against 105), about even; the same parts on torch's team (member
+# 1 enters through Python) 755-758 at S1, slower than without.  Numba's
+# OpenMP layer only (its other layers wake their workers more slowly;
+# not measured).  The results are the one-thread path's bit for bit.
+HELPED = True
+HELPED_MIN_MACS = 1 << 21
+# dx's rows per task (a multiple of 8: the own blocks' row groups)
+HELPED_CHUNK_ROWS = 16
+# Likewise the forward: a helper for the input projection (T*B x G*H x I
+# multiply-adds) from this many up, which projects chunks of
+# HELPED_CHUNK_ROWS rows ahead of the loop on the other part.
+HELPED_PROJECT_MIN_MACS = 1 << 20
+_HELPED_OK = []
+
+
+def _helped_region():
+    """Whether a helped BPTT may run: Numba's parallel regions run on its
+    OpenMP layer (found once; its threads launched then if no region has
+    run yet)."""
+    if not _HELPED_OK:
+        _HELPED_OK.append(_numba_omp())
+    return _HELPED_OK[0]
+
+
+def _numba_omp():
+    """Whether Numba's parallel regions run on its OpenMP layer."""
+    try:
+        import numba
+        from numba.np.ufunc import parallel as npar
+        npar._launch_threads()
+        return numba.threading_layer() == "omp"
+    except Exception:
+        return False
+
+
 # The threaded kernels have two schemes (kernels/cpu/parallel.py): each time
 # step split over the threads by hidden units (one fork/join per step), or
 # the batch rows split (each thread runs the whole sequence on its own rows:
@@ -929,6 +980,16 @@ class NumbaCPU:
             kx2 = x2
             if par and not rows and TORCH_UNITS and _torch_projected(dt, nth, x2, w_ih, xg.reshape(T * B, GH)):
                 kx2 = None
+            # the one-thread loops with a helper for the input projection
+            # from HELPED_PROJECT_MIN_MACS up (HELPED): the region's
+            # first arguments; the one-thread kernels' last two else
+            helped = ()
+            if not par and nth > 1 and HELPED and T * B * GH * I >= HELPED_PROJECT_MIN_MACS and _helped_region():
+                hr = -(-HELPED_CHUNK_ROWS // 8) * 8
+                chunks = -(-T * B // hr)
+                helped = (2, np.zeros(parallel.HELP_CTL_SIZE + chunks, np.int64), hr)
+            if not par and not helped:
+                last = (*last, None, 0)
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
@@ -959,6 +1020,8 @@ class NumbaCPU:
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
+                    if helped:
+                        kern = partial(lstm.lstm_forward_helped, *helped)
                     kern(kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, c, perm, nb, reverse, training,
                          y, Hs, Gs, Cs, TCs, gh, *scratch, *last)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
@@ -973,6 +1036,8 @@ class NumbaCPU:
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = gru.gru_forward_par if par else gru.gru_forward
+                    if helped:
+                        kern = partial(gru.gru_forward_helped, *helped)
                     kern(kx2, w_ih, xg, *w_ops, bx, bhn, hs, perm, nb, reverse,
                          training, y, Hs, Gs, HNs, gh, *scratch, *last)
                 bufs = dict(Gs=Gs, HNs=HNs)
@@ -983,6 +1048,8 @@ class NumbaCPU:
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
+                    if helped:
+                        kern = partial(rnn.rnn_forward_helped, *helped)
                     kern(kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
                          training, y, Hs, As, gh, *last)
                 bufs = dict(As=As)
@@ -1091,7 +1158,11 @@ class NumbaCPU:
             # to the same function on this thread (AFTER_LOOP_OWN_MIN_MACS)
             after = None
             after_macs = T * B * GH * (2 * I + H)
-            if not par:
+            # or, from HELPED_MIN_MACS up, the loop and those GEMMs to one
+            # region of two parts, a helper beside the loop (HELPED)
+            helped = (not par and nth > 1 and HELPED and after_macs >= HELPED_MIN_MACS
+                      and _helped_region())
+            if not par and not helped:
                 if nth > 1 and after_macs >= AFTER_LOOP_THREADS_MIN_MACS and _torch_threads() <= 1:
                     after = _in_threads
                     _pool(nth).wake(AFTER_LOOP_WAKE_US)
@@ -1104,7 +1175,12 @@ class NumbaCPU:
                         else _torch_after(dt, after_macs, nth))
             units_torch = par and not rows and torch_mm is not None
             grads = (None if after or units_torch else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
-                     *((own_arg,) if par else ()), *last)
+                     *((own_arg,) if par else ()), *last, *(() if par else (None, 0)))
+            if helped:
+                # the helped region's first arguments and its GEMMs' (x2 given)
+                helped = (2, np.zeros(parallel.HELP_CTL_SIZE, np.int64), 1,
+                          -(-HELPED_CHUNK_ROWS // 8) * 8)
+                grads = (x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, own_arg, *last)
             # where torch's BLAS runs the GEMMs after the parts, the parts
             # sum the bias gradients as they go (BIAS_IN_PARTS)
             bsum = (np.empty((nth, 2 if mode == "gru" else 1, GH), dt)
@@ -1123,6 +1199,8 @@ class NumbaCPU:
                          p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail, dybm, _streams(STREAM_DG, dG))
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
+                    if helped:
+                        kern = partial(lstm.lstm_backward_helped, *helped)
                     kern(dy, *w_ops, dh, dc, perm, nb, reverse, ident, Hs, p["Gs"], p["Cs"], p["TCs"],
                          dG, dgs, *grads)
                 dc0 = _put_rows(dc, perm, ident)
@@ -1133,6 +1211,8 @@ class NumbaCPU:
                          Hs, p["Gs"], p["HNs"], dG, dGh, x2, *tail, dybm)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
+                    if helped:
+                        kern = partial(gru.gru_backward_helped, *helped)
                     kern(dy, *w_ops, dh, perm, nb, reverse, ident, Hs, p["Gs"], p["HNs"],
                          dG, dGh, dgs, np.empty((B, H), dt), *grads)
             else:
@@ -1141,6 +1221,8 @@ class NumbaCPU:
                          mode == "rnn_relu", p["As"], dG, x2, Hs, *tail, dybm)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
+                    if helped:
+                        kern = partial(rnn.rnn_backward_helped, *helped)
                     kern(dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                          Hs, p["As"], dG, dgs, *grads)
             if own:     # the parts' sums added up

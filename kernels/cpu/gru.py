@@ -24,12 +24,13 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
+from .common import JIT, JIT_PAR, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import reversed_at, step_product, step_product_range
 from .spin import part_started
 from .stream import fence, put_row
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, bias_sums_step, copy_rows,
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, help_grads, help_loop_role, help_progress, help_project,
+                       help_projected, bias_sums_buf, bias_sums_step, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
 
@@ -214,24 +215,32 @@ def _add_units(dh, dhd, n, k0, k1):
 # ---------------------------------------------------------------- one thread
 
 @njit(**JIT)
-def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh, axpyT, blasT):
+def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh, axpyT, blasT,
+                ctl, rows):
     """The one-thread forward: per step the recurrent product into gh,
     then the cell on whole rows (_fwd_rows, as the loops by rows)."""
     T, B = xg.shape[0], xg.shape[1]
     nosg = np.empty((0, 0), h.dtype)     # its calls are small: plain stores (stream.py)
-    # input projection for all T*B rows: one GEMM, before the loop
-    np.dot(x2, w_ih.T, xg.reshape((T * B, xg.shape[2])))
+    xg2 = xg.reshape((T * B, xg.shape[2]))
+    # input projection for all T*B rows: one GEMM, before the loop (with a
+    # helper, ctl given: in chunks as the loop needs them, parallel.py)
+    if ctl is None:
+        np.dot(x2, w_ih.T, xg2)
+    ready = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
+        if ctl is not None:
+            ready = help_projected(ctl, ready, t, B, rows, reverse, x2, w_ih, xg2)
         _fwd_rows(t, n, xg, gh, bx, bhn, h, perm, training, y, Hs, Gs, HNs, nosg)
 
 
 @njit(**JIT)
 def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
-                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT):
+                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every):
+    """The one-thread BPTT; ctl, every: see lstm.lstm_backward."""
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -242,6 +251,8 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
             _add_units(dh, dhd, n, 0, H)
+        if ctl is not None:
+            help_progress(ctl, s, T, every)
 
     # x2 None: the caller runs these GEMMs itself, on its threads
     # (numba_cpu.AFTER_LOOP_THREADS_MIN_MACS); Numba then compiles them out
@@ -249,6 +260,59 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
         T_B = T * B
         after_loop_grads(dGi.reshape((T_B, dGi.shape[2])), dGh.reshape((T_B, dGi.shape[2])), x2, Hs.reshape((T_B, H)),
                          w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+
+
+@njit(**JIT)
+def gru_forward_helped_part(i, nth, ctl, rows, x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y,
+                            Hs, Gs, HNs, gh, axpyT, blasT):
+    """Part i of nth (2) of gru_forward_helped: the loop if it arrives
+    first, else projection chunks (parallel.py, the forward's helper)."""
+    if help_loop_role(ctl):
+        gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs, HNs, gh, axpyT,
+                    blasT, ctl, rows)
+    else:
+        help_project(ctl, rows, reverse, x2, w_ih, xg.reshape((xg.shape[0] * xg.shape[1], xg.shape[2])))
+
+
+@njit(**JIT_PAR)
+def gru_forward_helped(nth, ctl, rows, x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, Hs, Gs,
+                       HNs, gh, axpyT, blasT):
+    """gru_forward with a helper: the input projection in chunks on both
+    parts, the loop on one (parallel.py); ctl zeroed, HELP_CTL_SIZE + the
+    chunk count.  Where the region's team has one thread, its parts run
+    in turn and the first does everything."""
+    for i in prange(nth):
+        gru_forward_helped_part(np.int64(i), nth, ctl, rows, x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb,
+                                reverse, training, y, Hs, Gs, HNs, gh, axpyT, blasT)
+
+
+@njit(**JIT)
+def gru_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs,
+                             dGi, dGh, dgs, dhd, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
+    """Part i of nth (2) of gru_backward_helped: the loop if it arrives
+    first, then the tasks after it (parallel.py, a helper beside the
+    one-thread BPTT)."""
+    T, B = dy.shape[0], dy.shape[1]
+    if help_loop_role(ctl):
+        gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd, None, w_ih,
+                     dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every)
+    TB = T * B
+    help_grads(ctl, T, B, rows, reverse, dGi.reshape((TB, dGi.shape[2])), dGh.reshape((TB, dGh.shape[2])), x2,
+               Hs.reshape((TB, dh.shape[1])), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own)
+
+
+@njit(**JIT_PAR)
+def gru_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
+                        dgs, dhd, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
+    """gru_backward with a helper (parallel.py, a helper beside the
+    one-thread BPTT): one region of nth parts (2), every gradient
+    written, the GEMMs after the loop included; ctl zeroed, HELP_CTL_SIZE.
+    Where the region's team has one thread, its parts run in turn and the
+    first does everything."""
+    for i in prange(nth):
+        gru_backward_helped_part(np.int64(i), nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, ident,
+                                 Hs, Gs, HNs, dGi, dGh, dgs, dhd, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh,
+                                 own, axpyT, blasT)
 
 
 # ---------------------------------------------------------------- threads

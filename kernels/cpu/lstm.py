@@ -8,7 +8,7 @@ of the working state and the recurrent GEMM touches only them.  perm[j] is
 the original batch index of sorted row j.  Everything the caller sees or the
 big after-the-loop GEMMs read (xg, y, saved buffers, dG) is in original order.
 
-Three forms of each loop share the per-step pointwise code (_fwd_units,
+The forms of each loop share the per-step pointwise code (_fwd_units,
 _bwd_units, which work on hidden units [k0, k1); the forward's cell math
 itself is _cell_fwd; the forwards on whole rows use _cells_rows instead):
   * lstm_forward / lstm_backward: one thread; per step one recurrent GEMM
@@ -18,6 +18,11 @@ itself is _cell_fwd; the forwards on whole rows use _cells_rows instead):
     block per thread and each thread does its block's slice of the recurrent
     GEMM and its pointwise pass, one fork/join per step (parallel.py has the
     scheme and why);
+  * lstm_forward_helped / lstm_backward_helped: the one-thread loops in a
+    region of two parts, the other part helping (the forward's input
+    projection in chunks ahead of the loop, the BPTT's dx for the steps
+    done and then half of the weight gradients; parallel.py, "a helper
+    beside the one-thread BPTT");
   * lstm_forward_rows_part / lstm_backward_rows_part: each thread the whole
     loop on its own batch rows (parallel.py, "by rows");
     lstm_forward_fused_rows_part is that forward with the input projection
@@ -39,12 +44,13 @@ from numba import njit, prange
 
 from .activations import sigmoid_, tanh_
 from .blas import split
-from .common import JIT, inner, inner_inline, inner_par, after_loop_grads, finished_rows
+from .common import JIT, JIT_PAR, inner, inner_inline, inner_par, after_loop_grads, finished_rows
 from .gemm import mm_nt
 from .packed import reversed_at, step_product, step_product_range
 from .spin import part_started
 from .stream import fence, put_row
-from .parallel import (PROJECT_BEFORE, after_loop_grads_par, bias_sums_buf, copy_rows,
+from .parallel import (PROJECT_BEFORE, after_loop_grads_par, help_grads, help_loop_role, help_progress, help_project,
+                       help_projected, bias_sums_buf, copy_rows,
                        grads_own_rows, input_projection, project_own_rows, put_rows, rows_of,
                        take_rows, zero_bias_sums)
 
@@ -274,7 +280,7 @@ def _bwd_units(t, n, k0, k1, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident, dybm
 
 @njit(**JIT)
 def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
-                 axpyT, blasT):
+                 axpyT, blasT, ctl, rows):
     """The one-thread forward: per step the recurrent product into gh, the
     input's share of the gates added to it, then the cell on whole rows
     (_cells_rows, as the loops by rows).  It ran _fwd_units over all
@@ -287,20 +293,29 @@ def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y,
     rnn_relu 1.09-1.10x, rnn_tanh 1.02-1.06x)."""
     T, B, GH = xg.shape
     nosg = np.empty((0, 0), h.dtype)     # its calls are small: plain stores (stream.py)
-    # input projection for all T*B rows: one GEMM, before the loop
-    np.dot(x2, w_ih.T, xg.reshape((T * B, GH)))
+    xg2 = xg.reshape((T * B, GH))
+    # input projection for all T*B rows: one GEMM, before the loop (with a
+    # helper, ctl given: in chunks as the loop needs them, parallel.py)
+    if ctl is None:
+        np.dot(x2, w_ih.T, xg2)
+    ready = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         n = nb[t]
         if n > 0:
             mm_nt(h[:n], w_hh, gh[:n], axpyT, blasT)
+        if ctl is not None:
+            ready = help_projected(ctl, ready, t, B, rows, reverse, x2, w_ih, xg2)
         _add_input(t, n, gh, xg, perm)
         _cells_rows(t, n, gh, bias, h, 0, c, perm, training, y, Hs, Gs, Cs, TCs, nosg)
 
 
 @njit(**JIT)
 def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
-                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT):
+                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every):
+    """The one-thread BPTT.  ctl: None, or the helped region's control
+    array (parallel.py, a helper beside the one-thread BPTT), where the
+    loop publishes its progress every `every` steps."""
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -310,6 +325,8 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
         _bwd_units(t, n, 0, H, dy, dh, dc, Gs, Cs, TCs, buf, dG, perm, ident, False)
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
+        if ctl is not None:
+            help_progress(ctl, s, T, every)
 
     # x2 None: the caller runs these GEMMs itself, on its threads
     # (numba_cpu.AFTER_LOOP_THREADS_MIN_MACS); Numba then compiles them out
@@ -317,6 +334,59 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
         T_B = T * B
         after_loop_grads(dG.reshape((T_B, dG.shape[2])), dG.reshape((T_B, dG.shape[2])), x2, Hs.reshape((T_B, H)),
                          w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh)
+
+
+@njit(**JIT)
+def lstm_forward_helped_part(i, nth, ctl, rows, x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training,
+                             y, Hs, Gs, Cs, TCs, gh, axpyT, blasT):
+    """Part i of nth (2) of lstm_forward_helped: the loop if it arrives
+    first, else projection chunks (parallel.py, the forward's helper)."""
+    if help_loop_role(ctl):
+        lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y, Hs, Gs, Cs, TCs, gh,
+                     axpyT, blasT, ctl, rows)
+    else:
+        help_project(ctl, rows, reverse, x2, w_ih, xg.reshape((xg.shape[0] * xg.shape[1], xg.shape[2])))
+
+
+@njit(**JIT_PAR)
+def lstm_forward_helped(nth, ctl, rows, x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y, Hs,
+                        Gs, Cs, TCs, gh, axpyT, blasT):
+    """lstm_forward with a helper: the input projection in chunks on both
+    parts, the loop on one (parallel.py); ctl zeroed, HELP_CTL_SIZE + the
+    chunk count.  Where the region's team has one thread, its parts run
+    in turn and the first does everything."""
+    for i in prange(nth):
+        lstm_forward_helped_part(np.int64(i), nth, ctl, rows, x2, w_ih, xg, w_hh, bias, h, c, perm, nb,
+                                 reverse, training, y, Hs, Gs, Cs, TCs, gh, axpyT, blasT)
+
+
+@njit(**JIT)
+def lstm_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs,
+                              Cs, TCs, dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
+    """Part i of nth (2) of lstm_backward_helped: the loop if it arrives
+    first, then the tasks after it (parallel.py, a helper beside the
+    one-thread BPTT)."""
+    T, B = dy.shape[0], dy.shape[1]
+    if help_loop_role(ctl):
+        lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs, None, w_ih, dx2,
+                      dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every)
+    TB = T * B
+    help_grads(ctl, T, B, rows, reverse, dG.reshape((TB, dG.shape[2])), dG.reshape((TB, dG.shape[2])), x2,
+               Hs.reshape((TB, dh.shape[1])), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own)
+
+
+@njit(**JIT_PAR)
+def lstm_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs,
+                         dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
+    """lstm_backward with a helper (parallel.py, a helper beside the
+    one-thread BPTT): one region of nth parts (2), every gradient
+    written, the GEMMs after the loop included; ctl zeroed, HELP_CTL_SIZE.
+    Where the region's team has one thread, its parts run in turn and the
+    first does everything."""
+    for i in prange(nth):
+        lstm_backward_helped_part(np.int64(i), nth, ctl, every, rows, dy, w_hhT, dh, dc, perm, nb, reverse,
+                                  ident, Hs, Gs, Cs, TCs, dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh,
+                                  own, axpyT, blasT)
 
 
 # ---------------------------------------------------------------- threads

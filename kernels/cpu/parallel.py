@@ -37,7 +37,7 @@ from numba import njit, prange
 from .blas import gemm, split
 from .common import JIT, inner, inner_par, colsum
 from .packed import gemm_nn, gemm_tn
-from .spin import part_started
+from .spin import _load_acquire, _pause, _store_release, fetch_add, part_started
 
 
 @njit(**JIT)
@@ -248,6 +248,128 @@ def after_loop_part_cat(i, nth, dG2, XH2, w_ih, dx2, dw_cat, dw_ih, dw_hh, db_ih
     colsum(dG2, db_ih, g0, g1)
     for r in range(g0, g1):
         db_hh[r] = db_ih[r]
+
+
+# ---------------------------------------------------------------- a helper beside the one-thread BPTT
+# Where the one-thread loops run (a small call: S1), a second thread helps
+# their BPTT: one region of two parts (numba_cpu.HELPED_*), the first part
+# to arrive runs the loop (the one-thread kernel, publishing its progress
+# every `every` steps), the other computes dx for the steps already done
+# meanwhile; after the loop both take what is left (the weight gradients
+# in two halves of gate rows).  Every piece of work is a task claimed by
+# an atomic counter in a fixed order, and a task waits only for the
+# loop's progress, never for the other part: where the region runs its
+# two parts one after the other (a team of one thread), the first runs
+# the loop and every task, and the second finds none left.  The tasks'
+# bounds do not depend on who runs them, so the results do not either:
+# they are the one-thread path's bit for bit (dx's row chunks start on
+# multiples of 8 rows, the own blocks' row groups, see packed.py).
+# ctl (int64, HELP_CTL_SIZE): the role counter, the loop's progress (steps
+# done) and the task counter, each on a cache line of its own.
+HELP_ROLE = 0
+HELP_PROGRESS = 8
+HELP_TASK = 16
+HELP_CTL_SIZE = 24
+
+
+@inner
+def help_loop_role(ctl):
+    """Whether this part runs the loop: the first to arrive does."""
+    return fetch_add(ctl, HELP_ROLE, 1) == 0
+
+
+@inner
+def help_progress(ctl, s, T, every):
+    """After step s of T: publish the steps done every `every` steps, and
+    at the last."""
+    if (s + 1) % every == 0 or s == T - 1:
+        _store_release(ctl, HELP_PROGRESS, s + 1)
+
+
+@inner
+def _help_wait(ctl, steps):
+    while _load_acquire(ctl, HELP_PROGRESS) < steps:
+        _pause()
+
+
+@inner
+def help_grads(ctl, T, B, rows, reverse, dG2, dGh2, x2, Hs2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own):
+    """The tasks after the loop (common.after_loop_grads' GEMMs) for either
+    part, claimed until none is left: dx in chunks of `rows` rows (a
+    multiple of 8) in the order the loop finishes them, each once the
+    loop's progress covers its steps; then the weight and bias gradients
+    in two halves of the gate rows, once the loop is done."""
+    TB = T * B
+    nch = (TB + rows - 1) // rows
+    while True:
+        k = fetch_add(ctl, HELP_TASK, 1)
+        if k >= nch + 2:
+            return
+        if k < nch:
+            c = k if reverse else nch - 1 - k      # BPTT runs t = T - 1 first, unless reverse
+            r0 = c * rows
+            r1 = min(r0 + rows, TB)
+            # steps done that cover rows [r0, r1): times [r0 // B, ceil(r1 / B))
+            _help_wait(ctl, (r1 + B - 1) // B if reverse else T - r0 // B)
+            gemm_nn(dG2[r0:r1], w_ih, dx2[r0:r1], own)
+        else:
+            _help_wait(ctl, T)
+            g0, g1 = split(dG2.shape[1], 2, k - nch, 8)
+            gemm_tn(dG2[:, g0:g1], x2, dw_ih[g0:g1], own)
+            gemm_tn(dGh2[:, g0:g1], Hs2, dw_hh[g0:g1], own)
+            colsum(dG2, db_ih, g0, g1)
+            colsum(dGh2, db_hh, g0, g1)
+
+
+# The forward's helper: the input projection (xg = x W_ih^T) in chunks of
+# `rows` rows, tasks claimed in the order the loop reads them, the loop's
+# part taking the next one itself while its step still lacks one
+# (help_projected), the other part taking them until none is left
+# (help_project).  A task's done flag: ctl[HELP_CTL_SIZE + k], set after its
+# rows are written; ctl then holds HELP_CTL_SIZE + the chunk count.
+
+
+@inner
+def _project_task(ctl, k, nch, rows, reverse, x2, w_ih, xg2):
+    c = nch - 1 - k if reverse else k      # the loop reads t = 0 first, unless reverse
+    r0 = c * rows
+    r1 = min(r0 + rows, x2.shape[0])
+    np.dot(x2[r0:r1], w_ih.T, xg2[r0:r1])
+    _store_release(ctl, HELP_CTL_SIZE + k, 1)
+
+
+@inner
+def help_project(ctl, rows, reverse, x2, w_ih, xg2):
+    """The helper's part of the forward: projection chunks until none is left."""
+    nch = (x2.shape[0] + rows - 1) // rows
+    while True:
+        k = fetch_add(ctl, HELP_TASK, 1)
+        if k >= nch:
+            return
+        _project_task(ctl, k, nch, rows, reverse, x2, w_ih, xg2)
+
+
+@inner
+def help_projected(ctl, ready, t, B, rows, reverse, x2, w_ih, xg2):
+    """In the loop's part, before step t reads xg[t]: until every chunk
+    holding its rows is done (the first `ready` tasks are known to be),
+    take the next unclaimed chunk, or wait where the helper has them all.
+    Returns the new `ready`."""
+    nch = (x2.shape[0] + rows - 1) // rows
+    need = nch - 1 - (t * B) // rows if reverse else ((t + 1) * B - 1) // rows
+    claimed_all = False
+    while ready <= need:
+        if _load_acquire(ctl, HELP_CTL_SIZE + ready) != 0:
+            ready += 1
+            continue
+        if not claimed_all:
+            k = fetch_add(ctl, HELP_TASK, 1)
+            if k < nch:
+                _project_task(ctl, k, nch, rows, reverse, x2, w_ih, xg2)
+                continue
+            claimed_all = True
+        _pause()
+    return ready
 
 
 @njit(**JIT)

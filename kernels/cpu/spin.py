@@ -57,6 +57,20 @@ def _store_release(typingctx, arr, idx, val):
 
 
 @intrinsic
+def fetch_add(typingctx, arr, idx, val):
+    """arr[idx] += val as one atomic read-modify-write (acquire and
+    release); returns the value before (no bounds check)."""
+    if not (_int64_array(arr) and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", builder.gep(ary.data, [args[1]]), v, "acq_rel")
+    return types.int64(arr, types.intp, val), codegen
+
+
+@intrinsic
 def _pause(typingctx):
     def codegen(context, builder, sig, args):
         if _X86:

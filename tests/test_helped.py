@@ -1,0 +1,148 @@
+"""The one-thread loops with a helper (numba_cpu.HELPED_*, kernels/cpu/parallel.py):
+one Numba region of two parts, the loop on whichever arrives first, the rest
+as tasks claimed by both (the BPTT's dx and weight gradients; the forward's
+input projection in chunks).  The BPTT's results must be the one-thread
+path's bit for bit (the tasks' bounds never depend on which part runs
+them); the forward's are the float64 oracle's (its projection chunks round
+as BLAS rounds a chunk), the same whichever part runs which chunk.  Every
+element written, for every mode, dtype, direction and length pattern; and
+both must finish where the region's two parts run one after the other (a
+team of one thread), in either order."""
+import numpy as np
+import pytest
+
+from fastrnn import _threads
+from fastrnn._backends import numba_cpu
+from fastrnn._kernels.cpu import gru, lstm, parallel, rnn
+
+from .helpers import check_backend, make_problem, nan_empty, run
+
+MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn}
+
+
+def _threads_or_skip():
+    if _threads.available_threads() < 2:
+        pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
+    if not numba_cpu._helped_region():
+        pytest.skip("Numba's parallel regions do not run on its OpenMP layer here")
+
+
+@pytest.fixture
+def helped_calls(monkeypatch):
+    """Every size big enough for the helped form (its bound at 0, and
+    threads even for tiny calls), the NaN allocator; each helped region's
+    call recorded by its kernel name."""
+    _threads_or_skip()
+    monkeypatch.setattr(numba_cpu, "HELPED_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
+    monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 0)
+    calls = []
+    for mod in KERNELS.values():
+        for name in _regions(mod):
+            real = getattr(mod, name)
+
+            def spy(*args, _real=real, _name=name):
+                calls.append(_name.split("_")[1])     # "forward" or "backward"
+                return _real(*args)
+            monkeypatch.setattr(mod, name, spy)
+    return calls
+
+
+def _regions(mod):
+    """The kernel module's two helped regions (forward, backward)."""
+    return [n for n in dir(mod) if n.endswith(("_forward_helped", "_backward_helped"))]
+
+
+def _both(monkeypatch, mode, prob, dtype, reverse):
+    """run() with the helper off, then on."""
+    monkeypatch.setattr(numba_cpu, "HELPED", False)
+    off = run(mode, prob, backend="numba", dtype=dtype, reverse=reverse)
+    monkeypatch.setattr(numba_cpu, "HELPED", True)
+    on = run(mode, prob, backend="numba", dtype=dtype, reverse=reverse)
+    return off, on
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lengths", ["full", "random", "edges"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_helped_bptt_is_the_one_thread_path_bit_for_bit(monkeypatch, helped_calls, mode, dtype, lengths, reverse):
+    # the forward without its helper here (its projection rounds as BLAS
+    # rounds a chunk); B = 3, T = 37: dx's row chunks (16 rows) end
+    # mid-step, and the last is short
+    monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 1 << 62)
+    prob = make_problem(mode, 37, 3, 24, 40, lengths=lengths, seed=3)
+    off, on = _both(monkeypatch, mode, prob, dtype, reverse)
+    assert "backward" in helped_calls and "forward" not in helped_calls
+    for name in off:
+        assert np.array_equal(off[name], on[name]), name
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("lengths", ["full", "edges"])
+def test_helped_against_the_oracle(helped_calls, mode, lengths):
+    check_backend(mode, "numba", T=30, B=2, I=20, H=33, dtype="float32", lengths=lengths, scale=0.3, seed=5)
+    check_backend(mode, "numba", T=30, B=3, I=20, H=33, dtype="float64", lengths=lengths, reverse=True, seed=6)
+    # each check: training forward, its backward, an inference forward
+    assert helped_calls == ["forward", "backward", "forward"] * 2
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_relu"])
+def test_parts_in_turn(monkeypatch, helped_calls, mode, order):
+    """The regions' parts one after the other on this thread (a team of
+    one), in either order: the first runs the loop and every task, the
+    second finds none left; nothing waits for ever, and the results are
+    the two threads' bit for bit."""
+    prob = make_problem(mode, 29, 2, 16, 24, lengths="random", seed=7)
+    both = run(mode, prob, backend="numba", dtype="float32")
+    for mod in KERNELS.values():
+        for name in _regions(mod):
+            part = getattr(mod, name + "_part")
+
+            def in_turn(nth, *args, _part=part):
+                assert nth == 2
+                for i in order:
+                    _part(i, nth, *args)
+            monkeypatch.setattr(mod, name, in_turn)
+    turns = run(mode, prob, backend="numba", dtype="float32")
+    for name in both:
+        assert np.array_equal(both[name], turns[name]), name
+    off, _ = _both(monkeypatch, mode, prob, "float32", False)
+    for name in off:
+        np.testing.assert_allclose(turns[name], off[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_not_where_the_region_cannot_run(monkeypatch, helped_calls):
+    monkeypatch.setattr(numba_cpu, "_HELPED_OK", [False])
+    run("lstm", make_problem("lstm", 20, 2, 8, 16), backend="numba", dtype="float32")
+    assert not helped_calls
+
+
+def test_below_the_bound_and_with_threads_not_used(monkeypatch, helped_calls):
+    """Not below HELPED_MIN_MACS and HELPED_PROJECT_MIN_MACS, and not where
+    the threaded loops run (they split their own GEMMs)."""
+    monkeypatch.setattr(numba_cpu, "HELPED_MIN_MACS", 1 << 40)
+    monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 1 << 40)
+    run("gru", make_problem("gru", 20, 2, 8, 16), backend="numba", dtype="float32")
+    monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "HELPED_MIN_MACS", 0)
+    monkeypatch.setattr(numba_cpu, "PAR_MIN_WORK", 0)
+    monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
+    run("gru", make_problem("gru", 20, 4, 8, 16), backend="numba", dtype="float32")
+    assert not helped_calls
+
+
+def test_one_flag_turns_both_off(monkeypatch, helped_calls):
+    monkeypatch.setattr(numba_cpu, "HELPED", False)
+    run("lstm", make_problem("lstm", 20, 2, 8, 16), backend="numba", dtype="float32")
+    assert not helped_calls
+
+
+def test_ctl_layout():
+    """The three counters on cache lines of their own, inside the array."""
+    slots = (parallel.HELP_ROLE, parallel.HELP_PROGRESS, parallel.HELP_TASK)
+    assert len({s // 8 for s in slots}) == 3
+    assert max(slots) < parallel.HELP_CTL_SIZE
