@@ -24,7 +24,7 @@ KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn}
 def _threads_or_skip():
     if _threads.available_threads() < 2:
         pytest.skip(f"threaded kernels cannot run here: {_threads.why_single()}")
-    if not numba_cpu._helped_region():
+    if not numba_cpu._numba_omp():
         pytest.skip("Numba's parallel regions do not run on its OpenMP layer here")
 
 
@@ -34,6 +34,9 @@ def helped_calls(monkeypatch):
     threads even for tiny calls), the NaN allocator; each helped region's
     call recorded by its kernel name."""
     _threads_or_skip()
+    # the helper runs where torch runs several threads (HELPED's comment):
+    # that answer, whether torch is here or not
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)
     monkeypatch.setattr(numba_cpu, "HELPED_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
@@ -118,6 +121,14 @@ def test_parts_in_turn(monkeypatch, helped_calls, mode, order):
 def test_not_where_the_region_cannot_run(monkeypatch, helped_calls):
     monkeypatch.setattr(numba_cpu, "_HELPED_OK", [False])
     run("lstm", make_problem("lstm", 20, 2, 8, 16), backend="numba", dtype="float32")
+    assert not helped_calls
+
+
+def test_not_where_torch_runs_one_thread_or_none(monkeypatch, helped_calls):
+    """There the loops by rows run on fastrnn's own threads, which the
+    region's spinning OpenMP worker would slow."""
+    monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 1)
+    run("gru", make_problem("gru", 20, 2, 8, 16), backend="numba", dtype="float32")
     assert not helped_calls
 
 

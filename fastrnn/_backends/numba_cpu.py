@@ -103,23 +103,34 @@ AFTER_LOOP_WAKE_US = 3000.0
 # G = 3 1.28x; G = 1 1.47x; (3, 63, 32, 40) LSTM 1.24x; (1, 20, 32, 32)
 # LSTM, 0.25 M: 6.1 against 11.0 us; (2, 10, 16, 16) LSTM, 61 K: 0.93x.
 AFTER_LOOP_OWN_MIN_MACS = 1 << 17
-# Where the one-thread loops run a call's BPTT (below PAR_MIN_WORK: S1),
-# a second thread helps from this many multiply-adds of GEMMs after the
-# loop up (kernels/cpu/parallel.py, a helper beside the one-thread BPTT):
-# one Numba parallel region of two parts, the loop on one, dx for the
-# steps done on the other meanwhile, the weight gradients split after.
-# The region enters in compiled code: an empty one took 1.7 us on the dev
-# VM, 9.8 right after a torch.nn call, against 25 and 60-70 for a region
-# of Python parts on fastrnn's threads or torch's team.  Measured
+# Where the one-thread loops run a call's BPTT (below PAR_MIN_WORK: S1)
+# and torch runs several threads in the process, a second thread helps
+# from this many multiply-adds of GEMMs after the loop up
+# (kernels/cpu/parallel.py, a helper beside the one-thread BPTT): one
+# Numba parallel region of two parts, the loop on one, dx for the steps
+# done on the other meanwhile, the weight gradients split after.  The
+# region enters in compiled code: an empty one took 1.7 us on the dev VM,
+# 9.8 right after a torch.nn call, against 25 and 60-70 for a region of
+# Python parts on fastrnn's threads or torch's team.  Measured
 # (fastrnn.torch fwd+bwd after a torch.nn call, torch and Numba at 2
 # threads, on/off alternating, medians of 151-201; the backend's backward
 # in brackets): LSTM S1 (4.9 M) 700 against 736 us (201 against 233) and
 # 705 against 746; GRU S1 936 against 963 (202 against 227); LSTM (2,
 # 50, 64, 64) 746 against 787; (1, 50, 48, 48), 1.4 M, 472 against 481
 # (102 against 105), about even; the same parts on torch's team (member
-# 1 enters through Python) 755-758 at S1, slower than without.  Numba's
-# OpenMP layer only (its other layers wake their workers more slowly;
-# not measured).  The results are the one-thread path's bit for bit.
+# 1 enters through Python) 755-758 at S1, slower than without.
+# Where torch runs one thread or none, not used: there the loops by rows
+# run on fastrnn's own threads, and the region's OpenMP worker, spinning
+# for 2-5 ms after it, took their second core (no torch, an S2 call by
+# rows right after a helped S1 call: 8.1 against 4.2 ms; the S1 call
+# itself 377 against 420 us); its parts on fastrnn's threads instead, the
+# S1 call took 536 against 442 (a sleeping worker's wake and its trip
+# through Python).  With torch at 2 threads, torch's ops and the loops by
+# rows on its team right after a helped call were not slowed (4 torch.mm
+# of 512^3 3.73 against 3.81 ms, an S2 call by rows 4.43 against 4.51).
+# Numba's OpenMP layer only (its other layers wake their workers more
+# slowly; not measured).  The results are the one-thread path's bit for
+# bit.
 HELPED = True
 HELPED_MIN_MACS = 1 << 21
 # dx's rows per task (a multiple of 8: the own blocks' row groups)
@@ -137,9 +148,11 @@ _HELPED_OK = []
 
 
 def _helped_region():
-    """Whether a helped BPTT may run: Numba's parallel regions run on its
-    OpenMP layer (found once; its threads launched then if no region has
-    run yet)."""
+    """Whether the helped loops may run: torch runs several threads here,
+    and Numba's parallel regions run on its OpenMP layer (found once; its
+    threads launched then if no region has run yet)."""
+    if _torch_threads() <= 1:
+        return False
     if not _HELPED_OK:
         _HELPED_OK.append(_numba_omp())
     return _HELPED_OK[0]
