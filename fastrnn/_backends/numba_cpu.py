@@ -110,8 +110,8 @@ AFTER_LOOP_OWN_MIN_MACS = 1 << 17
 # Numba parallel region of two parts, the loop on one, dx for the steps
 # done on the other meanwhile, the weight gradients split after.  The
 # region enters in compiled code: an empty one took 1.7 us on the dev VM,
-# 9.8 right after a torch.nn call, against 25 and 60-70 for a region of
-# Python parts on fastrnn's threads or torch's team.  Measured
+# 9.8 right after a torch.nn call, against 17-27 and 60-70 for a region
+# of Python parts on torch's team.  Measured
 # (fastrnn.torch fwd+bwd after a torch.nn call, torch and Numba at 2
 # threads, on/off alternating, medians of 151-201; the backend's backward
 # in brackets): LSTM S1 (4.9 M) 700 against 736 us (201 against 233) and
