@@ -114,11 +114,12 @@ AFTER_LOOP_OWN_MIN_MACS = 1 << 17
 # of Python parts on torch's team.  Measured
 # (fastrnn.torch fwd+bwd after a torch.nn call, torch and Numba at 2
 # threads, on/off alternating, medians of 151-201; the backend's backward
-# in brackets): LSTM S1 (4.9 M) 700 against 736 us (201 against 233) and
-# 705 against 746; GRU S1 936 against 963 (202 against 227); LSTM (2,
-# 50, 64, 64) 746 against 787; (1, 50, 48, 48), 1.4 M, 472 against 481
-# (102 against 105), about even; the same parts on torch's team (member
-# 1 enters through Python) 755-758 at S1, slower than without.
+# in brackets), this helper alone: LSTM S1 (4.9 M) 700 against 736 us
+# (201 against 233) and 705 against 746; GRU S1 936 against 963 (202
+# against 227); LSTM (2, 50, 64, 64) 746 against 787; (1, 50, 48, 48),
+# 1.4 M, 472 against 481 (102 against 105), about even; the same parts on
+# torch's team (member 1 enters through Python) 755-758 at S1, slower
+# than without.
 # Where torch runs one thread or none, not used: there the loops by rows
 # run on fastrnn's own threads, and the region's OpenMP worker, spinning
 # for 2-5 ms after it, took their second core (no torch, an S2 call by
@@ -129,8 +130,8 @@ AFTER_LOOP_OWN_MIN_MACS = 1 << 17
 # rows on its team right after a helped call were not slowed (4 torch.mm
 # of 512^3 3.73 against 3.81 ms, an S2 call by rows 4.43 against 4.51).
 # Numba's OpenMP layer only (its other layers wake their workers more
-# slowly; not measured).  The results are the one-thread path's bit for
-# bit.
+# slowly; not measured).  The BPTT's results are the one-thread path's
+# bit for bit.
 HELPED = True
 HELPED_MIN_MACS = 1 << 21
 # dx's rows per task (a multiple of 8: the own blocks' row groups)
@@ -142,7 +143,9 @@ HELPED_CHUNK_ROWS = 16
 # Measured (fastrnn.rnn_forward after a torch.nn call, on/off
 # alternating, medians of 301): LSTM S1 (1.6 M) training 277 against 297
 # us, inference 249 against 267; (1, 64, 64, 64), 1.05 M, 235.5 against
-# 237.0 (even).  Both sets of numbers above include this.
+# 237.0 (even).  Both helpers, fastrnn.torch fwd+bwd as above: LSTM S1
+# 684, 715, 664, 614 against 778, 800, 743, 681 us; GRU S1 817 against
+# 860; LSTM (2, 50, 64, 64) 682 against 737.
 HELPED_PROJECT_MIN_MACS = 1 << 20
 _HELPED_OK = []
 
