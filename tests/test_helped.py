@@ -15,7 +15,7 @@ from fastrnn import _threads
 from fastrnn._backends import numba_cpu
 from fastrnn._kernels.cpu import gru, lstm, parallel, rnn
 
-from .helpers import check_backend, make_problem, nan_empty, run
+from .helpers import assert_child_survives, check_backend, make_problem, nan_empty, run
 
 MODES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn}
@@ -37,6 +37,8 @@ def helped_calls(monkeypatch):
     # the helper runs where torch runs several threads (HELPED's comment):
     # that answer, whether torch is here or not
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)
+    # compiled on first use in this thread (the background compile has a test of its own)
+    monkeypatch.setattr(numba_cpu, "HELPED_BACKGROUND", False)
     monkeypatch.setattr(numba_cpu, "HELPED_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
@@ -49,6 +51,7 @@ def helped_calls(monkeypatch):
             def spy(*args, _real=real, _name=name):
                 calls.append(_name.split("_")[1])     # "forward" or "backward"
                 return _real(*args)
+            spy.compile = real.compile      # for the background compile
             monkeypatch.setattr(mod, name, spy)
     return calls
 
@@ -157,3 +160,77 @@ def test_ctl_layout():
     slots = (parallel.HELP_ROLE, parallel.HELP_PROGRESS, parallel.HELP_TASK)
     assert len({s // 8 for s in slots}) == 3
     assert max(slots) < parallel.HELP_CTL_SIZE
+
+
+def test_two_of_more_numba_threads():
+    """With more Numba threads than two (NUMBA_NUM_THREADS=4 here, in a
+    child), the helped region runs on two, the caller's count is back
+    after it, and the results are the helper-off path's."""
+    code = """
+import os, numpy as np, numba
+from fastrnn import _threads
+from fastrnn._backends import numba_cpu
+from fastrnn._kernels.cpu import lstm
+from tests.helpers import make_problem, run
+if _threads.available_threads() < 4 or not numba_cpu._numba_omp():
+    print("alive"); raise SystemExit
+numba_cpu._torch_threads = lambda: 2
+numba_cpu.HELPED_BACKGROUND = False
+numba_cpu.HELPED_MIN_MACS = numba_cpu.TINY_WORK = 0
+numba_cpu.HELPED_PROJECT_MIN_MACS = 1 << 62
+seen = []
+real = lstm.lstm_backward_helped
+def spy(*a):
+    seen.append(numba.get_num_threads())
+    return real(*a)
+lstm.lstm_backward_helped = spy
+prob = make_problem("lstm", 30, 2, 16, 24, seed=2)
+on = run("lstm", prob, backend="numba", dtype="float32")
+assert seen == [2], seen
+assert numba.get_num_threads() == 4
+numba_cpu.HELPED = False
+off = run("lstm", prob, backend="numba", dtype="float32")
+assert all(np.array_equal(on[k], off[k]) for k in on)
+print("alive")
+"""
+    assert_child_survives("import os; os.environ['NUMBA_NUM_THREADS'] = '4'\n" + code)
+
+
+def test_compiled_in_the_background(monkeypatch, helped_calls):
+    """HELPED_BACKGROUND: the calls that want a helped region run the
+    one-thread kernels, the second of them starts the region's compilation
+    in a thread; once that is done, calls of that kind run the region; the
+    results agree."""
+    monkeypatch.setattr(numba_cpu, "HELPED_BACKGROUND", True)
+    monkeypatch.setattr(numba_cpu, "_HELPED_STATE", {})
+    monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 1 << 62)
+    prob = make_problem("gru", 25, 2, 12, 20, lengths="random", seed=9)
+    first = run("gru", prob, backend="numba", dtype="float32")
+    assert not helped_calls and list(numba_cpu._HELPED_STATE.values()) == [1]
+    run("gru", prob, backend="numba", dtype="float32")
+    assert not helped_calls
+    states = list(numba_cpu._HELPED_STATE.values())
+    assert len(states) == 1
+    if states[0] is not True:       # still compiling (done already where this process had it)
+        assert states[0].name == "fastrnn-compile"
+        states[0].join(600)
+    assert list(numba_cpu._HELPED_STATE.values()) == [True]
+    then = run("gru", prob, backend="numba", dtype="float32")
+    assert helped_calls == ["backward"]
+    for name in first:
+        np.testing.assert_allclose(then[name], first[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_failed_compile_leaves_the_one_thread_kernels(monkeypatch, helped_calls):
+    monkeypatch.setattr(numba_cpu, "HELPED_BACKGROUND", True)
+    monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 1 << 62)
+    state = {}
+    monkeypatch.setattr(numba_cpu, "_HELPED_STATE", state)
+
+    class Broken:
+        def compile(self, sig):
+            raise RuntimeError("no")
+    t = numba_cpu._compile_in_background("k", Broken(), (np.zeros(2, np.float32),))
+    assert state["k"] in (t, False)
+    t.join(60)
+    assert state == {"k": False}

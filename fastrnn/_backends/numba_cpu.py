@@ -161,6 +161,70 @@ def _helped_region():
     return _HELPED_OK[0]
 
 
+# Each helped region compiles in a background thread from the second call
+# that wants it (per mode, direction, dtype and step form), and until it is
+# ready the calls run the one-thread kernels as before: a Numba parallel
+# region compiles slowly over code as big as a time loop (cold, LSTM S1
+# under torch: the forward 8.5 against 4.1 s, the BPTT 11.5 against 6.0;
+# the first fwd+bwd 21.5 against 10.2 s), and the cache on disk makes
+# that a first run's cost only.  Not from the first call: Numba compiles
+# one function at a time (a lock), so the call's own one-thread kernels,
+# compiling then, would wait for the region's (first fwd+bwd 20.6 s).
+# False: in the calling thread, at the first call.
+HELPED_BACKGROUND = True
+_HELPED_STATE = {}      # key -> 1 (seen once), the compiling Thread, True (compiled) or False (failed)
+
+
+def _helped(region, head, nth, args):
+    """Run region(*head, *args) if it is compiled for these arguments' kind
+    (HELPED_BACKGROUND) and say whether it ran; where it is not, say False
+    (the caller runs the one-thread kernel), and at the second such call
+    start its compilation.
+    Its two parts run on two of Numba's threads: where Numba has more
+    (nth), its count is set to 2 around the call, or the region would
+    start and join every one of them for two parts."""
+    key = (region, args[0].dtype.char, *[a is None for a in args])
+    state = _HELPED_STATE.get(key)
+    if state is not True:
+        if HELPED_BACKGROUND:
+            if state is None:           # the first such call: its own kernels compile now
+                _HELPED_STATE[key] = 1
+            elif state == 1:            # the second: theirs are done, the region's start
+                _compile_in_background(key, region, head + args)
+            return False                # (or compiling, or failed)
+        if state is not None:
+            return False
+        _HELPED_STATE[key] = True
+    if nth <= 2:
+        region(*head, *args)
+        return True
+    import numba
+    numba.set_num_threads(2)
+    try:
+        region(*head, *args)
+    finally:
+        numba.set_num_threads(nth)
+    return True
+
+
+def _compile_in_background(key, region, args):
+    """A daemon thread compiling (or loading from Numba's cache) region for
+    args' types, _HELPED_STATE[key] until it sets True (or False) there."""
+    import threading
+    from numba import typeof
+    sig = tuple(typeof(a) for a in args)
+
+    def work():
+        try:
+            region.compile(sig)
+            _HELPED_STATE[key] = True
+        except Exception:       # that form stays on the one-thread kernels
+            _HELPED_STATE[key] = False
+    t = _HELPED_STATE[key] = threading.Thread(target=work, name="fastrnn-compile", daemon=True)
+    t.start()
+    return t
+
+
 def _numba_omp():
     """Whether Numba's parallel regions run on its OpenMP layer."""
     try:
@@ -1009,8 +1073,7 @@ class NumbaCPU:
                 hr = -(-HELPED_CHUNK_ROWS // 8) * 8
                 chunks = -(-T * B // hr)
                 helped = (2, np.zeros(parallel.HELP_CTL_SIZE + chunks, np.int64), hr)
-            if not par and not helped:
-                last = (*last, None, 0)
+            one = () if par else (None, 0)      # the one-thread kernels' last two
             if mode == "lstm":
                 c = _take_rows(c0, perm, ident)
                 Gs, Cs, TCs = tb((T, B, GH)), tb((T, B, H)), tb((T, B, H))
@@ -1041,10 +1104,10 @@ class NumbaCPU:
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = lstm.lstm_forward_par if par else lstm.lstm_forward
-                    if helped:
-                        kern = partial(lstm.lstm_forward_helped, *helped)
-                    kern(kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, c, perm, nb, reverse, training,
-                         y, Hs, Gs, Cs, TCs, gh, *scratch, *last)
+                    args = (kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, c, perm, nb, reverse, training,
+                            y, Hs, Gs, Cs, TCs, gh, *scratch, *last)
+                    if not (helped and _helped(lstm.lstm_forward_helped, helped, nth, args)):
+                        kern(*args, *one)
                 bufs = dict(Gs=Gs, Cs=Cs, TCs=TCs)
             elif mode == "gru":
                 bx = b_ih.copy()
@@ -1057,10 +1120,10 @@ class NumbaCPU:
                 else:
                     scratch = (np.empty((B, GH), dt), np.empty((B, H), dt)) if par else ()
                     kern = gru.gru_forward_par if par else gru.gru_forward
-                    if helped:
-                        kern = partial(gru.gru_forward_helped, *helped)
-                    kern(kx2, w_ih, xg, *w_ops, bx, bhn, hs, perm, nb, reverse,
-                         training, y, Hs, Gs, HNs, gh, *scratch, *last)
+                    args = (kx2, w_ih, xg, *w_ops, bx, bhn, hs, perm, nb, reverse,
+                            training, y, Hs, Gs, HNs, gh, *scratch, *last)
+                    if not (helped and _helped(gru.gru_forward_helped, helped, nth, args)):
+                        kern(*args, *one)
                 bufs = dict(Gs=Gs, HNs=HNs)
             else:
                 As = tb((T, B, H))
@@ -1069,10 +1132,10 @@ class NumbaCPU:
                          mode == "rnn_relu", training, y, Hs, As, x2, w_ih, project)
                 else:
                     kern = rnn.rnn_forward_par if par else rnn.rnn_forward
-                    if helped:
-                        kern = partial(rnn.rnn_forward_helped, *helped)
-                    kern(kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
-                         training, y, Hs, As, gh, *last)
+                    args = (kx2, w_ih, xg, *w_ops, b_ih + b_hh, hs, perm, nb, reverse, mode == "rnn_relu",
+                            training, y, Hs, As, gh, *last)
+                    if not (helped and _helped(rnn.rnn_forward_helped, helped, nth, args)):
+                        kern(*args, *one)
                 bufs = dict(As=As)
             if par and not rows:
                 h = hs[T % 2]
@@ -1197,11 +1260,14 @@ class NumbaCPU:
             units_torch = par and not rows and torch_mm is not None
             grads = (None if after or units_torch else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
                      *((own_arg,) if par else ()), *last, *(() if par else (None, 0)))
+            hgrads = ()
             if helped:
-                # the helped region's first arguments and its GEMMs' (x2 given)
+                # the helped region's first arguments and its GEMMs' (x2 given;
+                # `grads` stays what the one-thread kernel takes instead, with
+                # x2: it runs them itself where the region is not compiled yet)
                 helped = (2, np.zeros(parallel.HELP_CTL_SIZE, np.int64), 1,
                           -(-HELPED_CHUNK_ROWS // 8) * 8)
-                grads = (x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, own_arg, *last)
+                hgrads = (x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, own_arg, *last)
             # where torch's BLAS runs the GEMMs after the parts, the parts
             # sum the bias gradients as they go (BIAS_IN_PARTS)
             bsum = (np.empty((nth, 2 if mode == "gru" else 1, GH), dt)
@@ -1220,10 +1286,9 @@ class NumbaCPU:
                          p["Gs"], p["Cs"], p["TCs"], dG, x2, Hs, *tail, dybm, _streams(STREAM_DG, dG))
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
-                    if helped:
-                        kern = partial(lstm.lstm_backward_helped, *helped)
-                    kern(dy, *w_ops, dh, dc, perm, nb, reverse, ident, Hs, p["Gs"], p["Cs"], p["TCs"],
-                         dG, dgs, *grads)
+                    args = (dy, *w_ops, dh, dc, perm, nb, reverse, ident, Hs, p["Gs"], p["Cs"], p["TCs"], dG, dgs)
+                    if not (helped and _helped(lstm.lstm_backward_helped, helped, nth, args + hgrads)):
+                        kern(*args, *grads)
                 dc0 = _put_rows(dc, perm, ident)
             elif mode == "gru":
                 dGh = alloc((T, B, GH), dt)
@@ -1232,20 +1297,20 @@ class NumbaCPU:
                          Hs, p["Gs"], p["HNs"], dG, dGh, x2, *tail, dybm)
                 else:
                     kern = gru.gru_backward_par if par else gru.gru_backward
-                    if helped:
-                        kern = partial(gru.gru_backward_helped, *helped)
-                    kern(dy, *w_ops, dh, perm, nb, reverse, ident, Hs, p["Gs"], p["HNs"],
-                         dG, dGh, dgs, np.empty((B, H), dt), *grads)
+                    args = (dy, *w_ops, dh, perm, nb, reverse, ident, Hs, p["Gs"], p["HNs"],
+                            dG, dGh, dgs, np.empty((B, H), dt))
+                    if not (helped and _helped(gru.gru_backward_helped, helped, nth, args + hgrads)):
+                        kern(*args, *grads)
             else:
                 if rows:
                     rows(rnn.rnn_backward_rows_part, nth, rows_bt, wp, dyk, dh, perm, nb, reverse,
                          mode == "rnn_relu", p["As"], dG, x2, Hs, *tail, dybm)
                 else:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
-                    if helped:
-                        kern = partial(rnn.rnn_backward_helped, *helped)
-                    kern(dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
-                         Hs, p["As"], dG, dgs, *grads)
+                    args = (dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
+                            Hs, p["As"], dG, dgs)
+                    if not (helped and _helped(rnn.rnn_backward_helped, helped, nth, args + hgrads)):
+                        kern(*args, *grads)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
