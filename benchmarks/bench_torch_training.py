@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import fastrnn
+import fastrnn.bench
 import fastrnn.torch as frt
 
 SHAPES = {  # name: (B, T, I, H)
@@ -296,6 +297,7 @@ def bench_shapes(cells, shapes, reps):
             row = dict(cell=cell, shape=name, B=B, T=T, I=I, H=H)
             runs = {impl: fwd_bwd_runner(impl, cell, B, T, I, H)[0] for impl in ("torch", "fastrnn")}
             runs["raw"] = raw_runner(cell, B, T, I, H)
+            fastrnn.bench._settle(*runs.values())      # background compiles done before any timing
             row["reps"] = n = row_reps(runs, reps)
             # the floor's GEMM rate, timed in blocks just before and just
             # after the row's repetitions (this VM's speed drifts by 1.5-2x
@@ -574,6 +576,7 @@ if pytest is not None:
         if impl == "fastrnn":
             check_shape("lstm", B, T, I, H)
         run, _, _ = fwd_bwd_runner(impl, "lstm", B, T, I, H)
+        fastrnn.bench._settle(run)
         benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=2)
 
     @pytest.mark.parametrize("what", ["module", "raw"])

@@ -213,7 +213,7 @@ def test_compiled_in_the_background(monkeypatch, helped_calls):
     assert len(states) == 1
     if states[0] is not True:       # still compiling (done already where this process had it)
         assert states[0].name == "fastrnn-compile"
-        states[0].join(600)
+        numba_cpu.wait_compiles(600)
     assert list(numba_cpu._HELPED_STATE.values()) == [True]
     then = run("gru", prob, backend="numba", dtype="float32")
     assert helped_calls == ["backward"]

@@ -225,6 +225,16 @@ def _compile_in_background(key, region, args):
     return t
 
 
+def wait_compiles(timeout=None):
+    """Wait for the helped regions' background compiles started so far
+    (HELPED_BACKGROUND): what a benchmark's warm-up calls, so that its
+    timed calls run the form a long-running program settles on."""
+    import threading
+    for state in list(_HELPED_STATE.values()):
+        if isinstance(state, threading.Thread):
+            state.join(timeout)
+
+
 def _numba_omp():
     """Whether Numba's parallel regions run on its OpenMP layer."""
     try:
