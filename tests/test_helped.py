@@ -39,6 +39,8 @@ def helped_calls(monkeypatch):
     monkeypatch.setattr(numba_cpu, "_torch_threads", lambda: 2)
     # compiled on first use in this thread (the background compile has a test of its own)
     monkeypatch.setattr(numba_cpu, "HELPED_BACKGROUND", False)
+    # calls here come between oracle runs: not only within a burst
+    monkeypatch.setattr(numba_cpu, "HELPED_MAX_GAP_S", float("inf"))
     monkeypatch.setattr(numba_cpu, "HELPED_MIN_MACS", 0)
     monkeypatch.setattr(numba_cpu, "TINY_WORK", 0)
     monkeypatch.setattr(numba_cpu, "_empty", nan_empty)
@@ -176,6 +178,7 @@ if _threads.available_threads() < 4 or not numba_cpu._numba_omp():
     print("alive"); raise SystemExit
 numba_cpu._torch_threads = lambda: 2
 numba_cpu.HELPED_BACKGROUND = False
+numba_cpu.HELPED_MAX_GAP_S = float("inf")
 numba_cpu.HELPED_MIN_MACS = numba_cpu.TINY_WORK = 0
 numba_cpu.HELPED_PROJECT_MIN_MACS = 1 << 62
 seen = []
@@ -234,3 +237,32 @@ def test_a_failed_compile_leaves_the_one_thread_kernels(monkeypatch, helped_call
     assert state["k"] in (t, False)
     t.join(60)
     assert state == {"k": False}
+
+
+def test_only_while_the_worker_is_awake(monkeypatch, helped_calls):
+    """After an idle spell (HELPED_MAX_GAP_S since the last helped region,
+    and no burst of calls) not used: the region's worker is asleep by
+    then; within a burst (two calls in a row, each close after the one
+    before), used again."""
+    import fastrnn
+    monkeypatch.setattr(numba_cpu, "HELPED_MAX_GAP_S", 0.5)
+    monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 1 << 62)
+    prob = make_problem("lstm", 20, 2, 8, 16)
+    x = prob["x"].astype(np.float32)
+    w = [a.astype(np.float32) for a in prob["w"]]
+
+    def fwd_bwd():
+        y, _, saved = fastrnn.rnn_forward("lstm", x, w, training=True, backend="numba")
+        fastrnn.rnn_backward(saved, np.ones_like(y))
+
+    long_ago = {"end": -1e9, "region": -1e9, "burst": 0}
+    monkeypatch.setattr(numba_cpu, "_LAST", dict(long_ago))
+    fwd_bwd()           # the forward after an idle spell, its backward the first of a burst
+    assert helped_calls == []
+    fwd_bwd()           # the forward the second: its backward is helped
+    assert helped_calls == ["backward"]
+    fwd_bwd()           # and the next backward (the worker awake)
+    assert helped_calls == ["backward"] * 2
+    numba_cpu._LAST.update(long_ago)
+    fwd_bwd()
+    assert helped_calls == ["backward"] * 2
