@@ -202,8 +202,10 @@ print("alive")
 def test_compiled_in_the_background(monkeypatch, helped_calls):
     """HELPED_BACKGROUND: the calls that want a helped region run the
     one-thread kernels, the second of them starts the region's compilation
-    in a thread; once that is done, calls of that kind run the region; the
-    results agree."""
+    in a thread; once that is done, calls of that kind run the region.
+    Until then a call takes the form it takes without the helper (here the
+    GEMMs after the loop on this thread's own blocks), whose bits the
+    helped BPTT's are."""
     monkeypatch.setattr(numba_cpu, "HELPED_BACKGROUND", True)
     monkeypatch.setattr(numba_cpu, "_HELPED_STATE", {})
     monkeypatch.setattr(numba_cpu, "HELPED_PROJECT_MIN_MACS", 1 << 62)
@@ -221,7 +223,7 @@ def test_compiled_in_the_background(monkeypatch, helped_calls):
     then = run("gru", prob, backend="numba", dtype="float32")
     assert helped_calls == ["backward"]
     for name in first:
-        np.testing.assert_allclose(then[name], first[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        assert np.array_equal(then[name], first[name]), name     # the BPTT: the one-thread path's bits
 
 
 def test_a_failed_compile_leaves_the_one_thread_kernels(monkeypatch, helped_calls):

@@ -449,7 +449,7 @@ def _one_thread_backward_calls(monkeypatch, mode):
     kern = getattr(mod, f"{prefix}_backward")
 
     def wrapped(*a):
-        calls.append(("kernel, x2 None", a[-11] is None))     # x2, 10 arguments before the last
+        calls.append(("kernel, x2 None", a[-10] is None))     # x2, 9 arguments before the last
         return kern(*a)
     monkeypatch.setattr(mod, f"{prefix}_backward", wrapped)
     return calls

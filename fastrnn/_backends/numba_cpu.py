@@ -135,7 +135,8 @@ AFTER_LOOP_OWN_MIN_MACS = 1 << 17
 # bit for bit.
 HELPED = True
 HELPED_MIN_MACS = 1 << 21
-# dx's rows per task (a multiple of 8: the own blocks' row groups)
+# dx's rows per task (rounded up to a multiple of 8, the own blocks' row
+# groups: _helped_rows)
 HELPED_CHUNK_ROWS = 16
 # Likewise the forward: a helper for the input projection (T*B x G*H x I
 # multiply-adds) from this many up, which projects chunks of
@@ -174,6 +175,11 @@ def _call_ended(start):
     now = perf_counter()
     _LAST["burst"] = _LAST["burst"] + 1 if start - _LAST["end"] <= HELPED_MAX_GAP_S else 0
     _LAST["end"] = now
+
+
+def _helped_rows():
+    """The helped regions' rows per task: HELPED_CHUNK_ROWS rounded up to 8."""
+    return -(-HELPED_CHUNK_ROWS // 8) * 8
 
 
 def _helped_region():
@@ -1111,7 +1117,7 @@ class NumbaCPU:
             # first arguments; the one-thread kernels' last two else
             helped = ()
             if not par and nth > 1 and HELPED and T * B * GH * I >= HELPED_PROJECT_MIN_MACS and _helped_region():
-                hr = -(-HELPED_CHUNK_ROWS // 8) * 8
+                hr = _helped_rows()
                 chunks = -(-T * B // hr)
                 helped = (2, np.zeros(parallel.HELP_CTL_SIZE + chunks, np.int64), hr)
             one = () if par else (None, 0)      # the one-thread kernels' last two
@@ -1286,10 +1292,12 @@ class NumbaCPU:
             after = None
             after_macs = T * B * GH * (2 * I + H)
             # or, from HELPED_MIN_MACS up, the loop and those GEMMs to one
-            # region of two parts, a helper beside the loop (HELPED)
+            # region of two parts, a helper beside the loop (HELPED); `after`
+            # is still chosen: it is the form where the region is not
+            # compiled yet (HELPED_BACKGROUND)
             helped = (not par and nth > 1 and HELPED and after_macs >= HELPED_MIN_MACS
                       and _helped_region())
-            if not par and not helped:
+            if not par:
                 if nth > 1 and after_macs >= AFTER_LOOP_THREADS_MIN_MACS and _torch_threads() <= 1:
                     after = _in_threads
                     _pool(nth).wake(AFTER_LOOP_WAKE_US)
@@ -1302,15 +1310,13 @@ class NumbaCPU:
                         else _torch_after(dt, after_macs, nth))
             units_torch = par and not rows and torch_mm is not None
             grads = (None if after or units_torch else x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh,
-                     *((own_arg,) if par else ()), *last, *(() if par else (None, 0)))
+                     *((own_arg,) if par else ()), *last, *(() if par else (None,)))
             hgrads = ()
             if helped:
-                # the helped region's first arguments and its GEMMs' (x2 given;
-                # `grads` stays what the one-thread kernel takes instead, with
-                # x2: it runs them itself where the region is not compiled yet)
-                helped = (2, np.zeros(parallel.HELP_CTL_SIZE, np.int64), 1,
-                          -(-HELPED_CHUNK_ROWS // 8) * 8)
+                # the helped region's first arguments, and its GEMMs' (x2 given)
+                helped = (2, np.zeros(parallel.HELP_CTL_SIZE, np.int64), _helped_rows())
                 hgrads = (x2, w_ih, dx.reshape(T * B, I), dw_ih, dw_hh, db_ih, db_hh, own_arg, *last)
+            ran = False     # whether the helped region ran (and with it the GEMMs after the loop)
             # where torch's BLAS runs the GEMMs after the parts, the parts
             # sum the bias gradients as they go (BIAS_IN_PARTS)
             bsum = (np.empty((nth, 2 if mode == "gru" else 1, GH), dt)
@@ -1330,7 +1336,8 @@ class NumbaCPU:
                 else:
                     kern = lstm.lstm_backward_par if par else lstm.lstm_backward
                     args = (dy, *w_ops, dh, dc, perm, nb, reverse, ident, Hs, p["Gs"], p["Cs"], p["TCs"], dG, dgs)
-                    if not (helped and _helped(lstm.lstm_backward_helped, helped, nth, args + hgrads)):
+                    ran = bool(helped) and _helped(lstm.lstm_backward_helped, helped, nth, args + hgrads)
+                    if not ran:
                         kern(*args, *grads)
                 dc0 = _put_rows(dc, perm, ident)
             elif mode == "gru":
@@ -1342,7 +1349,8 @@ class NumbaCPU:
                     kern = gru.gru_backward_par if par else gru.gru_backward
                     args = (dy, *w_ops, dh, perm, nb, reverse, ident, Hs, p["Gs"], p["HNs"],
                             dG, dGh, dgs, np.empty((B, H), dt))
-                    if not (helped and _helped(gru.gru_backward_helped, helped, nth, args + hgrads)):
+                    ran = bool(helped) and _helped(gru.gru_backward_helped, helped, nth, args + hgrads)
+                    if not ran:
                         kern(*args, *grads)
             else:
                 if rows:
@@ -1352,11 +1360,14 @@ class NumbaCPU:
                     kern = rnn.rnn_backward_par if par else rnn.rnn_backward
                     args = (dy, *w_ops, dh, perm, nb, reverse, mode == "rnn_relu", ident,
                             Hs, p["As"], dG, dgs)
-                    if not (helped and _helped(rnn.rnn_backward_helped, helped, nth, args + hgrads)):
+                    ran = bool(helped) and _helped(rnn.rnn_backward_helped, helped, nth, args + hgrads)
+                    if not ran:
                         kern(*args, *grads)
             if own:     # the parts' sums added up
                 for total, part in zip((dw_ih, dw_hh, db_ih, db_hh), sums):
                     np.sum(part, axis=0, out=total)
+            elif ran:
+                pass        # the helped region ran the GEMMs after the loop
             elif torch_mm is not None and _after_loop_torch(
                     torch_mm, dG.reshape(T * B, GH), None if dGh is dG else dGh.reshape(T * B, GH),
                     Hs.reshape(T * B, I + H) if cat else x2, None if cat else Hs.reshape(T * B, H), I, w_ih,

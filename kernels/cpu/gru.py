@@ -239,8 +239,8 @@ def gru_forward(x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb, reverse, training, y, 
 
 @njit(**JIT)
 def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd,
-                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every):
-    """The one-thread BPTT; ctl, every: see lstm.lstm_backward."""
+                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl):
+    """The one-thread BPTT; ctl: see lstm.lstm_backward."""
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -252,7 +252,7 @@ def gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
             _add_units(dh, dhd, n, 0, H)
         if ctl is not None:
-            help_progress(ctl, s, T, every)
+            help_progress(ctl, s)
 
     # x2 None: the caller runs these GEMMs itself, on its threads
     # (numba_cpu.AFTER_LOOP_THREADS_MIN_MACS); Numba then compiles them out
@@ -287,7 +287,7 @@ def gru_forward_helped(nth, ctl, rows, x2, w_ih, xg, w_hh, bx, bhn, h, perm, nb,
 
 
 @njit(**JIT)
-def gru_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs,
+def gru_backward_helped_part(i, nth, ctl, rows, dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs,
                              dGi, dGh, dgs, dhd, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
     """Part i of nth (2) of gru_backward_helped: the loop if it arrives
     first, then the tasks after it (parallel.py, a helper beside the
@@ -295,14 +295,14 @@ def gru_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, 
     T, B = dy.shape[0], dy.shape[1]
     if help_loop_role(ctl):
         gru_backward(dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh, dgs, dhd, None, w_ih,
-                     dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every)
+                     dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl)
     TB = T * B
     help_grads(ctl, T, B, rows, reverse, dGi.reshape((TB, dGi.shape[2])), dGh.reshape((TB, dGh.shape[2])), x2,
                Hs.reshape((TB, dh.shape[1])), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own)
 
 
 @njit(**JIT_PAR)
-def gru_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
+def gru_backward_helped(nth, ctl, rows, dy, w_hhT, dh, perm, nb, reverse, ident, Hs, Gs, HNs, dGi, dGh,
                         dgs, dhd, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
     """gru_backward with a helper (parallel.py, a helper beside the
     one-thread BPTT): one region of nth parts (2), every gradient
@@ -310,7 +310,7 @@ def gru_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse,
     Where the region's team has one thread, its parts run in turn and the
     first does everything."""
     for i in prange(nth):
-        gru_backward_helped_part(np.int64(i), nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, ident,
+        gru_backward_helped_part(np.int64(i), nth, ctl, rows, dy, w_hhT, dh, perm, nb, reverse, ident,
                                  Hs, Gs, HNs, dGi, dGh, dgs, dhd, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh,
                                  own, axpyT, blasT)
 

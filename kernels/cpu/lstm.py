@@ -312,10 +312,10 @@ def lstm_forward(x2, w_ih, xg, w_hh, bias, h, c, perm, nb, reverse, training, y,
 
 @njit(**JIT)
 def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs,
-                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every):
+                  x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl):
     """The one-thread BPTT.  ctl: None, or the helped region's control
     array (parallel.py, a helper beside the one-thread BPTT), where the
-    loop publishes its progress every `every` steps."""
+    loop publishes its progress after each step."""
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -326,7 +326,7 @@ def lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, 
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
         if ctl is not None:
-            help_progress(ctl, s, T, every)
+            help_progress(ctl, s)
 
     # x2 None: the caller runs these GEMMs itself, on its threads
     # (numba_cpu.AFTER_LOOP_THREADS_MIN_MACS); Numba then compiles them out
@@ -361,7 +361,7 @@ def lstm_forward_helped(nth, ctl, rows, x2, w_ih, xg, w_hh, bias, h, c, perm, nb
 
 
 @njit(**JIT)
-def lstm_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs,
+def lstm_backward_helped_part(i, nth, ctl, rows, dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs,
                               Cs, TCs, dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
     """Part i of nth (2) of lstm_backward_helped: the loop if it arrives
     first, then the tasks after it (parallel.py, a helper beside the
@@ -369,14 +369,14 @@ def lstm_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, dc, perm,
     T, B = dy.shape[0], dy.shape[1]
     if help_loop_role(ctl):
         lstm_backward(dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs, dG, dgs, None, w_ih, dx2,
-                      dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every)
+                      dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl)
     TB = T * B
     help_grads(ctl, T, B, rows, reverse, dG.reshape((TB, dG.shape[2])), dG.reshape((TB, dG.shape[2])), x2,
                Hs.reshape((TB, dh.shape[1])), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own)
 
 
 @njit(**JIT_PAR)
-def lstm_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs,
+def lstm_backward_helped(nth, ctl, rows, dy, w_hhT, dh, dc, perm, nb, reverse, ident, Hs, Gs, Cs, TCs,
                          dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
     """lstm_backward with a helper (parallel.py, a helper beside the
     one-thread BPTT): one region of nth parts (2), every gradient
@@ -384,7 +384,7 @@ def lstm_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, dc, perm, nb, rev
     Where the region's team has one thread, its parts run in turn and the
     first does everything."""
     for i in prange(nth):
-        lstm_backward_helped_part(np.int64(i), nth, ctl, every, rows, dy, w_hhT, dh, dc, perm, nb, reverse,
+        lstm_backward_helped_part(np.int64(i), nth, ctl, rows, dy, w_hhT, dh, dc, perm, nb, reverse,
                                   ident, Hs, Gs, Cs, TCs, dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh,
                                   own, axpyT, blasT)
 

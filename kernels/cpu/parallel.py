@@ -254,7 +254,7 @@ def after_loop_part_cat(i, nth, dG2, XH2, w_ih, dx2, dw_cat, dw_ih, dw_hh, db_ih
 # Where the one-thread loops run (a small call: S1), a second thread helps
 # their BPTT: one region of two parts (numba_cpu.HELPED_*), the first part
 # to arrive runs the loop (the one-thread kernel, publishing its progress
-# every `every` steps), the other computes dx for the steps already done
+# after each step), the other computes dx for the steps already done
 # meanwhile; after the loop both take what is left (the weight gradients
 # in two halves of gate rows).  Every piece of work is a task claimed by
 # an atomic counter in a fixed order, and a task waits only for the
@@ -279,11 +279,9 @@ def help_loop_role(ctl):
 
 
 @inner
-def help_progress(ctl, s, T, every):
-    """After step s of T: publish the steps done every `every` steps, and
-    at the last."""
-    if (s + 1) % every == 0 or s == T - 1:
-        _store_release(ctl, HELP_PROGRESS, s + 1)
+def help_progress(ctl, s):
+    """After step s: publish the steps done (a release store)."""
+    _store_release(ctl, HELP_PROGRESS, s + 1)
 
 
 @inner

@@ -194,8 +194,8 @@ def rnn_forward(x2, w_ih, xg, w_hh, bias, h, perm, nb, reverse, relu, training, 
 
 @njit(**JIT)
 def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
-                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every):
-    """The one-thread BPTT; ctl, every: see lstm.lstm_backward."""
+                 x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, axpyT, blasT, ctl):
+    """The one-thread BPTT; ctl: see lstm.lstm_backward."""
     T, B = dy.shape[0], dy.shape[1]
     H = dh.shape[1]
     for s in range(T):
@@ -206,7 +206,7 @@ def rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
         if n > 0:
             mm_nt(buf[:n], w_hhT, dh[:n], axpyT, blasT)
         if ctl is not None:
-            help_progress(ctl, s, T, every)
+            help_progress(ctl, s)
 
     # x2 None: the caller runs these GEMMs itself, on its threads
     # (numba_cpu.AFTER_LOOP_THREADS_MIN_MACS); Numba then compiles them out
@@ -241,7 +241,7 @@ def rnn_forward_helped(nth, ctl, rows, x2, w_ih, xg, w_hh, bias, h, perm, nb, re
 
 
 @njit(**JIT)
-def rnn_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As,
+def rnn_backward_helped_part(i, nth, ctl, rows, dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As,
                              dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
     """Part i of nth (2) of rnn_backward_helped: the loop if it arrives
     first, then the tasks after it (parallel.py, a helper beside the
@@ -249,14 +249,14 @@ def rnn_backward_helped_part(i, nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, 
     T, B = dy.shape[0], dy.shape[1]
     if help_loop_role(ctl):
         rnn_backward(dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs, None, w_ih, dx2, dw_ih,
-                     dw_hh, db_ih, db_hh, axpyT, blasT, ctl, every)
+                     dw_hh, db_ih, db_hh, axpyT, blasT, ctl)
     TB = T * B
     help_grads(ctl, T, B, rows, reverse, dG.reshape((TB, dG.shape[2])), dG.reshape((TB, dG.shape[2])), x2,
                Hs.reshape((TB, dh.shape[1])), w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own)
 
 
 @njit(**JIT_PAR)
-def rnn_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
+def rnn_backward_helped(nth, ctl, rows, dy, w_hhT, dh, perm, nb, reverse, relu, ident, Hs, As, dG, dgs,
                         x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own, axpyT, blasT):
     """rnn_backward with a helper (parallel.py, a helper beside the
     one-thread BPTT): one region of nth parts (2), every gradient
@@ -264,7 +264,7 @@ def rnn_backward_helped(nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse,
     Where the region's team has one thread, its parts run in turn and the
     first does everything."""
     for i in prange(nth):
-        rnn_backward_helped_part(np.int64(i), nth, ctl, every, rows, dy, w_hhT, dh, perm, nb, reverse, relu,
+        rnn_backward_helped_part(np.int64(i), nth, ctl, rows, dy, w_hhT, dh, perm, nb, reverse, relu,
                                  ident, Hs, As, dG, dgs, x2, w_ih, dx2, dw_ih, dw_hh, db_ih, db_hh, own,
                                  axpyT, blasT)
 
